@@ -1,0 +1,139 @@
+//! The stream-entry codec: how one accepted message is laid out as the field/value pairs of a Redis
+//! Stream entry.
+//!
+//! Every entry carries a version field ([`FIELD_VERSION`]). A decoder accepts every version up to the one
+//! it knows and refuses newer ones, so during a rolling deploy new services read old entries, and an old
+//! persister hands a newer entry back (it stays pending and is claimed by an upgraded replica) instead of
+//! storing something it does not understand.
+
+use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::format_received_at;
+
+/// The version this build writes.
+pub const ENTRY_VERSION: u32 = 1;
+
+/// Field: entry format version, a decimal integer.
+pub const FIELD_VERSION: &str = "v";
+/// Field: the message id, a UUIDv7 in its hyphenated form.
+pub const FIELD_ID: &str = "id";
+/// Field: when ingest-api accepted the message, RFC 3339 with microseconds.
+pub const FIELD_RECEIVED_AT: &str = "received_at";
+/// Field: the client's JSON text, unchanged.
+pub const FIELD_PAYLOAD: &str = "payload";
+
+/// The content of one stream entry (its stream id is the entry's key, not part of the content).
+#[derive(Debug, Clone)]
+pub struct StreamEntry {
+    pub id: Uuid,
+    pub received_at: DateTime<Utc>,
+    pub payload: Box<RawValue>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("entry has no `{0}` field")]
+    MissingField(&'static str),
+    #[error("entry version {0} is newer than this build understands ({ENTRY_VERSION})")]
+    UnsupportedVersion(u32),
+    #[error("entry field `{field}` is malformed: {reason}")]
+    Malformed { field: &'static str, reason: String },
+}
+
+impl StreamEntry {
+    /// The field/value pairs to pass to `XADD`, in a fixed order.
+    pub fn to_fields(&self) -> [(&'static str, String); 4] {
+        [
+            (FIELD_VERSION, ENTRY_VERSION.to_string()),
+            (FIELD_ID, self.id.hyphenated().to_string()),
+            (FIELD_RECEIVED_AT, format_received_at(&self.received_at)),
+            (FIELD_PAYLOAD, self.payload.get().to_owned()),
+        ]
+    }
+
+    /// Decodes the field/value pairs of an entry. Unknown fields are ignored (a newer minor writer may add
+    /// some); missing or malformed known fields are an error.
+    pub fn decode<'a>(fields: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Result<Self, DecodeError> {
+        let (mut version, mut id, mut received_at, mut payload) = (None, None, None, None);
+        for (name, value) in fields {
+            match name {
+                FIELD_VERSION => version = Some(value),
+                FIELD_ID => id = Some(value),
+                FIELD_RECEIVED_AT => received_at = Some(value),
+                FIELD_PAYLOAD => payload = Some(value),
+                _ => {}
+            }
+        }
+        let text = |field: &'static str, v: Option<&'a [u8]>| -> Result<&'a str, DecodeError> {
+            let v = v.ok_or(DecodeError::MissingField(field))?;
+            std::str::from_utf8(v).map_err(|e| DecodeError::Malformed { field, reason: e.to_string() })
+        };
+        let malformed = |field: &'static str| move |e: &dyn std::fmt::Display| DecodeError::Malformed { field, reason: e.to_string() };
+
+        let version: u32 = text(FIELD_VERSION, version)?.parse().map_err(|e| malformed(FIELD_VERSION)(&e))?;
+        if version > ENTRY_VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        let id = Uuid::try_parse(text(FIELD_ID, id)?).map_err(|e| malformed(FIELD_ID)(&e))?;
+        let received_at = DateTime::parse_from_rfc3339(text(FIELD_RECEIVED_AT, received_at)?)
+            .map_err(|e| malformed(FIELD_RECEIVED_AT)(&e))?
+            .to_utc();
+        let payload = RawValue::from_string(text(FIELD_PAYLOAD, payload)?.to_owned())
+            .map_err(|e| malformed(FIELD_PAYLOAD)(&e))?;
+        Ok(Self { id, received_at, payload })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> StreamEntry {
+        StreamEntry {
+            id: Uuid::now_v7(),
+            received_at: crate::message::now_micros(),
+            payload: RawValue::from_string(r#"{"z":1,"a":"\u0000","n":1e-300}"#.into()).unwrap(),
+        }
+    }
+
+    fn pairs(fields: &[(&'static str, String)]) -> Vec<(&'static str, Vec<u8>)> {
+        fields.iter().map(|(k, v)| (*k, v.clone().into_bytes())).collect()
+    }
+
+    #[test]
+    fn an_entry_round_trips_through_its_fields() {
+        let entry = sample();
+        let fields = pairs(&entry.to_fields());
+        let back = StreamEntry::decode(fields.iter().map(|(k, v)| (*k, v.as_slice()))).unwrap();
+        assert_eq!(back.id, entry.id);
+        assert_eq!(back.received_at, entry.received_at);
+        assert_eq!(back.payload.get(), entry.payload.get());
+    }
+
+    #[test]
+    fn a_newer_version_is_refused_and_unknown_fields_are_ignored() {
+        let entry = sample();
+        let mut fields = pairs(&entry.to_fields());
+        fields.push(("added_later", b"x".to_vec()));
+        assert!(StreamEntry::decode(fields.iter().map(|(k, v)| (*k, v.as_slice()))).is_ok());
+        fields[0].1 = b"2".to_vec();
+        assert_eq!(
+            StreamEntry::decode(fields.iter().map(|(k, v)| (*k, v.as_slice()))).unwrap_err(),
+            DecodeError::UnsupportedVersion(2)
+        );
+    }
+
+    #[test]
+    fn a_missing_or_broken_field_is_an_error() {
+        let entry = sample();
+        let fields = pairs(&entry.to_fields());
+        let without_payload = fields.iter().filter(|(k, _)| *k != FIELD_PAYLOAD).map(|(k, v)| (*k, v.as_slice()));
+        assert_eq!(StreamEntry::decode(without_payload).unwrap_err(), DecodeError::MissingField(FIELD_PAYLOAD));
+        let broken = fields
+            .iter()
+            .map(|(k, v)| if *k == FIELD_PAYLOAD { (*k, b"{oops".as_slice()) } else { (*k, v.as_slice()) });
+        assert!(matches!(StreamEntry::decode(broken), Err(DecodeError::Malformed { field: "payload", .. })));
+    }
+}
