@@ -1,1 +1,12 @@
-//! placeholder
+//! ingest-api: the HTTP front door of Relay. `POST /messages` validates a body and appends it to the Redis
+//! Stream (the 202 is given once the entry is in the stream); `GET /messages…` reads what the persister has
+//! stored in Postgres.
+
+pub mod auth;
+pub mod metrics;
+pub mod problem;
+pub mod routes;
+pub mod startup;
+pub mod validate;
+
+pub use startup::Application;

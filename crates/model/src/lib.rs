@@ -3,7 +3,10 @@
 
 pub mod codec;
 pub mod message;
+pub mod metrics;
+pub mod redis_stream;
 pub mod settings;
+pub mod shutdown;
 pub mod stream_id;
 
 pub use codec::{DecodeError, StreamEntry, ENTRY_VERSION};

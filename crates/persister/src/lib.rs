@@ -1,1 +1,10 @@
-//! placeholder
+//! The persister: reads the stream through the consumer group `persister`, stores each batch in Postgres
+//! in one transaction, and acknowledges entries only after that transaction has committed.
+
+pub mod consumer;
+pub mod group;
+pub mod health;
+pub mod metrics;
+pub mod startup;
+
+pub use startup::Application;

@@ -1,1 +1,12 @@
-//! placeholder
+//! Relay's Postgres side: the schema, the embedded migrations, the row codec and the queries that
+//! ingest-api (reads) and the persister (writes) share. Everything here is blocking Diesel: callers run it
+//! on a blocking pool.
+
+pub mod rows;
+pub mod schema;
+pub mod setup;
+pub mod write;
+pub mod read;
+
+pub use rows::{JsonText, MessageRow, NewMessage};
+pub use setup::{connect_pool, prepare_database, PgPool};

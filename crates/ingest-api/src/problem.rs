@@ -1,0 +1,128 @@
+//! Every error ingest-api answers, mapped once to an RFC 9457 `application/problem+json` response. The
+//! cause chain of a 5xx goes to the log; the client gets a `detail` that says what to do, never a trace.
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+/// Seconds a client should wait before retrying a 503.
+pub const RETRY_AFTER_SECS: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    MalformedJson(String),
+    #[error("the body is not valid UTF-8 (at byte {0})")]
+    InvalidUtf8(usize),
+    #[error("the JSON nests deeper than {0} levels")]
+    TooDeep(usize),
+    #[error("line {line}: {reason}; nothing was written")]
+    BadLine { line: usize, reason: String },
+    #[error("{0}")]
+    BadQuery(String),
+    #[error("the body is larger than the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("the batch has more than {limit} lines")]
+    TooManyLines { limit: usize },
+    #[error("send `Content-Type: application/json` (one JSON value) or `application/x-ndjson` (one per line)")]
+    UnsupportedMediaType,
+    #[error("no message has this id")]
+    NotFound,
+    #[error("no such resource")]
+    NoRoute,
+    #[error("send `Authorization: Bearer <key>` with a configured API key")]
+    Unauthenticated,
+    #[error("this API key lacks the `{0}` scope")]
+    Forbidden(&'static str),
+    #[error("the message stream (Redis) is unreachable; nothing was accepted, retry later")]
+    StreamUnavailable(#[source] anyhow::Error),
+    #[error("the message store (Postgres) is unreachable; retry later")]
+    StoreUnavailable(#[source] anyhow::Error),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    /// The problem `type` (a relative URI: RFC 9457 allows it) and its title.
+    fn kind(&self) -> (&'static str, &'static str) {
+        match self {
+            Self::MalformedJson(_) => ("malformed-json", "Malformed JSON"),
+            Self::InvalidUtf8(_) => ("invalid-utf8", "Invalid UTF-8"),
+            Self::TooDeep(_) => ("nesting-too-deep", "JSON nested too deeply"),
+            Self::BadLine { .. } => ("invalid-batch-line", "Invalid batch line"),
+            Self::BadQuery(_) => ("invalid-parameter", "Invalid parameter"),
+            Self::TooLarge { .. } => ("body-too-large", "Payload too large"),
+            Self::TooManyLines { .. } => ("batch-too-long", "Batch has too many lines"),
+            Self::UnsupportedMediaType => ("unsupported-media-type", "Unsupported media type"),
+            Self::NotFound => ("message-not-found", "Message not found"),
+            Self::NoRoute => ("not-found", "Not found"),
+            Self::Unauthenticated => ("unauthenticated", "Unauthenticated"),
+            Self::Forbidden(_) => ("forbidden", "Forbidden"),
+            Self::StreamUnavailable(_) => ("stream-unavailable", "Stream unavailable"),
+            Self::StoreUnavailable(_) => ("store-unavailable", "Store unavailable"),
+            Self::Internal(_) => ("internal", "Internal server error"),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    r#type: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::MalformedJson(_)
+            | Self::InvalidUtf8(_)
+            | Self::TooDeep(_)
+            | Self::BadLine { .. }
+            | Self::BadQuery(_) => StatusCode::BAD_REQUEST,
+            Self::TooLarge { .. } | Self::TooManyLines { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::NotFound | Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::StreamUnavailable(_) | Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        if let Self::StreamUnavailable(e) | Self::StoreUnavailable(e) | Self::Internal(e) = self {
+            log::error!("{self}: {e:#}");
+        }
+        let (slug, title) = self.kind();
+        let problem = Problem { r#type: format!("/problems/{slug}"), title, status: status.as_u16(), detail: self.to_string() };
+        let mut res = HttpResponse::build(status);
+        res.content_type("application/problem+json");
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            res.insert_header((header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS)));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            res.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+        }
+        res.json(problem)
+    }
+}
+
+impl ApiError {
+    /// The status as a metric label.
+    pub fn status_code_str(&self) -> &'static str {
+        match self.status_code().as_u16() {
+            400 => "400",
+            401 => "401",
+            403 => "403",
+            404 => "404",
+            413 => "413",
+            415 => "415",
+            503 => "503",
+            _ => "500",
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! `POST /messages`: one JSON value (`application/json`) or a batch (`application/x-ndjson`).
+//!
+//! The whole body is read (up to its limit) and validated before anything is written, so a bad request
+//! leaves the stream untouched. A batch is appended in one `MULTI`/`EXEC`: all of its lines or none.
+
+use std::time::{Duration, Instant};
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use model::redis_stream::{parse_reply_id, xadd_cmd};
+use model::settings::Scope;
+use model::{now_micros, Accepted, StreamEntry};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::problem::ApiError;
+use crate::startup::AppState;
+use crate::validate::{self, BodyKind};
+
+pub async fn publish(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
+    let result = accept(&req, body, &state).await;
+    match &result {
+        Ok((_, accepted)) => {
+            state.metrics.accepted.inc_by(accepted.len() as u64);
+            state.metrics.publish_seconds.observe(started.elapsed().as_secs_f64());
+        }
+        Err(e) => state.metrics.rejected.with_label_values(&[e.status_code_str()]).inc(),
+    }
+    let (kind, accepted) = result?;
+    let mut res = HttpResponse::Accepted();
+    match (kind, accepted.as_slice()) {
+        (BodyKind::Single, [one]) => {
+            res.insert_header((header::LOCATION, format!("/messages/{}", one.id)));
+            Ok(res.json(one))
+        }
+        _ => Ok(res.json(accepted)),
+    }
+}
+
+async fn accept(
+    req: &HttpRequest,
+    body: web::Payload,
+    state: &AppState,
+) -> Result<(BodyKind, Vec<Accepted>), ApiError> {
+    let settings = &state.settings;
+    crate::auth::require(req, &settings.api_keys, Scope::Publish)?;
+    let kind = validate::body_kind(req)?;
+    let limit = match kind {
+        BodyKind::Single => settings.max_body_bytes,
+        BodyKind::Batch => settings.max_batch_bytes,
+    };
+    let body = read_limited(req, body, limit).await?;
+    let text = validate::utf8(&body)?;
+    let payloads = match kind {
+        BodyKind::Single => vec![validate::json_value(text)?],
+        BodyKind::Batch => validate::ndjson_lines(text, settings.max_batch_lines)?,
+    };
+    Ok((kind, append(state, payloads).await?))
+}
+
+/// The body, or 413 as soon as it is known to be over `limit` (from `Content-Length`, or while reading).
+async fn read_limited(req: &HttpRequest, mut body: web::Payload, limit: usize) -> Result<BytesMut, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::TooLarge { limit });
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(limit));
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| ApiError::MalformedJson(format!("the body could not be read: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(ApiError::TooLarge { limit });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+/// Appends the entries and answers what each became. Waits on Redis at most `REDIS_TIMEOUT_MS`.
+async fn append(state: &AppState, payloads: Vec<Box<RawValue>>) -> Result<Vec<Accepted>, ApiError> {
+    let received_at = now_micros();
+    let entries: Vec<StreamEntry> =
+        payloads.into_iter().map(|payload| StreamEntry { id: Uuid::now_v7(), received_at, payload }).collect();
+    let key = &state.settings.stream_key;
+    let mut redis = state.redis.clone();
+    let timeout = Duration::from_millis(state.settings.redis_timeout_ms);
+    let ids: Vec<String> = if let [entry] = entries.as_slice() {
+        let cmd = xadd_cmd(key, entry);
+        let id: String = bounded(timeout, cmd.query_async(&mut redis)).await?;
+        vec![id]
+    } else {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for entry in &entries {
+            pipe.add_command(xadd_cmd(key, entry));
+        }
+        bounded(timeout, pipe.query_async(&mut redis)).await?
+    };
+    entries
+        .iter()
+        .zip(ids)
+        .map(|(entry, stream_id)| {
+            let stream_id = parse_reply_id(&stream_id).map_err(|e| ApiError::Internal(e.into()))?;
+            Ok(Accepted { id: entry.id, stream_id, received_at })
+        })
+        .collect()
+}
+
+async fn bounded<T>(
+    timeout: Duration,
+    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(ApiError::StreamUnavailable(e.into())),
+        Err(_) => Err(ApiError::StreamUnavailable(anyhow::anyhow!("no answer from Redis within {timeout:?}"))),
+    }
+}

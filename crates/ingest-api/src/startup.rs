@@ -1,0 +1,92 @@
+//! Building and running the ingest-api server: bind (port 0 in tests), wire the state, serve until the
+//! caller's shutdown future resolves.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_cors::Cors;
+use actix_web::dev::Server;
+use actix_web::{http, web, App, HttpServer};
+use anyhow::Context;
+use model::redis_stream::{self, redis::aio::ConnectionManager};
+use model::settings::AllowedOrigins;
+use model::Settings;
+use store::PgPool;
+
+use crate::metrics::Metrics;
+use crate::routes;
+
+/// What every handler shares.
+pub struct AppState {
+    pub settings: Settings,
+    /// The multiplexed connection that carries every request's `XADD`.
+    pub redis: ConnectionManager,
+    /// Postgres, for reads only. Connections are made on demand, so ingest runs while Postgres is down.
+    pub db: PgPool,
+    pub metrics: Metrics,
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+/// How long in-flight requests get to finish after the stop signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+impl Application {
+    /// Binds `INGEST_ADDR` and prepares the server. Neither Redis nor Postgres needs to be up yet.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(settings.ingest_addr)
+            .with_context(|| format!("binding INGEST_ADDR={}", settings.ingest_addr))?;
+        let port = listener.local_addr()?.port();
+        let redis = redis_stream::shared_connection(&settings).context("REDIS_URL")?;
+        let db = store::connect_pool(
+            &settings.database_url,
+            settings.database_pool_size,
+            Duration::from_millis(settings.redis_timeout_ms),
+        );
+        log::info!("ingest-api listening on {} (stream `{}`)", listener.local_addr()?, settings.stream_key);
+        let state = web::Data::new(AppState { settings, redis, db, metrics: Metrics::new() });
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(cors(&state.settings.allowed_origins))
+                .app_data(state.clone())
+                .configure(routes::configure)
+        })
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+        .listen(listener)?
+        .run();
+        Ok(Self { port, server })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        tokio::spawn(async move {
+            shutdown.await;
+            handle.stop(true).await;
+        });
+        self.server.await
+    }
+}
+
+/// CORS for browsers posting from the live page (or any origin in `ALLOWED_ORIGINS`).
+fn cors(origins: &AllowedOrigins) -> Cors {
+    let cors = Cors::default()
+        .allowed_methods([http::Method::GET, http::Method::POST])
+        .allowed_headers([http::header::CONTENT_TYPE, http::header::AUTHORIZATION])
+        .allowed_header("idempotency-key")
+        .expose_headers([http::header::LOCATION, http::header::LINK, http::header::RETRY_AFTER])
+        .max_age(3600);
+    match origins {
+        AllowedOrigins::Any => cors.allow_any_origin(),
+        AllowedOrigins::List(list) => list.iter().fold(cors, |c, o| c.allowed_origin(o)),
+    }
+}
