@@ -3,10 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use diesel::{Connection, PgConnection, RunQueryDsl};
 use model::Settings;
 use tokio::task::JoinHandle;
-use uuid::Uuid;
 
 pub struct TestApp {
     pub address: String,
@@ -16,26 +14,7 @@ pub struct TestApp {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Settings for a test: its own database (`relay_test_<uuid>`) and stream key, ports chosen by the OS.
-/// `DATABASE_URL` and `REDIS_URL` in the environment point the tests at other servers.
-pub fn test_settings() -> Settings {
-    let mut s = Settings::defaults();
-    let tag = Uuid::now_v7().simple().to_string();
-    if let Ok(url) = std::env::var("DATABASE_URL") {
-        s.database_url = url;
-    }
-    if let Ok(url) = std::env::var("REDIS_URL") {
-        s.redis_url = url;
-    }
-    s.database_url = s.database_url_for(&format!("relay_test_{tag}"));
-    s.stream_key = format!("test:{tag}");
-    s.consumer_name = format!("test-{tag}");
-    s.ingest_addr = "127.0.0.1:0".parse().unwrap();
-    s.persister_addr = "127.0.0.1:0".parse().unwrap();
-    s.gateway_addr = "127.0.0.1:0".parse().unwrap();
-    s.persister_block_ms = 100;
-    s
-}
+pub use testkit::{cleanup, test_settings};
 
 /// ingest-api alone, on a migrated database (for tests that write rows themselves).
 pub async fn spawn_app() -> TestApp {
@@ -122,18 +101,8 @@ impl TestApp {
 
     /// Rows in this test's database, counted by SQL.
     pub fn row_count(&self) -> i64 {
-        count_rows(&self.settings.database_url)
+        testkit::count_rows(&self.settings.database_url)
     }
-}
-
-pub fn count_rows(database_url: &str) -> i64 {
-    #[derive(diesel::QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    let mut conn = PgConnection::establish(database_url).unwrap();
-    diesel::sql_query("SELECT count(*) AS n FROM messages").get_result::<Count>(&mut conn).unwrap().n
 }
 
 impl Drop for TestApp {
@@ -146,24 +115,4 @@ impl Drop for TestApp {
         }
         cleanup(&self.settings);
     }
-}
-
-/// Drops the test's database and stream keys.
-pub fn cleanup(settings: &Settings) {
-    let db = model::settings::database_name(&settings.database_url).unwrap().to_owned();
-    let admin = settings.database_url_for("postgres");
-    let redis_url = settings.redis_url.clone();
-    let key = settings.stream_key.clone();
-    // A plain thread: Drop may run inside the async runtime, where blocking calls are not welcome.
-    std::thread::spawn(move || {
-        if let Ok(mut conn) = PgConnection::establish(&admin) {
-            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")).execute(&mut conn);
-        }
-        if let Ok(mut conn) = redis::Client::open(redis_url.as_str()).and_then(|c| c.get_connection()) {
-            let _: redis::RedisResult<()> =
-                redis::cmd("DEL").arg(&key).arg(model::dead_letter_key(&key)).query(&mut conn);
-        }
-    })
-    .join()
-    .ok();
 }
