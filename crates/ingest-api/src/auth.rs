@@ -14,7 +14,10 @@ pub fn require(req: &HttpRequest, keys: &ApiKeys, scope: Scope) -> Result<(), Ap
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim);
     match keys.check(key, scope) {
         Access::Granted => Ok(()),

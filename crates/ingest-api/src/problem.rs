@@ -87,7 +87,9 @@ impl ResponseError for ApiError {
             Self::NotFound | Self::NoRoute => StatusCode::NOT_FOUND,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::StreamUnavailable(_) | Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::StreamUnavailable(_) | Self::StoreUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -98,7 +100,12 @@ impl ResponseError for ApiError {
             log::error!("{self}: {e:#}");
         }
         let (slug, title) = self.kind();
-        let problem = Problem { r#type: format!("/problems/{slug}"), title, status: status.as_u16(), detail: self.to_string() };
+        let problem = Problem {
+            r#type: format!("/problems/{slug}"),
+            title,
+            status: status.as_u16(),
+            detail: self.to_string(),
+        };
         let mut res = HttpResponse::build(status);
         res.content_type("application/problem+json");
         if status == StatusCode::SERVICE_UNAVAILABLE {

@@ -47,8 +47,17 @@ impl Application {
             settings.database_pool_size,
             Duration::from_millis(settings.redis_timeout_ms),
         );
-        log::info!("ingest-api listening on {} (stream `{}`)", listener.local_addr()?, settings.stream_key);
-        let state = web::Data::new(AppState { settings, redis, db, metrics: Metrics::new() });
+        log::info!(
+            "ingest-api listening on {} (stream `{}`)",
+            listener.local_addr()?,
+            settings.stream_key
+        );
+        let state = web::Data::new(AppState {
+            settings,
+            redis,
+            db,
+            metrics: Metrics::new(),
+        });
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(cors(&state.settings.allowed_origins))
@@ -67,7 +76,10 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let handle = self.server.handle();
         tokio::spawn(async move {
             shutdown.await;
@@ -83,7 +95,11 @@ fn cors(origins: &AllowedOrigins) -> Cors {
         .allowed_methods([http::Method::GET, http::Method::POST])
         .allowed_headers([http::header::CONTENT_TYPE, http::header::AUTHORIZATION])
         .allowed_header("idempotency-key")
-        .expose_headers([http::header::LOCATION, http::header::LINK, http::header::RETRY_AFTER])
+        .expose_headers([
+            http::header::LOCATION,
+            http::header::LINK,
+            http::header::RETRY_AFTER,
+        ])
         .max_age(3600);
     match origins {
         AllowedOrigins::Any => cors.allow_any_origin(),

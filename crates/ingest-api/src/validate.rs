@@ -46,7 +46,8 @@ pub fn json_value(text: &str) -> Result<Box<RawValue>, ApiError> {
     if nesting_exceeds(text.as_bytes(), MAX_DEPTH) {
         return Err(ApiError::TooDeep(MAX_DEPTH));
     }
-    serde_json::from_str::<Box<RawValue>>(text).map_err(|e| ApiError::MalformedJson(format!("malformed JSON: {e}")))
+    serde_json::from_str::<Box<RawValue>>(text)
+        .map_err(|e| ApiError::MalformedJson(format!("malformed JSON: {e}")))
 }
 
 /// Whether arrays/objects nest deeper than `limit` (a top-level `[]` is depth 1). Brackets inside strings
@@ -89,7 +90,10 @@ pub fn ndjson_lines(text: &str, max_lines: usize) -> Result<Vec<Box<RawValue>>, 
         if values.len() == max_lines {
             return Err(ApiError::TooManyLines { limit: max_lines });
         }
-        let value = json_value(line).map_err(|e| ApiError::BadLine { line: i + 1, reason: e.to_string() })?;
+        let value = json_value(line).map_err(|e| ApiError::BadLine {
+            line: i + 1,
+            reason: e.to_string(),
+        })?;
         values.push(value);
     }
     if values.is_empty() {
@@ -109,7 +113,10 @@ mod tests {
     #[test]
     fn nesting_up_to_the_limit_is_accepted_and_one_more_is_not() {
         assert!(json_value(&nested(MAX_DEPTH)).is_ok());
-        assert!(matches!(json_value(&nested(MAX_DEPTH + 1)), Err(ApiError::TooDeep(_))));
+        assert!(matches!(
+            json_value(&nested(MAX_DEPTH + 1)),
+            Err(ApiError::TooDeep(_))
+        ));
         let mixed = format!("{}1{}", r#"{"a":["#.repeat(64), "]}".repeat(64));
         assert!(json_value(&mixed).is_ok());
     }
@@ -129,15 +136,24 @@ mod tests {
     #[test]
     fn trailing_garbage_and_empty_bodies_are_malformed() {
         for bad in ["", "   ", "{} {}", "{\"a\":1", "nul", "[1,]"] {
-            assert!(matches!(json_value(bad), Err(ApiError::MalformedJson(_))), "{bad:?}");
+            assert!(
+                matches!(json_value(bad), Err(ApiError::MalformedJson(_))),
+                "{bad:?}"
+            );
         }
     }
 
     #[test]
     fn ndjson_names_the_bad_line_and_skips_blank_ones() {
-        assert_eq!(ndjson_lines("1\n\n  \r\n{\"a\":2}\r\n", 10).unwrap().len(), 2);
+        assert_eq!(
+            ndjson_lines("1\n\n  \r\n{\"a\":2}\r\n", 10).unwrap().len(),
+            2
+        );
         let err = ndjson_lines("1\n2\n{oops\n4", 10).unwrap_err();
         assert!(matches!(err, ApiError::BadLine { line: 3, .. }), "{err:?}");
-        assert!(matches!(ndjson_lines("1\n2\n3", 2), Err(ApiError::TooManyLines { limit: 2 })));
+        assert!(matches!(
+            ndjson_lines("1\n2\n3", 2),
+            Err(ApiError::TooManyLines { limit: 2 })
+        ));
     }
 }

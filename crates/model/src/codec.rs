@@ -55,7 +55,9 @@ impl StreamEntry {
 
     /// Decodes the field/value pairs of an entry. Unknown fields are ignored (a newer minor writer may add
     /// some); missing or malformed known fields are an error.
-    pub fn decode<'a>(fields: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Result<Self, DecodeError> {
+    pub fn decode<'a>(
+        fields: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<Self, DecodeError> {
         let (mut version, mut id, mut received_at, mut payload) = (None, None, None, None);
         for (name, value) in fields {
             match name {
@@ -68,11 +70,21 @@ impl StreamEntry {
         }
         let text = |field: &'static str, v: Option<&'a [u8]>| -> Result<&'a str, DecodeError> {
             let v = v.ok_or(DecodeError::MissingField(field))?;
-            std::str::from_utf8(v).map_err(|e| DecodeError::Malformed { field, reason: e.to_string() })
+            std::str::from_utf8(v).map_err(|e| DecodeError::Malformed {
+                field,
+                reason: e.to_string(),
+            })
         };
-        let malformed = |field: &'static str| move |e: &dyn std::fmt::Display| DecodeError::Malformed { field, reason: e.to_string() };
+        let malformed = |field: &'static str| {
+            move |e: &dyn std::fmt::Display| DecodeError::Malformed {
+                field,
+                reason: e.to_string(),
+            }
+        };
 
-        let version: u32 = text(FIELD_VERSION, version)?.parse().map_err(|e| malformed(FIELD_VERSION)(&e))?;
+        let version: u32 = text(FIELD_VERSION, version)?
+            .parse()
+            .map_err(|e| malformed(FIELD_VERSION)(&e))?;
         if version > ENTRY_VERSION {
             return Err(DecodeError::UnsupportedVersion(version));
         }
@@ -82,7 +94,11 @@ impl StreamEntry {
             .to_utc();
         let payload = RawValue::from_string(text(FIELD_PAYLOAD, payload)?.to_owned())
             .map_err(|e| malformed(FIELD_PAYLOAD)(&e))?;
-        Ok(Self { id, received_at, payload })
+        Ok(Self {
+            id,
+            received_at,
+            payload,
+        })
     }
 }
 
@@ -99,7 +115,10 @@ mod tests {
     }
 
     fn pairs(fields: &[(&'static str, String)]) -> Vec<(&'static str, Vec<u8>)> {
-        fields.iter().map(|(k, v)| (*k, v.clone().into_bytes())).collect()
+        fields
+            .iter()
+            .map(|(k, v)| (*k, v.clone().into_bytes()))
+            .collect()
     }
 
     #[test]
@@ -129,11 +148,27 @@ mod tests {
     fn a_missing_or_broken_field_is_an_error() {
         let entry = sample();
         let fields = pairs(&entry.to_fields());
-        let without_payload = fields.iter().filter(|(k, _)| *k != FIELD_PAYLOAD).map(|(k, v)| (*k, v.as_slice()));
-        assert_eq!(StreamEntry::decode(without_payload).unwrap_err(), DecodeError::MissingField(FIELD_PAYLOAD));
-        let broken = fields
+        let without_payload = fields
             .iter()
-            .map(|(k, v)| if *k == FIELD_PAYLOAD { (*k, b"{oops".as_slice()) } else { (*k, v.as_slice()) });
-        assert!(matches!(StreamEntry::decode(broken), Err(DecodeError::Malformed { field: "payload", .. })));
+            .filter(|(k, _)| *k != FIELD_PAYLOAD)
+            .map(|(k, v)| (*k, v.as_slice()));
+        assert_eq!(
+            StreamEntry::decode(without_payload).unwrap_err(),
+            DecodeError::MissingField(FIELD_PAYLOAD)
+        );
+        let broken = fields.iter().map(|(k, v)| {
+            if *k == FIELD_PAYLOAD {
+                (*k, b"{oops".as_slice())
+            } else {
+                (*k, v.as_slice())
+            }
+        });
+        assert!(matches!(
+            StreamEntry::decode(broken),
+            Err(DecodeError::Malformed {
+                field: "payload",
+                ..
+            })
+        ));
     }
 }

@@ -72,9 +72,13 @@ mod tests {
 
     #[test]
     fn received_at_has_microseconds_and_z() {
-        let at = DateTime::parse_from_rfc3339("2026-11-24T20:00:00.123456789+00:00").unwrap().to_utc();
+        let at = DateTime::parse_from_rfc3339("2026-11-24T20:00:00.123456789+00:00")
+            .unwrap()
+            .to_utc();
         assert_eq!(format_received_at(&at), "2026-11-24T20:00:00.123456Z");
-        let whole = DateTime::parse_from_rfc3339("2026-11-24T20:00:00Z").unwrap().to_utc();
+        let whole = DateTime::parse_from_rfc3339("2026-11-24T20:00:00Z")
+            .unwrap()
+            .to_utc();
         assert_eq!(format_received_at(&whole), "2026-11-24T20:00:00.000000Z");
     }
 
@@ -84,7 +88,8 @@ mod tests {
             id: Uuid::nil(),
             stream_id: StreamId::new(1, 2),
             received_at: DateTime::from_timestamp_micros(1).unwrap(),
-            payload: RawValue::from_string(r#"{"b":1,"a":123456789012345678901234567890}"#.into()).unwrap(),
+            payload: RawValue::from_string(r#"{"b":1,"a":123456789012345678901234567890}"#.into())
+                .unwrap(),
         };
         assert_eq!(
             serde_json::to_string(&m).unwrap(),

@@ -8,9 +8,14 @@ pub use prometheus;
 
 /// Registers `metric` and hands it back. Metric definitions are static, so a failure is a programming
 /// error caught by every test that builds the service.
-pub fn register<M: Collector + Clone + 'static>(registry: &Registry, metric: prometheus::Result<M>) -> M {
+pub fn register<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
     let metric = metric.unwrap_or_else(|e| panic!("invalid metric definition: {e}"));
-    registry.register(Box::new(metric.clone())).unwrap_or_else(|e| panic!("metric registered twice: {e}"));
+    registry
+        .register(Box::new(metric.clone()))
+        .unwrap_or_else(|e| panic!("metric registered twice: {e}"));
     metric
 }
 

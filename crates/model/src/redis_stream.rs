@@ -29,7 +29,10 @@ pub fn shared_connection(settings: &Settings) -> redis::RedisResult<ConnectionMa
         .set_response_timeout(Some(timeout))
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_millis(500));
-    ConnectionManager::new_lazy_with_config(redis::Client::open(settings.redis_url.as_str())?, config)
+    ConnectionManager::new_lazy_with_config(
+        redis::Client::open(settings.redis_url.as_str())?,
+        config,
+    )
 }
 
 /// A pool for blocking reads of up to `block`: the response timeout leaves room for the block itself.
@@ -39,8 +42,9 @@ pub fn blocking_pool(
     size: usize,
 ) -> Result<Pool, Box<dyn std::error::Error + Send + Sync>> {
     let timeout = Duration::from_millis(settings.redis_timeout_ms);
-    let config =
-        AsyncConnectionConfig::new().set_connection_timeout(Some(timeout)).set_response_timeout(Some(block + timeout));
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(block + timeout));
     let manager = Manager::new_with_config(settings.redis_url.as_str(), config)?;
     Ok(Pool::builder(manager)
         .max_size(size)
@@ -64,11 +68,20 @@ pub fn xadd_cmd(stream_key: &str, entry: &StreamEntry) -> redis::Cmd {
 
 /// A stream id as Redis returned it; Redis only ever returns well-formed ones.
 pub fn parse_reply_id(id: &str) -> Result<StreamId, DecodeError> {
-    id.parse().map_err(|e: crate::StreamIdError| DecodeError::Malformed { field: "stream id", reason: e.to_string() })
+    id.parse()
+        .map_err(|e: crate::StreamIdError| DecodeError::Malformed {
+            field: "stream id",
+            reason: e.to_string(),
+        })
 }
 
 /// Decodes one entry of an `XREAD`/`XREADGROUP`/`XRANGE` reply.
-pub fn decode_entry(entry: &RedisStreamEntry) -> (Result<StreamId, DecodeError>, Result<StreamEntry, DecodeError>) {
+pub fn decode_entry(
+    entry: &RedisStreamEntry,
+) -> (
+    Result<StreamId, DecodeError>,
+    Result<StreamEntry, DecodeError>,
+) {
     let fields = entry.map.iter().filter_map(|(name, value)| match value {
         Value::BulkString(bytes) => Some((name.as_str(), bytes.as_slice())),
         Value::SimpleString(s) => Some((name.as_str(), s.as_bytes())),

@@ -68,7 +68,11 @@ pub struct Settings {
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("invalid setting {name}={value:?}: {reason}")]
-    Invalid { name: &'static str, value: String, reason: String },
+    Invalid {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
     #[error("cannot read settings: {0}")]
     Source(String),
 }
@@ -87,15 +91,27 @@ impl Settings {
     }
 
     /// Like [`Settings::load`], with `vars` standing in for the process environment.
-    pub fn from_sources(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, SettingsError> {
+    pub fn from_sources(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, SettingsError> {
         // Keys are matched case-insensitively: the contract's names are upper case, a file's may be either.
-        let env: HashMap<String, String> = vars.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
+        let env: HashMap<String, String> = vars
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
         let mut values = table(File::from_str(DEFAULTS, FileFormat::Toml))?;
         if let Some(path) = env.get(&CONFIG_FILE_VAR.to_ascii_lowercase()) {
-            values.extend(table(File::with_name(path).format(FileFormat::Toml).required(true))?);
+            values.extend(table(
+                File::with_name(path)
+                    .format(FileFormat::Toml)
+                    .required(true),
+            )?);
         }
         // Only the keys Relay knows: the rest of the environment (PATH, HOME, …) is none of its business.
-        let known: Vec<(String, String)> = env.into_iter().filter(|(k, _)| values.contains_key(k)).collect();
+        let known: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| values.contains_key(k))
+            .collect();
         values.extend(known);
         let raw = |key: &str| -> String { values.get(key).cloned().unwrap_or_default() };
 
@@ -106,13 +122,19 @@ impl Settings {
         }
         let mut consumer_name = raw("consumer_name");
         if consumer_name.is_empty() {
-            consumer_name = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+            consumer_name = hostname::get()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default();
             if consumer_name.is_empty() {
                 consumer_name = "persister".into();
             }
         }
         let settings = Self {
-            redis_url: url(&raw, "REDIS_URL", &["redis://", "rediss://", "unix://", "redis+unix://"])?,
+            redis_url: url(
+                &raw,
+                "REDIS_URL",
+                &["redis://", "rediss://", "unix://", "redis+unix://"],
+            )?,
             database_url: url(&raw, "DATABASE_URL", &["postgres://", "postgresql://"])?,
             stream_key: non_empty(&raw, "STREAM_KEY")?,
             ingest_addr,
@@ -152,7 +174,9 @@ pub fn replace_database(url: &str, database: &str) -> String {
         None => (url, None),
     };
     let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
     let mut out = format!("{}/{database}", &base[..path_start]);
     if let Some(q) = query {
         out.push('?');
@@ -175,13 +199,23 @@ where
     T: config::Source + Send + Sync + 'static,
 {
     let err = |e: config::ConfigError| SettingsError::Source(e.to_string());
-    let map: HashMap<String, config::Value> =
-        Config::builder().add_source(source).build().map_err(err)?.try_deserialize().map_err(err)?;
-    map.into_iter().map(|(k, v)| Ok((k.to_ascii_lowercase(), v.into_string().map_err(err)?))).collect()
+    let map: HashMap<String, config::Value> = Config::builder()
+        .add_source(source)
+        .build()
+        .map_err(err)?
+        .try_deserialize()
+        .map_err(err)?;
+    map.into_iter()
+        .map(|(k, v)| Ok((k.to_ascii_lowercase(), v.into_string().map_err(err)?)))
+        .collect()
 }
 
 fn invalid(name: &'static str, value: &str, reason: impl fmt::Display) -> SettingsError {
-    SettingsError::Invalid { name, value: value.to_owned(), reason: reason.to_string() }
+    SettingsError::Invalid {
+        name,
+        value: value.to_owned(),
+        reason: reason.to_string(),
+    }
 }
 
 fn parse<T>(raw: &impl Fn(&str) -> String, name: &'static str) -> Result<T, SettingsError>
@@ -213,10 +247,18 @@ fn non_empty(raw: &impl Fn(&str) -> String, name: &'static str) -> Result<String
     Ok(value.trim().to_owned())
 }
 
-fn url(raw: &impl Fn(&str) -> String, name: &'static str, schemes: &[&str]) -> Result<String, SettingsError> {
+fn url(
+    raw: &impl Fn(&str) -> String,
+    name: &'static str,
+    schemes: &[&str],
+) -> Result<String, SettingsError> {
     let value = non_empty(raw, name)?;
     if !schemes.iter().any(|s| value.starts_with(s)) {
-        return Err(invalid(name, &value, format!("expected a URL starting with {}", schemes.join(" or "))));
+        return Err(invalid(
+            name,
+            &value,
+            format!("expected a URL starting with {}", schemes.join(" or ")),
+        ));
     }
     Ok(value)
 }
@@ -241,7 +283,12 @@ impl FromStr for AllowedOrigins {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let items: Vec<String> = s.split(',').map(str::trim).filter(|o| !o.is_empty()).map(str::to_owned).collect();
+        let items: Vec<String> = s
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(str::to_owned)
+            .collect();
         if items.is_empty() || items.iter().any(|o| o == "*") {
             return Ok(Self::Any);
         }
@@ -270,7 +317,9 @@ impl FromStr for Scope {
             "publish" => Ok(Self::Publish),
             "read" => Ok(Self::Read),
             "subscribe" => Ok(Self::Subscribe),
-            other => Err(format!("unknown scope `{other}` (publish, read, subscribe)")),
+            other => Err(format!(
+                "unknown scope `{other}` (publish, read, subscribe)"
+            )),
         }
     }
 }
@@ -318,14 +367,23 @@ impl FromStr for ApiKeys {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut keys = HashMap::new();
-        for (i, item) in s.split(',').map(str::trim).filter(|i| !i.is_empty()).enumerate() {
+        for (i, item) in s
+            .split(',')
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+            .enumerate()
+        {
             // The error never repeats the key itself: settings errors are logged.
-            let (key, scopes) =
-                item.rsplit_once(':').ok_or_else(|| format!("entry {} is not key:scope+scope", i + 1))?;
+            let (key, scopes) = item
+                .rsplit_once(':')
+                .ok_or_else(|| format!("entry {} is not key:scope+scope", i + 1))?;
             if key.is_empty() {
                 return Err(format!("entry {} has an empty key", i + 1));
             }
-            let scopes = scopes.split('+').map(str::parse).collect::<Result<Vec<Scope>, _>>()?;
+            let scopes = scopes
+                .split('+')
+                .map(str::parse)
+                .collect::<Result<Vec<Scope>, _>>()?;
             keys.insert(key.to_owned(), scopes);
         }
         Ok(Self(keys))
@@ -349,8 +407,12 @@ impl fmt::Debug for Settings {
 
 /// A URL fit for a log line: `user:secret@` becomes `user:***@`.
 pub fn redact_password(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
-    let Some(at) = url[scheme_end..].find('@').map(|i| scheme_end + i) else { return url.to_owned() };
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let Some(at) = url[scheme_end..].find('@').map(|i| scheme_end + i) else {
+        return url.to_owned();
+    };
     match url[scheme_end..at].find(':') {
         Some(colon) => format!("{}:***{}", &url[..scheme_end + colon], &url[at..]),
         None => url.to_owned(),
@@ -384,7 +446,13 @@ mod tests {
 
     #[test]
     fn environment_variables_override_defaults_and_unknown_ones_are_ignored() {
-        let s = with(&[("STREAM_KEY", "other"), ("MAX_BODY_BYTES", "10"), ("PATH", "/bin"), ("HOME", "x")]).unwrap();
+        let s = with(&[
+            ("STREAM_KEY", "other"),
+            ("MAX_BODY_BYTES", "10"),
+            ("PATH", "/bin"),
+            ("HOME", "x"),
+        ])
+        .unwrap();
         assert_eq!(s.stream_key, "other");
         assert_eq!(s.max_body_bytes, 10);
     }
@@ -400,7 +468,10 @@ mod tests {
             ("ALLOWED_ORIGINS", "example.com"),
         ] {
             let err = with(&[(name, value)]).unwrap_err().to_string();
-            assert!(err.starts_with(&format!("invalid setting {name}=")), "{err}");
+            assert!(
+                err.starts_with(&format!("invalid setting {name}=")),
+                "{err}"
+            );
         }
     }
 
@@ -408,7 +479,11 @@ mod tests {
     fn a_settings_file_sets_the_same_keys() {
         let path = std::env::temp_dir().join(format!("relay-settings-{}.toml", std::process::id()));
         std::fs::write(&path, "STREAM_KEY = \"from-file\"\nmax_backlog = 7\n").unwrap();
-        let s = with(&[("RELAY_CONFIG", path.to_str().unwrap()), ("MAX_BACKLOG", "9")]).unwrap();
+        let s = with(&[
+            ("RELAY_CONFIG", path.to_str().unwrap()),
+            ("MAX_BACKLOG", "9"),
+        ])
+        .unwrap();
         std::fs::remove_file(&path).ok();
         assert_eq!(s.stream_key, "from-file");
         assert_eq!(s.max_backlog, 9, "the environment wins over the file");
@@ -419,7 +494,10 @@ mod tests {
         let keys: ApiKeys = "k1:publish+read, k2:subscribe".parse().unwrap();
         assert_eq!(keys.check(Some("k1"), Scope::Read), Access::Granted);
         assert_eq!(keys.check(Some("k2"), Scope::Publish), Access::Forbidden);
-        assert_eq!(keys.check(Some("nope"), Scope::Read), Access::Unauthenticated);
+        assert_eq!(
+            keys.check(Some("nope"), Scope::Read),
+            Access::Unauthenticated
+        );
         assert_eq!(keys.check(None, Scope::Read), Access::Unauthenticated);
         assert!(!format!("{keys:?}").contains("k1"));
         assert!(ApiKeys::default().check(None, Scope::Publish) == Access::Granted);
@@ -427,10 +505,22 @@ mod tests {
 
     #[test]
     fn database_urls_can_point_at_another_database() {
-        assert_eq!(replace_database("postgres://u@h:5432/relay", "t1"), "postgres://u@h:5432/t1");
-        assert_eq!(replace_database("postgres://u@h/relay?sslmode=disable", "t1"), "postgres://u@h/t1?sslmode=disable");
-        assert_eq!(replace_database("postgres://u@h", "t1"), "postgres://u@h/t1");
+        assert_eq!(
+            replace_database("postgres://u@h:5432/relay", "t1"),
+            "postgres://u@h:5432/t1"
+        );
+        assert_eq!(
+            replace_database("postgres://u@h/relay?sslmode=disable", "t1"),
+            "postgres://u@h/t1?sslmode=disable"
+        );
+        assert_eq!(
+            replace_database("postgres://u@h", "t1"),
+            "postgres://u@h/t1"
+        );
         assert_eq!(database_name("postgres://u@h/relay?x=1"), Some("relay"));
-        assert_eq!(redact_password("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(
+            redact_password("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
     }
 }

@@ -27,7 +27,10 @@ impl StreamId {
     }
 
     pub fn from_i64_pair(ms: i64, seq: i64) -> Self {
-        Self { ms: ms.max(0) as u64, seq: seq.max(0) as u64 }
+        Self {
+            ms: ms.max(0) as u64,
+            seq: seq.max(0) as u64,
+        }
     }
 }
 
@@ -41,9 +44,15 @@ impl FromStr for StreamId {
             if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(err());
             }
-            p.parse::<u64>().ok().filter(|v| *v <= i64::MAX as u64).ok_or_else(err)
+            p.parse::<u64>()
+                .ok()
+                .filter(|v| *v <= i64::MAX as u64)
+                .ok_or_else(err)
         };
-        Ok(Self { ms: part(ms)?, seq: part(seq)? })
+        Ok(Self {
+            ms: part(ms)?,
+            seq: part(seq)?,
+        })
     }
 }
 
@@ -67,7 +76,18 @@ mod tests {
 
     #[test]
     fn malformed_stream_ids_are_rejected() {
-        for bad in ["", "5", "-1", "5-", "a-1", "1-b", "1-2-3", "+1-2", "1 -2", "99999999999999999999-0"] {
+        for bad in [
+            "",
+            "5",
+            "-1",
+            "5-",
+            "a-1",
+            "1-b",
+            "1-2-3",
+            "+1-2",
+            "1 -2",
+            "99999999999999999999-0",
+        ] {
             assert!(bad.parse::<StreamId>().is_err(), "{bad:?} should not parse");
         }
     }

@@ -57,8 +57,19 @@ impl Backoff {
 }
 
 impl Consumer {
-    pub fn new(settings: Settings, reads: Pool, redis: ConnectionManager, metrics: Arc<Metrics>) -> Self {
-        Self { settings, reads, redis, pg: None, metrics }
+    pub fn new(
+        settings: Settings,
+        reads: Pool,
+        redis: ConnectionManager,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            settings,
+            reads,
+            redis,
+            pg: None,
+            metrics,
+        }
     }
 
     /// Runs until `stop` is cancelled; the batch in hand is finished (or left pending) before returning.
@@ -71,7 +82,11 @@ impl Consumer {
                 return;
             }
         }
-        log::info!("consumer `{}` reading `{key}` in group `{}`", self.settings.consumer_name, model::PERSISTER_GROUP);
+        log::info!(
+            "consumer `{}` reading `{key}` in group `{}`",
+            self.settings.consumer_name,
+            model::PERSISTER_GROUP
+        );
         let mut cursor = Cursor::Pending("0-0".into());
         while !stop.is_cancelled() {
             let batch = tokio::select! {
@@ -109,10 +124,21 @@ impl Consumer {
     }
 
     async fn read(&mut self, cursor: &Cursor) -> anyhow::Result<Vec<Delivered>> {
-        let mut conn = self.reads.get().await.context("getting a Redis connection")?;
+        let mut conn = self
+            .reads
+            .get()
+            .await
+            .context("getting a Redis connection")?;
         let s = &self.settings;
-        Ok(group::read(&mut conn, &s.stream_key, &s.consumer_name, cursor, s.persister_batch_size, s.persister_block_ms)
-            .await?)
+        Ok(group::read(
+            &mut conn,
+            &s.stream_key,
+            &s.consumer_name,
+            cursor,
+            s.persister_batch_size,
+            s.persister_block_ms,
+        )
+        .await?)
     }
 
     /// Stores what can be stored, dead-letters what never can, then acknowledges both.
@@ -130,7 +156,9 @@ impl Consumer {
                 (_, Err(e @ DecodeError::UnsupportedVersion(_))) => {
                     log::warn!("entry {} left pending: {e}", delivered.raw_id);
                 }
-                (Err(e), _) | (_, Err(e)) => poison.push((delivered.raw_id, delivered.fields, e.to_string())),
+                (Err(e), _) | (_, Err(e)) => {
+                    poison.push((delivered.raw_id, delivered.fields, e.to_string()))
+                }
             }
         }
         if !self.store(rows, stop).await {
@@ -151,7 +179,10 @@ impl Consumer {
         match group::ack(&mut self.redis, &key, &ids).await {
             Ok(n) => self.metrics.acked.inc_by(n as u64),
             // The rows are committed; the entries will be delivered again and stored as no-ops.
-            Err(e) => log::warn!("XACK of {} entries failed (they will be redelivered): {e}", ids.len()),
+            Err(e) => log::warn!(
+                "XACK of {} entries failed (they will be redelivered): {e}",
+                ids.len()
+            ),
         }
     }
 
@@ -172,7 +203,8 @@ impl Consumer {
                     Some(conn) => conn,
                     None => PgConnection::establish(&url).context("connecting to Postgres")?,
                 };
-                let stored = store::write::store_batch(&mut conn, &batch).context("storing a batch");
+                let stored =
+                    store::write::store_batch(&mut conn, &batch).context("storing a batch");
                 stored.map(|n| (n, conn))
             })
             .await;
@@ -180,7 +212,9 @@ impl Consumer {
                 Ok(Ok((new_rows, conn))) => {
                     self.pg = Some(conn);
                     self.metrics.stored.inc_by(new_rows as u64);
-                    self.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+                    self.metrics
+                        .batch_seconds
+                        .observe(started.elapsed().as_secs_f64());
                     return true;
                 }
                 Ok(Err(e)) => log::warn!("{} entries not stored yet (retrying): {e:#}", rows.len()),

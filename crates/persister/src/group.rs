@@ -11,9 +11,9 @@
 
 use std::collections::HashMap;
 
+use model::redis_stream::decode_entry;
 use model::redis_stream::redis::streams::StreamReadReply;
 use model::redis_stream::redis::{self, aio::ConnectionLike, Value};
-use model::redis_stream::decode_entry;
 use model::{dead_letter_key, DecodeError, StreamEntry, StreamId, PERSISTER_GROUP};
 
 /// One entry as the group delivered it.
@@ -36,7 +36,10 @@ pub enum Cursor {
     New,
 }
 
-pub async fn ensure_group(conn: &mut impl ConnectionLike, stream_key: &str) -> redis::RedisResult<()> {
+pub async fn ensure_group(
+    conn: &mut impl ConnectionLike,
+    stream_key: &str,
+) -> redis::RedisResult<()> {
     let created: redis::RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(stream_key)
@@ -61,7 +64,11 @@ pub async fn read(
     block_ms: u64,
 ) -> redis::RedisResult<Vec<Delivered>> {
     let mut cmd = redis::cmd("XREADGROUP");
-    cmd.arg("GROUP").arg(PERSISTER_GROUP).arg(consumer).arg("COUNT").arg(count);
+    cmd.arg("GROUP")
+        .arg(PERSISTER_GROUP)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count);
     let start = match cursor {
         Cursor::Pending(after) => after.as_str(),
         Cursor::New => {
@@ -75,16 +82,30 @@ pub async fn read(
     Ok(entries
         .map(|e| {
             let (stream_id, entry) = decode_entry(&e);
-            Delivered { raw_id: e.id, stream_id, entry, fields: e.map }
+            Delivered {
+                raw_id: e.id,
+                stream_id,
+                entry,
+                fields: e.map,
+            }
         })
         .collect())
 }
 
-pub async fn ack(conn: &mut impl ConnectionLike, stream_key: &str, ids: &[&str]) -> redis::RedisResult<usize> {
+pub async fn ack(
+    conn: &mut impl ConnectionLike,
+    stream_key: &str,
+    ids: &[&str],
+) -> redis::RedisResult<usize> {
     if ids.is_empty() {
         return Ok(0);
     }
-    redis::cmd("XACK").arg(stream_key).arg(PERSISTER_GROUP).arg(ids).query_async(conn).await
+    redis::cmd("XACK")
+        .arg(stream_key)
+        .arg(PERSISTER_GROUP)
+        .arg(ids)
+        .query_async(conn)
+        .await
 }
 
 /// Copies an entry that cannot be stored to `<stream>:dead` with the reason. The caller acknowledges it
@@ -97,7 +118,12 @@ pub async fn dead_letter(
     reason: &str,
 ) -> redis::RedisResult<()> {
     let mut cmd = redis::cmd("XADD");
-    cmd.arg(dead_letter_key(stream_key)).arg("*").arg("source_id").arg(raw_id).arg("reason").arg(reason);
+    cmd.arg(dead_letter_key(stream_key))
+        .arg("*")
+        .arg("source_id")
+        .arg(raw_id)
+        .arg("reason")
+        .arg(reason);
     for (field, value) in fields {
         if let Value::BulkString(bytes) = value {
             cmd.arg(format!("entry.{field}")).arg(bytes.as_slice());

@@ -18,14 +18,22 @@ pub struct HealthState {
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(|| async { HttpResponse::Ok().content_type("text/plain").body("ok\n") }))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics));
+    cfg.route(
+        "/healthz",
+        web::get().to(|| async { HttpResponse::Ok().content_type("text/plain").body("ok\n") }),
+    )
+    .route("/readyz", web::get().to(readyz))
+    .route("/metrics", web::get().to(metrics));
 }
 
 async fn readyz(state: web::Data<HealthState>) -> HttpResponse {
     let mut redis = state.redis.clone();
-    let redis_ok = match tokio::time::timeout(state.timeout, redis::cmd("PING").query_async::<String>(&mut redis)).await {
+    let redis_ok = match tokio::time::timeout(
+        state.timeout,
+        redis::cmd("PING").query_async::<String>(&mut redis),
+    )
+    .await
+    {
         Ok(Ok(_)) => "ok".to_owned(),
         Ok(Err(e)) => e.to_string(),
         Err(_) => "no answer".to_owned(),
@@ -50,5 +58,7 @@ async fn readyz(state: web::Data<HealthState>) -> HttpResponse {
 }
 
 async fn metrics(state: web::Data<HealthState>) -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(model::metrics::render(&state.metrics.registry))
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(model::metrics::render(&state.metrics.registry))
 }

@@ -21,21 +21,35 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         Self {
-            stored: register(&registry, IntCounter::new("relay_persister_stored_total", "Rows written to Postgres")),
-            acked: register(&registry, IntCounter::new("relay_persister_acked_total", "Entries acknowledged")),
+            stored: register(
+                &registry,
+                IntCounter::new("relay_persister_stored_total", "Rows written to Postgres"),
+            ),
+            acked: register(
+                &registry,
+                IntCounter::new("relay_persister_acked_total", "Entries acknowledged"),
+            ),
             dead_lettered: register(
                 &registry,
-                IntCounter::new("relay_persister_dead_lettered_total", "Entries moved to the dead-letter stream"),
+                IntCounter::new(
+                    "relay_persister_dead_lettered_total",
+                    "Entries moved to the dead-letter stream",
+                ),
             ),
             store_errors: register(
                 &registry,
-                IntCounter::new("relay_persister_store_errors_total", "Failed attempts to store a batch"),
+                IntCounter::new(
+                    "relay_persister_store_errors_total",
+                    "Failed attempts to store a batch",
+                ),
             ),
             batch_seconds: register(
                 &registry,
                 Histogram::with_opts(
                     HistogramOpts::new("relay_persister_batch_seconds", "Time to store one batch")
-                        .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
+                        .buckets(vec![
+                            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+                        ]),
                 ),
             ),
             registry,

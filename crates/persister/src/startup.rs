@@ -34,8 +34,12 @@ impl Application {
             .context("preparing the database (DATABASE_URL)")?;
         let timeout = Duration::from_millis(settings.redis_timeout_ms);
         let redis = redis_stream::shared_connection(&settings).context("REDIS_URL")?;
-        let reads = redis_stream::blocking_pool(&settings, Duration::from_millis(settings.persister_block_ms), 2)
-            .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
+        let reads = redis_stream::blocking_pool(
+            &settings,
+            Duration::from_millis(settings.persister_block_ms),
+            2,
+        )
+        .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
         let metrics = Arc::new(Metrics::new());
         let listener = TcpListener::bind(settings.persister_addr)
             .with_context(|| format!("binding PERSISTER_ADDR={}", settings.persister_addr))?;
@@ -47,13 +51,21 @@ impl Application {
             metrics: Arc::clone(&metrics),
             timeout,
         });
-        let server = HttpServer::new(move || App::new().app_data(health.clone()).configure(health::configure))
-            .workers(1)
-            .disable_signals()
-            .listen(listener)?
-            .run();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(health.clone())
+                .configure(health::configure)
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)?
+        .run();
         let consumer = Consumer::new(settings, reads, redis, metrics);
-        Ok(Self { port, server, consumer })
+        Ok(Self {
+            port,
+            server,
+            consumer,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -62,7 +74,10 @@ impl Application {
 
     /// Consumes until `shutdown` resolves; the batch in hand is committed and acknowledged (or left
     /// pending, never half-done) before this returns.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
         let consumer = tokio::spawn(self.consumer.run(stop.clone()));
         let handle = self.server.handle();

@@ -36,7 +36,10 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
-                .route("/healthz", web::get().to(|| async { HttpResponse::Ok().body("ok\n") }))
+                .route(
+                    "/healthz",
+                    web::get().to(|| async { HttpResponse::Ok().body("ok\n") }),
+                )
                 .route("/readyz", web::get().to(readyz))
         })
         .disable_signals()
@@ -49,7 +52,10 @@ impl Application {
         self.port
     }
 
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let handle = self.server.handle();
         tokio::spawn(async move {
             shutdown.await;
@@ -61,7 +67,12 @@ impl Application {
 
 async fn readyz(state: web::Data<State>) -> HttpResponse {
     let mut conn = state.redis.clone();
-    match tokio::time::timeout(state.timeout, redis::cmd("PING").query_async::<String>(&mut conn)).await {
+    match tokio::time::timeout(
+        state.timeout,
+        redis::cmd("PING").query_async::<String>(&mut conn),
+    )
+    .await
+    {
         Ok(Ok(_)) => HttpResponse::Ok().json(serde_json::json!({"redis": "ok"})),
         _ => HttpResponse::ServiceUnavailable().json(serde_json::json!({"redis": "unreachable"})),
     }

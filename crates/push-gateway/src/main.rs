@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
-use push_gateway::Application;
 use model::{shutdown, Settings};
+use push_gateway::Application;
 
 #[tokio::main]
 async fn main() -> ExitCode {

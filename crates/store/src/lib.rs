@@ -2,11 +2,11 @@
 //! ingest-api (reads) and the persister (writes) share. Everything here is blocking Diesel: callers run it
 //! on a blocking pool.
 
+pub mod read;
 pub mod rows;
 pub mod schema;
 pub mod setup;
 pub mod write;
-pub mod read;
 
 pub use rows::{JsonText, MessageRow, NewMessage};
 pub use setup::{connect_pool, prepare_database, PgPool};

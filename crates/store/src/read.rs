@@ -11,18 +11,33 @@ use crate::rows::MessageRow;
 use crate::schema::messages;
 
 pub fn find(conn: &mut PgConnection, id: Uuid) -> QueryResult<Option<MessageRow>> {
-    messages::table.filter(messages::id.eq(id)).select(MessageRow::as_select()).first(conn).optional()
+    messages::table
+        .filter(messages::id.eq(id))
+        .select(MessageRow::as_select())
+        .first(conn)
+        .optional()
 }
 
 /// `(stream_ms, stream_seq) > after`, written as a row comparison so that Postgres walks the primary key
 /// from `after` on (an `a > x OR (a = x AND b > y)` filter would not be an index range).
-fn after_filter(after: StreamId) -> diesel::expression::SqlLiteral<Bool, impl diesel::query_builder::QueryFragment<diesel::pg::Pg>> {
+fn after_filter(
+    after: StreamId,
+) -> diesel::expression::SqlLiteral<Bool, impl diesel::query_builder::QueryFragment<diesel::pg::Pg>>
+{
     let (ms, seq) = after.as_i64_pair();
-    sql::<Bool>("(stream_ms, stream_seq) > (").bind::<BigInt, _>(ms).sql(", ").bind::<BigInt, _>(seq).sql(")")
+    sql::<Bool>("(stream_ms, stream_seq) > (")
+        .bind::<BigInt, _>(ms)
+        .sql(", ")
+        .bind::<BigInt, _>(seq)
+        .sql(")")
 }
 
 /// Up to `limit` messages after `after` (exclusive), in stream order.
-pub fn page(conn: &mut PgConnection, after: Option<StreamId>, limit: i64) -> QueryResult<Vec<MessageRow>> {
+pub fn page(
+    conn: &mut PgConnection,
+    after: Option<StreamId>,
+    limit: i64,
+) -> QueryResult<Vec<MessageRow>> {
     let query = messages::table
         .select(MessageRow::as_select())
         .order((messages::stream_ms, messages::stream_seq))

@@ -102,7 +102,12 @@ impl MessageRow {
     /// the `json` column only holds valid JSON, so there is nothing to re-check or re-encode.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"id\":\"");
-        out.extend_from_slice(self.id.hyphenated().encode_lower(&mut Uuid::encode_buffer()).as_bytes());
+        out.extend_from_slice(
+            self.id
+                .hyphenated()
+                .encode_lower(&mut Uuid::encode_buffer())
+                .as_bytes(),
+        );
         out.extend_from_slice(b"\",\"stream_id\":\"");
         out.extend_from_slice(self.stream_id().to_string().as_bytes());
         out.extend_from_slice(b"\",\"received_at\":\"");

@@ -49,7 +49,9 @@ fn create_database(url: &str) -> anyhow::Result<()> {
             Ok(())
         }
         // Another replica created it first.
-        Err(DieselError::DatabaseError(DatabaseErrorKind::Unknown, info)) if info.message().contains("already exists") => {
+        Err(DieselError::DatabaseError(DatabaseErrorKind::Unknown, info))
+            if info.message().contains("already exists") =>
+        {
             Ok(())
         }
         Err(e) => Err(e).with_context(|| format!("creating database {name}")),

@@ -21,10 +21,16 @@ pub fn store_batch(conn: &mut PgConnection, rows: &[NewMessage]) -> QueryResult<
     }
     conn.transaction(|conn| {
         // A nested `transaction` is a savepoint: a failed COPY leaves the outer transaction usable.
-        let fast = conn.transaction(|conn| diesel::copy_from(messages::table).from_insertable(rows).execute(conn));
+        let fast = conn.transaction(|conn| {
+            diesel::copy_from(messages::table)
+                .from_insertable(rows)
+                .execute(conn)
+        });
         match fast {
             Ok(n) => Ok(n),
-            Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => store_deduplicated(conn, rows),
+            Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
+                store_deduplicated(conn, rows)
+            }
             Err(e) => Err(e),
         }
     })
@@ -37,12 +43,18 @@ fn store_deduplicated(conn: &mut PgConnection, rows: &[NewMessage]) -> QueryResu
     )
     .execute(conn)?;
     let staged: Vec<StagedMessage<'_>> = rows.iter().map(NewMessage::staged).collect();
-    diesel::copy_from(messages_staging::table).from_insertable(&staged).execute(conn)?;
+    diesel::copy_from(messages_staging::table)
+        .from_insertable(&staged)
+        .execute(conn)?;
     diesel::sql_query(
         "INSERT INTO messages (stream_ms, stream_seq, id, received_at, payload) \
          SELECT stream_ms, stream_seq, id, received_at, payload FROM messages_staging \
          ORDER BY stream_ms, stream_seq ON CONFLICT DO NOTHING",
     )
     .execute(conn)
-    .and_then(|n| diesel::sql_query("TRUNCATE messages_staging").execute(conn).map(|_| n))
+    .and_then(|n| {
+        diesel::sql_query("TRUNCATE messages_staging")
+            .execute(conn)
+            .map(|_| n)
+    })
 }

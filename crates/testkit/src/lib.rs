@@ -36,27 +36,40 @@ pub fn count_rows(database_url: &str) -> i64 {
         n: i64,
     }
     let mut conn = PgConnection::establish(database_url).expect("connect to the test database");
-    diesel::sql_query("SELECT count(*) AS n FROM messages").get_result::<Count>(&mut conn).expect("count rows").n
+    diesel::sql_query("SELECT count(*) AS n FROM messages")
+        .get_result::<Count>(&mut conn)
+        .expect("count rows")
+        .n
 }
 
 /// A synchronous Redis connection for test set-up and checks.
 pub fn redis(settings: &Settings) -> redis::Connection {
-    redis::Client::open(settings.redis_url.as_str()).and_then(|c| c.get_connection()).expect("connect to Redis")
+    redis::Client::open(settings.redis_url.as_str())
+        .and_then(|c| c.get_connection())
+        .expect("connect to Redis")
 }
 
 /// Drops the test's database and its stream keys. Runs on a plain thread, since it may be called from
 /// `Drop` inside an async runtime.
 pub fn cleanup(settings: &Settings) {
-    let Some(db) = model::settings::database_name(&settings.database_url).map(str::to_owned) else { return };
+    let Some(db) = model::settings::database_name(&settings.database_url).map(str::to_owned) else {
+        return;
+    };
     let admin = settings.database_url_for("postgres");
     let redis_url = settings.redis_url.clone();
     let key = settings.stream_key.clone();
     let _ = std::thread::spawn(move || {
         if let Ok(mut conn) = PgConnection::establish(&admin) {
-            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")).execute(&mut conn);
+            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+                .execute(&mut conn);
         }
-        if let Ok(mut conn) = redis::Client::open(redis_url.as_str()).and_then(|c| c.get_connection()) {
-            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&key).arg(model::dead_letter_key(&key)).query(&mut conn);
+        if let Ok(mut conn) =
+            redis::Client::open(redis_url.as_str()).and_then(|c| c.get_connection())
+        {
+            let _: redis::RedisResult<()> = redis::cmd("DEL")
+                .arg(&key)
+                .arg(model::dead_letter_key(&key))
+                .query(&mut conn);
         }
     })
     .join();

@@ -23,7 +23,8 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 fn not_ready(reason: String) -> HttpResponse {
-    HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "not ready", "redis": reason}))
+    HttpResponse::ServiceUnavailable()
+        .json(serde_json::json!({"status": "not ready", "redis": reason}))
 }
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {

@@ -29,9 +29,16 @@ pub async fn publish(
     match &result {
         Ok((_, accepted)) => {
             state.metrics.accepted.inc_by(accepted.len() as u64);
-            state.metrics.publish_seconds.observe(started.elapsed().as_secs_f64());
+            state
+                .metrics
+                .publish_seconds
+                .observe(started.elapsed().as_secs_f64());
         }
-        Err(e) => state.metrics.rejected.with_label_values(&[e.status_code_str()]).inc(),
+        Err(e) => state
+            .metrics
+            .rejected
+            .with_label_values(&[e.status_code_str()])
+            .inc(),
     }
     let (kind, accepted) = result?;
     let mut res = HttpResponse::Accepted();
@@ -66,7 +73,11 @@ async fn accept(
 }
 
 /// The body, or 413 as soon as it is known to be over `limit` (from `Content-Length`, or while reading).
-async fn read_limited(req: &HttpRequest, mut body: web::Payload, limit: usize) -> Result<BytesMut, ApiError> {
+async fn read_limited(
+    req: &HttpRequest,
+    mut body: web::Payload,
+    limit: usize,
+) -> Result<BytesMut, ApiError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -77,7 +88,8 @@ async fn read_limited(req: &HttpRequest, mut body: web::Payload, limit: usize) -
     }
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(limit));
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| ApiError::MalformedJson(format!("the body could not be read: {e}")))?;
+        let chunk = chunk
+            .map_err(|e| ApiError::MalformedJson(format!("the body could not be read: {e}")))?;
         if buf.len() + chunk.len() > limit {
             return Err(ApiError::TooLarge { limit });
         }
@@ -89,8 +101,14 @@ async fn read_limited(req: &HttpRequest, mut body: web::Payload, limit: usize) -
 /// Appends the entries and answers what each became. Waits on Redis at most `REDIS_TIMEOUT_MS`.
 async fn append(state: &AppState, payloads: Vec<Box<RawValue>>) -> Result<Vec<Accepted>, ApiError> {
     let received_at = now_micros();
-    let entries: Vec<StreamEntry> =
-        payloads.into_iter().map(|payload| StreamEntry { id: Uuid::now_v7(), received_at, payload }).collect();
+    let entries: Vec<StreamEntry> = payloads
+        .into_iter()
+        .map(|payload| StreamEntry {
+            id: Uuid::now_v7(),
+            received_at,
+            payload,
+        })
+        .collect();
     let key = &state.settings.stream_key;
     let mut redis = state.redis.clone();
     let timeout = Duration::from_millis(state.settings.redis_timeout_ms);
@@ -111,7 +129,11 @@ async fn append(state: &AppState, payloads: Vec<Box<RawValue>>) -> Result<Vec<Ac
         .zip(ids)
         .map(|(entry, stream_id)| {
             let stream_id = parse_reply_id(&stream_id).map_err(|e| ApiError::Internal(e.into()))?;
-            Ok(Accepted { id: entry.id, stream_id, received_at })
+            Ok(Accepted {
+                id: entry.id,
+                stream_id,
+                received_at,
+            })
         })
         .collect()
 }
@@ -123,6 +145,8 @@ async fn bounded<T>(
     match tokio::time::timeout(timeout, fut).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(ApiError::StreamUnavailable(e.into())),
-        Err(_) => Err(ApiError::StreamUnavailable(anyhow::anyhow!("no answer from Redis within {timeout:?}"))),
+        Err(_) => Err(ApiError::StreamUnavailable(anyhow::anyhow!(
+            "no answer from Redis within {timeout:?}"
+        ))),
     }
 }

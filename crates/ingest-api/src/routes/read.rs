@@ -37,7 +37,10 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     let query = web::Query::<ListQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::BadQuery(format!("bad query string: {e}")))?;
     let after = match query.after.as_deref() {
-        Some(a) => Some(a.parse::<StreamId>().map_err(|e| ApiError::BadQuery(format!("after: {e}")))?),
+        Some(a) => Some(
+            a.parse::<StreamId>()
+                .map_err(|e| ApiError::BadQuery(format!("after: {e}")))?,
+        ),
         None => None,
     };
     let limit = match query.limit.as_deref() {
@@ -45,7 +48,11 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
             l.parse::<i64>()
                 .ok()
                 .filter(|l| (1..=MAX_LIMIT).contains(l))
-                .ok_or_else(|| ApiError::BadQuery(format!("limit: `{l}` is not a whole number from 1 to {MAX_LIMIT}")))?,
+                .ok_or_else(|| {
+                    ApiError::BadQuery(format!(
+                        "limit: `{l}` is not a whole number from 1 to {MAX_LIMIT}"
+                    ))
+                })?,
         ),
         None => None,
     };
@@ -61,13 +68,15 @@ async fn page(db: &PgPool, after: Option<StreamId>, limit: i64) -> Result<HttpRe
     let mut rows = web::block(move || -> Result<_, ApiError> {
         let mut conn = db.get().map_err(|e| ApiError::StoreUnavailable(e.into()))?;
         // One extra row tells whether there is a next page without a second query.
-        store::read::page(&mut conn, after, limit + 1).map_err(|e| ApiError::StoreUnavailable(e.into()))
+        store::read::page(&mut conn, after, limit + 1)
+            .map_err(|e| ApiError::StoreUnavailable(e.into()))
     })
     .await
     .map_err(|e| ApiError::Internal(anyhow::anyhow!("blocking pool: {e}")))??;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
-    let mut body = Vec::with_capacity(rows.iter().map(|r| r.payload.0.len() + 128).sum::<usize>() + 2);
+    let mut body =
+        Vec::with_capacity(rows.iter().map(|r| r.payload.0.len() + 128).sum::<usize>() + 2);
     body.push(b'[');
     for (i, row) in rows.iter().enumerate() {
         if i > 0 {
@@ -79,7 +88,13 @@ async fn page(db: &PgPool, after: Option<StreamId>, limit: i64) -> Result<HttpRe
     let mut res = HttpResponse::Ok();
     res.content_type("application/json");
     if let (true, Some(last)) = (more, rows.last()) {
-        res.insert_header((header::LINK, format!("</messages?after={}&limit={limit}>; rel=\"next\"", last.stream_id())));
+        res.insert_header((
+            header::LINK,
+            format!(
+                "</messages?after={}&limit={limit}>; rel=\"next\"",
+                last.stream_id()
+            ),
+        ));
     }
     Ok(res.body(body))
 }
@@ -106,7 +121,10 @@ async fn stream_all(db: PgPool, after: Option<StreamId>) -> Result<HttpResponse,
             if buf.len() < CHUNK_BYTES {
                 return true;
             }
-            let chunk = Bytes::from(std::mem::replace(&mut buf, Vec::with_capacity(CHUNK_BYTES + 4096)));
+            let chunk = Bytes::from(std::mem::replace(
+                &mut buf,
+                Vec::with_capacity(CHUNK_BYTES + 4096),
+            ));
             // An error here means the client has gone: stop reading rows.
             tx.blocking_send(Ok(chunk)).is_ok()
         });
@@ -125,7 +143,11 @@ async fn stream_all(db: PgPool, after: Option<StreamId>) -> Result<HttpResponse,
     let first = match rx.recv().await {
         Some(Ok(chunk)) => chunk,
         Some(Err(e)) => return Err(e),
-        None => return Err(ApiError::Internal(anyhow::anyhow!("the reading task ended without an answer"))),
+        None => {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "the reading task ended without an answer"
+            )))
+        }
     };
     let rest = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| {
@@ -136,13 +158,21 @@ async fn stream_all(db: PgPool, after: Option<StreamId>) -> Result<HttpResponse,
             (item, rx)
         })
     });
-    let body = futures_util::stream::once(async move { Ok::<_, actix_web::Error>(first) }).chain(rest);
-    Ok(HttpResponse::Ok().content_type("application/json").streaming(body))
+    let body =
+        futures_util::stream::once(async move { Ok::<_, actix_web::Error>(first) }).chain(rest);
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .streaming(body))
 }
 
-pub async fn one(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn one(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     crate::auth::require(&req, &state.settings.api_keys, Scope::Read)?;
-    let id = Uuid::try_parse(&path).map_err(|_| ApiError::BadQuery(format!("`{}` is not a UUID", path.as_str())))?;
+    let id = Uuid::try_parse(&path)
+        .map_err(|_| ApiError::BadQuery(format!("`{}` is not a UUID", path.as_str())))?;
     let db = state.db.clone();
     let row = web::block(move || -> Result<_, ApiError> {
         let mut conn = db.get().map_err(|e| ApiError::StoreUnavailable(e.into()))?;
@@ -151,7 +181,9 @@ pub async fn one(req: HttpRequest, path: web::Path<String>, state: web::Data<App
     .await
     .map_err(|e| ApiError::Internal(anyhow::anyhow!("blocking pool: {e}")))??;
     match row {
-        Some(row) => Ok(HttpResponse::Ok().content_type("application/json").body(row.to_json())),
+        Some(row) => Ok(HttpResponse::Ok()
+            .content_type("application/json")
+            .body(row.to_json())),
         None => Err(ApiError::NotFound),
     }
 }

@@ -28,7 +28,10 @@ pub async fn spawn_pipeline() -> TestApp {
 
 pub async fn spawn_with(settings: Settings, with_persister: bool) -> TestApp {
     let url = settings.database_url.clone();
-    tokio::task::spawn_blocking(move || store::prepare_database(&url)).await.unwrap().unwrap();
+    tokio::task::spawn_blocking(move || store::prepare_database(&url))
+        .await
+        .unwrap()
+        .unwrap();
     let mut app = TestApp {
         address: String::new(),
         settings: settings.clone(),
@@ -36,12 +39,17 @@ pub async fn spawn_with(settings: Settings, with_persister: bool) -> TestApp {
         stop: Vec::new(),
         tasks: Vec::new(),
     };
-    let ingest = ingest_api::Application::build(settings.clone()).await.unwrap();
+    let ingest = ingest_api::Application::build(settings.clone())
+        .await
+        .unwrap();
     app.address = format!("http://127.0.0.1:{}", ingest.port());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     app.stop.push(tx);
     app.tasks.push(tokio::spawn(async move {
-        ingest.run_until_stopped(async move { rx.await.unwrap_or(()) }).await.unwrap();
+        ingest
+            .run_until_stopped(async move { rx.await.unwrap_or(()) })
+            .await
+            .unwrap();
     }));
     if with_persister {
         app.start_persister(settings).await;
@@ -55,7 +63,10 @@ impl TestApp {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         self.stop.push(tx);
         self.tasks.push(tokio::spawn(async move {
-            persister.run_until_stopped(async move { rx.await.unwrap_or(()) }).await.unwrap();
+            persister
+                .run_until_stopped(async move { rx.await.unwrap_or(()) })
+                .await
+                .unwrap();
         }));
     }
 
@@ -70,7 +81,11 @@ impl TestApp {
     }
 
     pub async fn get(&self, path_and_query: &str) -> reqwest::Response {
-        self.client.get(format!("{}{path_and_query}", self.address)).send().await.unwrap()
+        self.client
+            .get(format!("{}{path_and_query}", self.address))
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Every persisted message, through the API.
@@ -96,7 +111,11 @@ impl TestApp {
     pub async fn stream_len(&self) -> usize {
         let client = redis::Client::open(self.settings.redis_url.as_str()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        redis::cmd("XLEN").arg(&self.settings.stream_key).query_async(&mut conn).await.unwrap()
+        redis::cmd("XLEN")
+            .arg(&self.settings.stream_key)
+            .query_async(&mut conn)
+            .await
+            .unwrap()
     }
 
     /// Rows in this test's database, counted by SQL.

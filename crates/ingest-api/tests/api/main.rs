@@ -1,4 +1,5 @@
 //! ingest-api against real Redis and Postgres: each test gets its own database and stream key.
+#![allow(clippy::unwrap_used)]
 
 mod helpers;
 mod publish;

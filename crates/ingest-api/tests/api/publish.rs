@@ -8,7 +8,10 @@ async fn assert_problem(res: reqwest::Response, status: u16) -> serde_json::Valu
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["status"], status);
     for field in ["type", "title", "detail"] {
-        assert!(body[field].as_str().is_some_and(|s| !s.is_empty()), "problem without {field}: {body}");
+        assert!(
+            body[field].as_str().is_some_and(|s| !s.is_empty()),
+            "problem without {field}: {body}"
+        );
     }
     body
 }
@@ -23,9 +26,16 @@ async fn a_json_message_is_accepted_with_202_location_and_its_ids() {
     let id = body["id"].as_str().unwrap();
     assert_eq!(location, format!("/messages/{id}"));
     assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 7);
-    assert!(body["stream_id"].as_str().unwrap().parse::<model::StreamId>().is_ok());
+    assert!(body["stream_id"]
+        .as_str()
+        .unwrap()
+        .parse::<model::StreamId>()
+        .is_ok());
     let at = body["received_at"].as_str().unwrap();
-    assert!(at.ends_with('Z') && at.len() == "2026-11-24T20:00:00.123456Z".len(), "{at}");
+    assert!(
+        at.ends_with('Z') && at.len() == "2026-11-24T20:00:00.123456Z".len(),
+        "{at}"
+    );
     assert_eq!(app.stream_len().await, 1);
 }
 
@@ -50,34 +60,81 @@ async fn every_bad_input_answers_its_problem_and_writes_nothing() {
     let app = spawn_with(settings, false).await;
     let deep = format!("{}{}", "[".repeat(129), "]".repeat(129));
     let cases: Vec<(&str, Option<&str>, Vec<u8>, u16)> = vec![
-        ("malformed JSON", Some("application/json"), b"{\"a\":".to_vec(), 400),
-        ("two values", Some("application/json"), b"{} {}".to_vec(), 400),
+        (
+            "malformed JSON",
+            Some("application/json"),
+            b"{\"a\":".to_vec(),
+            400,
+        ),
+        (
+            "two values",
+            Some("application/json"),
+            b"{} {}".to_vec(),
+            400,
+        ),
         ("empty body", Some("application/json"), b"".to_vec(), 400),
-        ("invalid UTF-8", Some("application/json"), b"\"\xff\xfe\"".to_vec(), 400),
-        ("nesting deeper than 128", Some("application/json"), deep.into_bytes(), 400),
-        ("over the size limit", Some("application/json"), format!("\"{}\"", "x".repeat(2000)).into_bytes(), 413),
+        (
+            "invalid UTF-8",
+            Some("application/json"),
+            b"\"\xff\xfe\"".to_vec(),
+            400,
+        ),
+        (
+            "nesting deeper than 128",
+            Some("application/json"),
+            deep.into_bytes(),
+            400,
+        ),
+        (
+            "over the size limit",
+            Some("application/json"),
+            format!("\"{}\"", "x".repeat(2000)).into_bytes(),
+            413,
+        ),
         ("no content type", None, b"{}".to_vec(), 415),
         ("text/plain", Some("text/plain"), b"{}".to_vec(), 415),
-        ("another charset", Some("application/json; charset=latin1"), b"{}".to_vec(), 415),
-        ("a bad NDJSON line", Some("application/x-ndjson"), b"1\n{\"ok\":true}\n{oops\n".to_vec(), 400),
+        (
+            "another charset",
+            Some("application/json; charset=latin1"),
+            b"{}".to_vec(),
+            415,
+        ),
+        (
+            "a bad NDJSON line",
+            Some("application/x-ndjson"),
+            b"1\n{\"ok\":true}\n{oops\n".to_vec(),
+            400,
+        ),
     ];
     for (what, content_type, body, status) in cases {
-        let mut req = app.client.post(format!("{}/messages", app.address)).body(body);
+        let mut req = app
+            .client
+            .post(format!("{}/messages", app.address))
+            .body(body);
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
         }
         let problem = assert_problem(req.send().await.unwrap(), status).await;
         if what == "a bad NDJSON line" {
-            assert!(problem["detail"].as_str().unwrap().contains("line 3"), "{problem}");
+            assert!(
+                problem["detail"].as_str().unwrap().contains("line 3"),
+                "{problem}"
+            );
         }
     }
-    assert_eq!(app.stream_len().await, 0, "a rejected request wrote to the stream");
+    assert_eq!(
+        app.stream_len().await,
+        0,
+        "a rejected request wrote to the stream"
+    );
 }
 
 #[tokio::test]
 async fn nesting_of_exactly_128_levels_is_accepted() {
     let app = spawn_app().await;
-    let res = app.post_json(format!("{}{}", "[".repeat(128), "]".repeat(128))).await;
+    let res = app
+        .post_json(format!("{}{}", "[".repeat(128), "]".repeat(128)))
+        .await;
     assert_eq!(res.status(), 202);
 }
 
@@ -120,7 +177,11 @@ async fn a_batch_over_the_line_limit_is_refused_whole() {
 async fn redis_unreachable_is_a_503_with_retry_after_not_a_hang() {
     let mut settings = test_settings();
     // A port where nothing listens.
-    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     settings.redis_url = format!("redis://127.0.0.1:{free}");
     settings.redis_timeout_ms = 500;
     let app = spawn_with(settings, false).await;
@@ -153,7 +214,12 @@ async fn api_keys_guard_publish_and_read_by_scope() {
     assert_problem(post(Some("wrong")).await.unwrap(), 401).await;
     assert_problem(post(Some("read-key")).await.unwrap(), 403).await;
     assert_eq!(post(Some("pub-key")).await.unwrap().status(), 202);
-    let read = |key: &'static str| app.client.get(format!("{}/messages", app.address)).bearer_auth(key).send();
+    let read = |key: &'static str| {
+        app.client
+            .get(format!("{}/messages", app.address))
+            .bearer_auth(key)
+            .send()
+    };
     assert_problem(read("pub-key").await.unwrap(), 403).await;
     assert_eq!(read("read-key").await.unwrap().status(), 200);
     assert_eq!(app.get("/healthz").await.status(), 200, "health stays open");

@@ -27,7 +27,9 @@ fn next_link(res: &reqwest::Response) -> Option<String> {
 async fn paging_walks_the_link_chain_to_exactly_the_full_set() {
     let app = spawn_app().await;
     let url = app.settings.database_url.clone();
-    tokio::task::spawn_blocking(move || insert_rows(&url, 2345, 10)).await.unwrap();
+    tokio::task::spawn_blocking(move || insert_rows(&url, 2345, 10))
+        .await
+        .unwrap();
     let mut next = Some("/messages?limit=1000".to_owned());
     let (mut seen, mut pages) = (Vec::new(), 0);
     while let Some(path) = next {
@@ -36,21 +38,38 @@ async fn paging_walks_the_link_chain_to_exactly_the_full_set() {
         next = next_link(&res);
         let page: Vec<serde_json::Value> = res.json().await.unwrap();
         assert!(!page.is_empty() && page.len() <= 1000);
-        seen.extend(page.into_iter().map(|m| m["payload"]["i"].as_i64().unwrap()));
+        seen.extend(
+            page.into_iter()
+                .map(|m| m["payload"]["i"].as_i64().unwrap()),
+        );
         pages += 1;
     }
     assert_eq!(pages, 3);
-    assert_eq!(seen, (1..=2345).collect::<Vec<_>>(), "every row once, in stream order");
+    assert_eq!(
+        seen,
+        (1..=2345).collect::<Vec<_>>(),
+        "every row once, in stream order"
+    );
 }
 
 #[tokio::test]
 async fn after_is_exclusive_and_compares_stream_ids_numerically() {
     let app = spawn_app().await;
     let url = app.settings.database_url.clone();
-    tokio::task::spawn_blocking(move || insert_rows(&url, 12, 1)).await.unwrap();
+    tokio::task::spawn_blocking(move || insert_rows(&url, 12, 1))
+        .await
+        .unwrap();
     // "9-0" < "10-0" numerically, though not as strings.
-    let page: Vec<serde_json::Value> = app.get("/messages?after=9-0&limit=10").await.json().await.unwrap();
-    let ids: Vec<&str> = page.iter().map(|m| m["stream_id"].as_str().unwrap()).collect();
+    let page: Vec<serde_json::Value> = app
+        .get("/messages?after=9-0&limit=10")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = page
+        .iter()
+        .map(|m| m["stream_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["10-0", "11-0", "12-0"]);
     let all: Vec<serde_json::Value> = app.get("/messages?after=9-0").await.json().await.unwrap();
     assert_eq!(all.len(), 3, "after works without limit too");
@@ -59,10 +78,22 @@ async fn after_is_exclusive_and_compares_stream_ids_numerically() {
 #[tokio::test]
 async fn bad_after_or_limit_is_a_400_problem() {
     let app = spawn_app().await;
-    for q in ["after=abc", "after=1-", "limit=0", "limit=1001", "limit=ten", "limit=-1", "after=1-0&limit=1.5"] {
+    for q in [
+        "after=abc",
+        "after=1-",
+        "limit=0",
+        "limit=1001",
+        "limit=ten",
+        "limit=-1",
+        "after=1-0&limit=1.5",
+    ] {
         let res = app.get(&format!("/messages?{q}")).await;
         assert_eq!(res.status(), 400, "{q}");
-        assert_eq!(res.headers()["content-type"], "application/problem+json", "{q}");
+        assert_eq!(
+            res.headers()["content-type"],
+            "application/problem+json",
+            "{q}"
+        );
     }
 }
 
@@ -70,15 +101,22 @@ async fn bad_after_or_limit_is_a_400_problem() {
 async fn one_message_by_id_or_404_or_400() {
     let app = spawn_app().await;
     let url = app.settings.database_url.clone();
-    tokio::task::spawn_blocking(move || insert_rows(&url, 3, 1)).await.unwrap();
+    tokio::task::spawn_blocking(move || insert_rows(&url, 3, 1))
+        .await
+        .unwrap();
     let all = app.all_messages().await;
     let id = all[1]["id"].as_str().unwrap();
     let res = app.get(&format!("/messages/{id}")).await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.json::<serde_json::Value>().await.unwrap(), all[1]);
-    let missing = app.get(&format!("/messages/{}", uuid::Uuid::now_v7())).await;
+    let missing = app
+        .get(&format!("/messages/{}", uuid::Uuid::now_v7()))
+        .await;
     assert_eq!(missing.status(), 404);
-    assert_eq!(missing.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        missing.headers()["content-type"],
+        "application/problem+json"
+    );
     assert_eq!(app.get("/messages/not-a-uuid").await.status(), 400);
 }
 
@@ -86,13 +124,20 @@ async fn one_message_by_id_or_404_or_400() {
 async fn an_empty_table_reads_as_an_empty_array() {
     let app = spawn_app().await;
     assert_eq!(app.get("/messages").await.text().await.unwrap(), "[]");
-    assert_eq!(app.get("/messages?limit=5").await.text().await.unwrap(), "[]");
+    assert_eq!(
+        app.get("/messages?limit=5").await.text().await.unwrap(),
+        "[]"
+    );
 }
 
 #[tokio::test]
 async fn postgres_unreachable_makes_reads_a_503_while_posts_still_succeed() {
     let mut settings = crate::helpers::test_settings();
-    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let app = crate::helpers::spawn_with(settings.clone(), false).await;
     // A second instance of ingest-api on the same stream whose database is a port where nothing listens.
     settings.database_url = format!("postgres://postgres@127.0.0.1:{free}/nowhere");
@@ -100,14 +145,36 @@ async fn postgres_unreachable_makes_reads_a_503_while_posts_still_succeed() {
     let broken = ingest_api::Application::build(settings).await.unwrap();
     let address = format!("http://127.0.0.1:{}", broken.port());
     tokio::spawn(broken.run_until_stopped(std::future::pending()));
-    for path in ["/messages", "/messages?limit=10", &format!("/messages/{}", uuid::Uuid::now_v7())] {
-        let res = app.client.get(format!("{address}{path}")).send().await.unwrap();
+    for path in [
+        "/messages",
+        "/messages?limit=10",
+        &format!("/messages/{}", uuid::Uuid::now_v7()),
+    ] {
+        let res = app
+            .client
+            .get(format!("{address}{path}"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), 503, "{path}");
         assert!(res.headers().contains_key("retry-after"));
     }
-    let res = app.client.post(format!("{address}/messages")).header("content-type", "application/json").body("1").send();
+    let res = app
+        .client
+        .post(format!("{address}/messages"))
+        .header("content-type", "application/json")
+        .body("1")
+        .send();
     assert_eq!(res.await.unwrap().status(), 202);
-    assert_eq!(app.client.get(format!("{address}/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        app.client
+            .get(format!("{address}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 /// Reads `/messages` of 100,000 rows (~100 MiB of JSON) from the real ingest-api binary while sampling its
@@ -130,7 +197,10 @@ fn reading_100000_rows_streams_in_bounded_memory() {
     let baseline = rss_kib(pid);
     let sampler = std::thread::spawn(move || {
         let mut peak = 0;
-        while let Some(rss) = std::fs::read_to_string(format!("/proc/{pid}/status")).ok().map(|_| rss_kib(pid)) {
+        while let Some(rss) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .map(|_| rss_kib(pid))
+        {
             peak = peak.max(rss);
             if rss == 0 {
                 break;
@@ -156,9 +226,15 @@ fn reading_100000_rows_streams_in_bounded_memory() {
     let peak = sampler.join().unwrap();
     crate::helpers::cleanup(&settings);
     let grown_mib = peak.saturating_sub(baseline) / 1024;
-    eprintln!("ingest-api RSS: baseline {} KiB, peak {peak} KiB (+{grown_mib} MiB) for ~100 MiB of JSON", baseline);
+    eprintln!(
+        "ingest-api RSS: baseline {} KiB, peak {peak} KiB (+{grown_mib} MiB) for ~100 MiB of JSON",
+        baseline
+    );
     assert!(peak > 0, "the sampler never read the process");
-    assert!(grown_mib < 32, "ingest-api grew by {grown_mib} MiB while streaming ~100 MiB");
+    assert!(
+        grown_mib < 32,
+        "ingest-api grew by {grown_mib} MiB while streaming ~100 MiB"
+    );
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -175,7 +251,10 @@ fn listening_port(stderr: std::process::ChildStderr) -> u16 {
     use std::io::BufRead;
     let mut lines = std::io::BufReader::new(stderr).lines();
     let port = loop {
-        let line = lines.next().expect("ingest-api exited before listening").unwrap();
+        let line = lines
+            .next()
+            .expect("ingest-api exited before listening")
+            .unwrap();
         if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
             break rest.split_whitespace().next().unwrap().parse().unwrap();
         }

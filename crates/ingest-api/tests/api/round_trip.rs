@@ -34,7 +34,9 @@ async fn a_varied_set_round_trips_exactly_in_order_with_the_ids_of_the_202s() {
     // that is not part of the JSON value), so compare the JSON text, not re-parsed values.
     let raw = app.get("/messages").await.text().await.unwrap();
     let raw: Vec<model::Message> = serde_json::from_str(&raw).unwrap();
-    for ((posted, answer), (message, row)) in payloads.iter().zip(&accepted).zip(raw.iter().zip(&stored)) {
+    for ((posted, answer), (message, row)) in
+        payloads.iter().zip(&accepted).zip(raw.iter().zip(&stored))
+    {
         assert_eq!(message.payload.get(), posted.trim(), "payload changed");
         assert_eq!(row["id"], answer["id"]);
         assert_eq!(row["stream_id"], answer["stream_id"]);

@@ -22,13 +22,21 @@ impl RunningPersister {
         let port = app.port();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until_stopped(async move { rx.await.unwrap_or(()) }));
-        Self { port, stop: Some(tx), task }
+        Self {
+            port,
+            stop: Some(tx),
+            task,
+        }
     }
 
     /// A clean stop: the batch in hand finishes first.
     pub async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(10), &mut self.task).await.unwrap().unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
     }
 }
 
@@ -45,13 +53,20 @@ pub fn setup() -> (Settings, Cleanup) {
 }
 
 pub fn entry(payload: &str) -> StreamEntry {
-    StreamEntry { id: Uuid::now_v7(), received_at: now_micros(), payload: RawValue::from_string(payload.into()).unwrap() }
+    StreamEntry {
+        id: Uuid::now_v7(),
+        received_at: now_micros(),
+        payload: RawValue::from_string(payload.into()).unwrap(),
+    }
 }
 
 /// Appends entries the way ingest-api does; returns their stream ids.
 pub fn xadd(settings: &Settings, entries: &[StreamEntry]) -> Vec<String> {
     let mut conn = testkit::redis(settings);
-    entries.iter().map(|e| xadd_cmd(&settings.stream_key, e).query(&mut conn).unwrap()).collect()
+    entries
+        .iter()
+        .map(|e| xadd_cmd(&settings.stream_key, e).query(&mut conn).unwrap())
+        .collect()
 }
 
 /// Polls the row count until it reaches `n` or 20 s pass; returns the last count.
@@ -59,7 +74,9 @@ pub async fn wait_for_rows(settings: &Settings, n: i64) -> i64 {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let url = settings.database_url.clone();
-        let count = tokio::task::spawn_blocking(move || testkit::count_rows(&url)).await.unwrap();
+        let count = tokio::task::spawn_blocking(move || testkit::count_rows(&url))
+            .await
+            .unwrap();
         if count >= n || Instant::now() > deadline {
             return count;
         }
@@ -70,7 +87,10 @@ pub async fn wait_for_rows(settings: &Settings, n: i64) -> i64 {
 /// Entries pending in the persister group (delivered, not acknowledged).
 pub fn pending(settings: &Settings) -> usize {
     let mut conn = testkit::redis(settings);
-    let reply: (usize, redis::Value, redis::Value, redis::Value) =
-        redis::cmd("XPENDING").arg(&settings.stream_key).arg(model::PERSISTER_GROUP).query(&mut conn).unwrap();
+    let reply: (usize, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+        .arg(&settings.stream_key)
+        .arg(model::PERSISTER_GROUP)
+        .query(&mut conn)
+        .unwrap();
     reply.0
 }

@@ -11,18 +11,35 @@ use crate::helpers::{entry, pending, setup, wait_for_rows, xadd, RunningPersiste
 async fn a_persister_killed_between_commit_and_ack_loses_and_duplicates_nothing() {
     let (settings, _cleanup) = setup();
     let url = settings.database_url.clone();
-    tokio::task::spawn_blocking(move || store::prepare_database(&url)).await.unwrap().unwrap();
-    xadd(&settings, &(0..300).map(|i| entry(&format!("{{\"i\":{i}}}"))).collect::<Vec<_>>());
+    tokio::task::spawn_blocking(move || store::prepare_database(&url))
+        .await
+        .unwrap()
+        .unwrap();
+    xadd(
+        &settings,
+        &(0..300)
+            .map(|i| entry(&format!("{{\"i\":{i}}}")))
+            .collect::<Vec<_>>(),
+    );
 
     // The first life of consumer `settings.consumer_name`: it reads 200 entries and commits them, then dies
     // before XACK. These are the persister's own steps, run by hand so the crash lands exactly there.
     {
         let client = redis::Client::open(settings.redis_url.as_str()).unwrap();
         let mut conn: ConnectionManager = client.get_connection_manager().await.unwrap();
-        group::ensure_group(&mut conn, &settings.stream_key).await.unwrap();
-        let batch = group::read(&mut conn, &settings.stream_key, &settings.consumer_name, &Cursor::New, 200, 100)
+        group::ensure_group(&mut conn, &settings.stream_key)
             .await
             .unwrap();
+        let batch = group::read(
+            &mut conn,
+            &settings.stream_key,
+            &settings.consumer_name,
+            &Cursor::New,
+            200,
+            100,
+        )
+        .await
+        .unwrap();
         assert_eq!(batch.len(), 200);
         let rows: Vec<NewMessage> = batch
             .into_iter()
@@ -43,18 +60,34 @@ async fn a_persister_killed_between_commit_and_ack_loses_and_duplicates_nothing(
     let persister = RunningPersister::start(settings.clone()).await;
     assert_eq!(wait_for_rows(&settings, 300).await, 300);
     persister.stop().await;
-    assert_eq!(testkit::count_rows(&settings.database_url), 300, "no duplicate");
-    assert_eq!(pending(&settings), 0, "everything acknowledged after the restart");
+    assert_eq!(
+        testkit::count_rows(&settings.database_url),
+        300,
+        "no duplicate"
+    );
+    assert_eq!(
+        pending(&settings),
+        0,
+        "everything acknowledged after the restart"
+    );
 }
 
 #[tokio::test]
 async fn a_stopped_persister_resumes_where_it_left_off() {
     let (settings, _cleanup) = setup();
-    xadd(&settings, &(0..100).map(|i| entry(&i.to_string())).collect::<Vec<_>>());
+    xadd(
+        &settings,
+        &(0..100).map(|i| entry(&i.to_string())).collect::<Vec<_>>(),
+    );
     let first = RunningPersister::start(settings.clone()).await;
     assert_eq!(wait_for_rows(&settings, 100).await, 100);
     first.stop().await;
-    xadd(&settings, &(100..250).map(|i| entry(&i.to_string())).collect::<Vec<_>>());
+    xadd(
+        &settings,
+        &(100..250)
+            .map(|i| entry(&i.to_string()))
+            .collect::<Vec<_>>(),
+    );
     let second = RunningPersister::start(settings.clone()).await;
     assert_eq!(wait_for_rows(&settings, 250).await, 250);
     second.stop().await;

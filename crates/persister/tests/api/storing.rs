@@ -12,10 +12,17 @@ use crate::helpers::{entry, pending, setup, wait_for_rows, xadd, RunningPersiste
 async fn the_persister_creates_its_database_and_stores_what_was_posted_before_it_started() {
     let (settings, _cleanup) = setup();
     // The stream already holds entries and the database does not exist yet.
-    xadd(&settings, &(0..50).map(|i| entry(&format!("{{\"i\":{i}}}"))).collect::<Vec<_>>());
+    xadd(
+        &settings,
+        &(0..50)
+            .map(|i| entry(&format!("{{\"i\":{i}}}")))
+            .collect::<Vec<_>>(),
+    );
     let persister = RunningPersister::start(settings.clone()).await;
     assert_eq!(wait_for_rows(&settings, 50).await, 50);
-    let ready = reqwest::get(format!("http://127.0.0.1:{}/readyz", persister.port)).await.unwrap();
+    let ready = reqwest::get(format!("http://127.0.0.1:{}/readyz", persister.port))
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 200);
     persister.stop().await;
     assert_eq!(pending(&settings), 0, "every stored entry is acknowledged");
@@ -61,7 +68,12 @@ async fn an_undecodable_entry_goes_to_the_dead_letter_stream_and_its_neighbours_
     let dead_key = model::dead_letter_key(&settings.stream_key);
     let mut dead: Vec<redis::streams::StreamId> = Vec::new();
     for _ in 0..100 {
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE").arg(&dead_key).arg("-").arg("+").query(&mut conn).unwrap();
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&dead_key)
+            .arg("-")
+            .arg("+")
+            .query(&mut conn)
+            .unwrap();
         dead = reply.ids;
         if !dead.is_empty() {
             break;
@@ -74,5 +86,9 @@ async fn an_undecodable_entry_goes_to_the_dead_letter_stream_and_its_neighbours_
     assert_eq!(source, poison);
     assert!(reason.contains("id"), "{reason}");
     persister.stop().await;
-    assert_eq!(pending(&settings), 0, "the dead-lettered entry is acknowledged too");
+    assert_eq!(
+        pending(&settings),
+        0,
+        "the dead-lettered entry is acknowledged too"
+    );
 }

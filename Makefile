@@ -1,0 +1,40 @@
+# Relay — the two commands a fresh machine needs are `make run` and `make test`.
+SHELL := /usr/bin/env bash
+CARGO ?= cargo
+
+.PHONY: run test lint bench up build check-toolchain
+
+check-toolchain:
+	@command -v $(CARGO) >/dev/null || { echo "missing: Rust (cargo). Install it from https://rustup.rs and run again." >&2; exit 1; }
+	@command -v cc >/dev/null || { echo "missing: a C compiler (Debian: apt-get install -y build-essential)." >&2; exit 1; }
+	@scripts/native-deps.sh
+
+build: check-toolchain
+	$(CARGO) build --bins
+
+## The whole pipeline in the foreground, with local Redis and Postgres started if none answers.
+run: build
+	scripts/run.sh
+
+## Every test, against real Redis and Postgres (started if none answers).
+test: check-toolchain
+	scripts/services.sh up
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  $(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+	  echo "cargo-nextest not found: running cargo test instead (cargo install cargo-nextest for nicer output)"; \
+	  $(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+## Formatting and lints, as CI checks them.
+lint: check-toolchain
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## The load benchmark.
+bench:
+	@echo "make bench: not built yet (see the open benchmark issue)" >&2; exit 1
+
+## The same pipeline in containers.
+up:
+	docker compose up --build
