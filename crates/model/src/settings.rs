@@ -51,6 +51,8 @@ pub struct Settings {
     pub persister_block_ms: u64,
     /// `WS_SEND_QUEUE`: frames waiting for one WebSocket client before it is closed with 1013.
     pub ws_send_queue: usize,
+    /// `MAX_CONNECTIONS`: WebSocket clients one push-gateway serves at once; more are refused with 503.
+    pub max_connections: usize,
     /// `MAX_BODY_BYTES`: the size limit of one JSON message.
     pub max_body_bytes: usize,
     /// `MAX_BATCH_LINES`: the line limit of one NDJSON batch.
@@ -150,6 +152,7 @@ impl Settings {
             persister_batch_size: positive(&raw, "PERSISTER_BATCH_SIZE")?,
             persister_block_ms: positive(&raw, "PERSISTER_BLOCK_MS")?,
             ws_send_queue: positive(&raw, "WS_SEND_QUEUE")?,
+            max_connections: positive(&raw, "MAX_CONNECTIONS")?,
             max_body_bytes: positive(&raw, "MAX_BODY_BYTES")?,
             max_batch_lines: positive(&raw, "MAX_BATCH_LINES")?,
             max_batch_bytes: positive(&raw, "MAX_BATCH_BYTES")?,

@@ -1,0 +1,65 @@
+//! The JSON text frames the gateway sends. Every server frame has a `type`.
+
+use bytestring::ByteString;
+use model::{Message, StreamEntry, StreamId};
+use serde::Serialize;
+
+use crate::hub::Frame;
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum Outgoing<'a> {
+    /// One stream entry: `{"type":"message","data":<the message>}`.
+    Message { data: &'a Message },
+    /// Entries after `since` were trimmed from the stream; replay resumes at `oldest`.
+    Gap { since: String, oldest: String },
+}
+
+/// Encodes a message frame, once, for every client that gets it.
+pub fn message(stream_id: StreamId, entry: StreamEntry) -> Frame {
+    let message = Message {
+        id: entry.id,
+        stream_id,
+        received_at: entry.received_at,
+        payload: entry.payload,
+    };
+    Frame {
+        stream_id,
+        text: encode(&Outgoing::Message { data: &message }),
+    }
+}
+
+pub fn gap(since: StreamId, oldest: StreamId) -> ByteString {
+    encode(&Outgoing::Gap {
+        since: since.to_string(),
+        oldest: oldest.to_string(),
+    })
+}
+
+fn encode(frame: &Outgoing<'_>) -> ByteString {
+    // Serializing these types cannot fail: every field is a string or already-valid JSON text.
+    ByteString::from(serde_json::to_string(frame).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_have_the_contracts_shape() {
+        let entry = StreamEntry {
+            id: uuid::Uuid::nil(),
+            received_at: chrono::DateTime::from_timestamp_micros(0).unwrap(),
+            payload: serde_json::value::RawValue::from_string("{\"b\":1,\"a\":2}".into()).unwrap(),
+        };
+        let frame = message(StreamId::new(5, 1), entry);
+        assert_eq!(
+            &*frame.text,
+            r#"{"type":"message","data":{"id":"00000000-0000-0000-0000-000000000000","stream_id":"5-1","received_at":"1970-01-01T00:00:00.000000Z","payload":{"b":1,"a":2}}}"#
+        );
+        assert_eq!(
+            &*gap(StreamId::new(1, 0), StreamId::new(9, 0)),
+            r#"{"type":"gap","since":"1-0","oldest":"9-0"}"#
+        );
+    }
+}

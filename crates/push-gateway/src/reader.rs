@@ -1,0 +1,130 @@
+//! The one stream reader of a gateway process: plain `XREAD BLOCK` (no consumer group, so every gateway
+//! replica sees every entry), each entry encoded once and handed to the hub.
+//!
+//! It starts at the stream's newest entry: what came before is history, which a client asks for with
+//! `?since=`. After a Redis outage it resumes after the last entry it saw, so live clients miss nothing
+//! that reached the stream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use model::redis_stream::deadpool_redis::Pool;
+use model::redis_stream::redis::{self, streams::StreamReadReply};
+use model::redis_stream::{decode_entry, parse_reply_id};
+use model::StreamId;
+use tokio_util::sync::CancellationToken;
+
+use crate::frames;
+use crate::hub::{Frame, Hub};
+use crate::metrics::Metrics;
+
+/// Entries read per `XREAD`.
+const READ_COUNT: usize = 1000;
+/// How long one `XREAD` blocks; also how quickly the reader notices a stop.
+pub const READ_BLOCK: Duration = Duration::from_millis(1000);
+
+pub async fn run(
+    stream_key: String,
+    reads: Pool,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let mut delay = Duration::from_millis(100);
+    let mut last = loop {
+        match newest_id(&reads, &stream_key).await {
+            Ok(id) => break id,
+            Err(e) => {
+                log::warn!("cannot read `{stream_key}` yet (retrying): {e}");
+                if !sleep_or_stop(&mut delay, &stop).await {
+                    return;
+                }
+            }
+        }
+    };
+    log::info!("reading `{stream_key}` live after {last}");
+    loop {
+        let read = tokio::select! {
+            () = stop.cancelled() => return,
+            read = read_after(&reads, &stream_key, &last) => read,
+        };
+        let frames = match read {
+            Ok(frames) => frames,
+            Err(e) => {
+                log::warn!("XREAD on `{stream_key}` failed (retrying): {e}");
+                if !sleep_or_stop(&mut delay, &stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        delay = Duration::from_millis(100);
+        if let Some(newest) = frames.last() {
+            last = newest.stream_id.to_string();
+            metrics.entries_read.inc_by(frames.len() as u64);
+            let slow = hub.publish(&frames);
+            metrics.slow_clients.inc_by(slow as u64);
+        }
+    }
+}
+
+/// The id of the newest entry, or `0-0` for an empty (or missing) stream.
+async fn newest_id(reads: &Pool, key: &str) -> anyhow::Result<String> {
+    let mut conn = reads.get().await?;
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(key)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut conn)
+        .await?;
+    Ok(reply
+        .ids
+        .first()
+        .map_or_else(|| "0-0".to_owned(), |e| e.id.clone()))
+}
+
+async fn read_after(reads: &Pool, key: &str, after: &str) -> anyhow::Result<Vec<Frame>> {
+    let mut conn = reads.get().await?;
+    let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+        .arg("COUNT")
+        .arg(READ_COUNT)
+        .arg("BLOCK")
+        .arg(READ_BLOCK.as_millis() as u64)
+        .arg("STREAMS")
+        .arg(key)
+        .arg(after)
+        .query_async(&mut conn)
+        .await?;
+    Ok(to_frames(
+        reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids),
+    ))
+}
+
+/// Frames for entries of an `XREAD`/`XRANGE` reply. An entry that does not decode is skipped here (the
+/// persister dead-letters it); its id still advances the reader.
+pub fn to_frames(entries: impl IntoIterator<Item = redis::streams::StreamId>) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    for e in entries {
+        match decode_entry(&e) {
+            (Ok(stream_id), Ok(entry)) => frames.push(frames::message(stream_id, entry)),
+            (_, Err(err)) | (Err(err), _) => log::warn!("entry {} not pushed: {err}", e.id),
+        }
+    }
+    frames
+}
+
+/// The stream id of a reply entry (Redis only returns well-formed ones).
+pub fn reply_id(id: &str) -> Option<StreamId> {
+    parse_reply_id(id).ok()
+}
+
+async fn sleep_or_stop(delay: &mut Duration, stop: &CancellationToken) -> bool {
+    let d = *delay;
+    *delay = (*delay * 2).min(Duration::from_secs(5));
+    tokio::select! {
+        () = stop.cancelled() => false,
+        () = tokio::time::sleep(d) => true,
+    }
+}

@@ -1,0 +1,310 @@
+//! `GET /ws`: one WebSocket client.
+//!
+//! Resuming with `?since=<id>` has to join two sources without a gap or a duplicate at the seam: the
+//! stream's history (`XRANGE`) and the live frames from the hub. The order of operations makes it safe:
+//! 1. the client is subscribed to the hub *first*, so every entry the reader publishes from now on is
+//!    queued for it;
+//! 2. then the history after `since` is replayed from the stream in pages, up to whatever the stream holds
+//!    at that time — which includes every entry published before step 1;
+//! 3. then the queued live frames are sent, skipping any whose id is not after the last one sent (the
+//!    entries that were both replayed and queued).
+//! Anything published before step 1 is in the stream by then; anything after is in the queue: no gap.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
+use futures_util::StreamExt;
+use model::redis_stream::redis::{self, Value};
+use model::settings::{Access, Scope};
+use model::StreamId;
+use serde::Deserialize;
+
+use crate::frames;
+use crate::hub::Subscription;
+use crate::reader::{reply_id, to_frames};
+use crate::startup::{problem, AppState};
+
+/// How often the server pings each client.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// A client that has sent nothing (not even a pong) for this long is closed.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a close frame may wait for a client that is not reading before the connection is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// Entries per `XRANGE` page while replaying.
+const REPLAY_PAGE: usize = 500;
+
+#[derive(Deserialize)]
+pub struct WsQuery {
+    since: Option<String>,
+    access_token: Option<String>,
+}
+
+pub async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+    let Ok(query) = web::Query::<WsQuery>::from_query(req.query_string()) else {
+        return problem(
+            400,
+            "invalid-parameter",
+            "Invalid parameter",
+            "bad query string".into(),
+        );
+    };
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or(query.access_token.as_deref());
+    match state.settings.api_keys.check(bearer, Scope::Subscribe) {
+        Access::Granted => {}
+        Access::Unauthenticated => {
+            return problem(401, "unauthenticated", "Unauthenticated", "send a key with the `subscribe` scope as `Authorization: Bearer <key>` or `?access_token=<key>`".into())
+        }
+        Access::Forbidden => return problem(403, "forbidden", "Forbidden", "this API key lacks the `subscribe` scope".into()),
+    }
+    if let Some(origin) = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+    {
+        if !state.settings.allowed_origins.allows(origin) {
+            return problem(
+                403,
+                "origin-not-allowed",
+                "Origin not allowed",
+                format!("origin {origin} is not in ALLOWED_ORIGINS"),
+            );
+        }
+    }
+    let since = match query.since.as_deref().map(str::parse::<StreamId>) {
+        None => None,
+        Some(Ok(id)) => Some(id),
+        Some(Err(e)) => {
+            return problem(
+                400,
+                "invalid-parameter",
+                "Invalid parameter",
+                format!("since: {e}"),
+            )
+        }
+    };
+    let Ok(subscription) = state.hub.subscribe() else {
+        state.metrics.refused.inc();
+        return problem(
+            503,
+            "too-many-connections",
+            "Too many connections",
+            "the gateway is at MAX_CONNECTIONS; retry later".into(),
+        );
+    };
+    let (response, session, messages) = match actix_ws::handle(&req, body) {
+        Ok(parts) => parts,
+        Err(e) => {
+            state.hub.unsubscribe(subscription.id);
+            return problem(
+                400,
+                "not-a-websocket",
+                "Not a WebSocket handshake",
+                e.to_string(),
+            );
+        }
+    };
+    state.metrics.connections.inc();
+    actix_web::rt::spawn(async move {
+        let id = subscription.id;
+        let reason = serve(&state, session.clone(), messages, subscription, since).await;
+        state.hub.unsubscribe(id);
+        state.metrics.connections.dec();
+        if let Some(reason) = reason {
+            let _ = tokio::time::timeout(CLOSE_GRACE, session.close(Some(reason))).await;
+        }
+    });
+    response
+}
+
+/// Why a session ended: `Some(reason)` when the server should send a close frame.
+type End = Option<CloseReason>;
+
+fn close(code: CloseCode, why: &str) -> End {
+    Some(CloseReason {
+        code,
+        description: Some(why.to_owned()),
+    })
+}
+
+async fn serve(
+    state: &AppState,
+    mut session: Session,
+    mut messages: MessageStream,
+    mut sub: Subscription,
+    since: Option<StreamId>,
+) -> End {
+    let mut last_sent = None;
+    if let Some(since) = since {
+        match replay(state, &mut session, &sub, since).await {
+            Ok(last) => last_sent = last.or(Some(since)),
+            Err(end) => return end,
+        }
+    }
+    let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
+            biased;
+            () = state.stop.cancelled() => return close(CloseCode::Away, "server shutting down"),
+            () = sub.too_slow.cancelled() => return too_slow(),
+            frame = sub.frames.recv() => {
+                let Some(frame) = frame else { return too_slow() };
+                if last_sent.is_some_and(|last| frame.stream_id <= last) {
+                    continue; // already sent during the replay
+                }
+                if let Err(end) = send(&mut session, &sub, frame.text).await {
+                    return end;
+                }
+                state.metrics.frames_sent.inc();
+                last_sent = Some(frame.stream_id);
+            }
+            message = messages.next() => match message {
+                Some(Ok(Message::Ping(bytes))) => {
+                    last_heard = Instant::now();
+                    if session.pong(&bytes).await.is_err() { return None; }
+                }
+                Some(Ok(Message::Close(_))) => return close(CloseCode::Normal, "bye"),
+                Some(Ok(_)) => last_heard = Instant::now(),
+                Some(Err(_)) | None => return None,
+            },
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > CLIENT_TIMEOUT {
+                    return close(CloseCode::Policy, "no answer to pings");
+                }
+                if session.ping(b"").await.is_err() { return None; }
+            }
+        }
+    }
+}
+
+fn too_slow() -> End {
+    close(
+        CloseCode::Again,
+        "too slow: more than WS_SEND_QUEUE frames waiting; reconnect with since",
+    )
+}
+
+/// Sends a frame, giving up as soon as the client is marked too slow (a client that does not read
+/// would otherwise hold this send forever).
+async fn send(
+    session: &mut Session,
+    sub: &Subscription,
+    text: bytestring::ByteString,
+) -> Result<(), End> {
+    tokio::select! {
+        biased;
+        () = sub.too_slow.cancelled() => Err(too_slow()),
+        sent = session.text(text) => sent.map_err(|_| None),
+    }
+}
+
+/// Replays the history after `since`, preceded by a `gap` frame when part of it was trimmed. Returns the
+/// last stream id sent.
+async fn replay(
+    state: &AppState,
+    session: &mut Session,
+    sub: &Subscription,
+    since: StreamId,
+) -> Result<Option<StreamId>, End> {
+    let unavailable = |e: redis::RedisError| {
+        log::warn!("replay for a client failed: {e}");
+        close(CloseCode::Again, "stream unavailable; reconnect with since")
+    };
+    let mut redis = state.redis.clone();
+    let key = &state.settings.stream_key;
+    let info = stream_info(&mut redis, key).await.map_err(unavailable)?;
+    // Entries after `since` are gone when anything was ever removed from the stream (more entries added
+    // than it holds) and `since` is older than what it holds now. (Redis 7.0 does not move
+    // `max-deleted-entry-id` on trims, so the count is the reliable signal.) When `since` was itself the
+    // entry just before the oldest, the gap is empty and the client's fill from GET /messages finds nothing.
+    let mut start = format!("({since}");
+    let oldest = info.first.unwrap_or(StreamId::new(
+        info.last_generated.ms,
+        info.last_generated.seq + 1,
+    ));
+    if info.entries_added > info.length && since < oldest && since < info.last_generated {
+        send(session, sub, frames::gap(since, oldest)).await?;
+        start = oldest.to_string();
+    }
+    let mut last = None;
+    loop {
+        let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(key)
+            .arg(&start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(REPLAY_PAGE)
+            .query_async(&mut redis)
+            .await
+            .map_err(unavailable)?;
+        let count = page.ids.len();
+        if let Some(newest) = page.ids.last().and_then(|e| reply_id(&e.id)) {
+            start = format!("({newest}");
+        }
+        for frame in to_frames(page.ids) {
+            send(session, sub, frame.text).await?;
+            state.metrics.frames_sent.inc();
+            last = Some(frame.stream_id);
+        }
+        if count < REPLAY_PAGE {
+            return Ok(last);
+        }
+    }
+}
+
+struct StreamInfo {
+    first: Option<StreamId>,
+    last_generated: StreamId,
+    length: u64,
+    entries_added: u64,
+}
+
+fn int_of(v: Option<&Value>) -> u64 {
+    match v {
+        Some(Value::Int(n)) => (*n).max(0) as u64,
+        _ => 0,
+    }
+}
+
+/// The parts of `XINFO STREAM` the replay needs; a missing stream reads as an empty one.
+async fn stream_info(
+    redis: &mut impl redis::aio::ConnectionLike,
+    key: &str,
+) -> redis::RedisResult<StreamInfo> {
+    let reply: redis::RedisResult<HashMap<String, Value>> = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(key)
+        .query_async(redis)
+        .await;
+    let map = match reply {
+        Ok(map) => map,
+        Err(e) if e.to_string().contains("no such key") => HashMap::new(),
+        Err(e) => return Err(e),
+    };
+    let id_of = |v: Option<&Value>| -> Option<StreamId> {
+        match v? {
+            Value::BulkString(b) => reply_id(std::str::from_utf8(b).ok()?),
+            Value::SimpleString(s) => reply_id(s),
+            // `first-entry` is `[id, [field, value, …]]`.
+            Value::Array(items) => match items.first()? {
+                Value::BulkString(b) => reply_id(std::str::from_utf8(b).ok()?),
+                _ => None,
+            },
+            _ => None,
+        }
+    };
+    Ok(StreamInfo {
+        first: id_of(map.get("first-entry")),
+        last_generated: id_of(map.get("last-generated-id")).unwrap_or(StreamId::new(0, 0)),
+        length: int_of(map.get("length")),
+        entries_added: int_of(map.get("entries-added")),
+    })
+}

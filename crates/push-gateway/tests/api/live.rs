@@ -1,0 +1,302 @@
+//! Live delivery, resume without gap or duplicate, the gap frame, slow clients, and refusals.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::helpers::{spawn, Seen};
+
+fn ids(accepted: &[serde_json::Value]) -> Vec<String> {
+    accepted
+        .iter()
+        .map(|a| a["stream_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn stream_ids(messages: &[serde_json::Value]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| m["stream_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn every_posted_message_reaches_a_socket_in_order_with_its_payload() {
+    let relay = spawn(testkit::test_settings(), false).await;
+    let mut ws = relay.connect("").await;
+    let mut accepted = Vec::new();
+    for i in 0..200 {
+        accepted.push(
+            relay
+                .post(format!(
+                    r#"{{"i":{i},"big":123456789012345678901234567890}}"#
+                ))
+                .await,
+        );
+    }
+    let got = ws.messages(200).await;
+    assert_eq!(stream_ids(&got), ids(&accepted));
+    for (i, (m, a)) in got.iter().zip(&accepted).enumerate() {
+        assert_eq!(m["id"], a["id"]);
+        assert_eq!(m["received_at"], a["received_at"]);
+        assert_eq!(m["payload"]["i"], i);
+    }
+    // The payload text itself is unchanged (no float rounding of the big number).
+    relay
+        .post(r#"{"n":123456789012345678901234567890}"#.into())
+        .await;
+    let raw = match ws.0.next().await.unwrap().unwrap() {
+        Message::Text(t) => t.to_string(),
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        raw.ends_with(r#""payload":{"n":123456789012345678901234567890}}}"#),
+        "{raw}"
+    );
+}
+
+#[tokio::test]
+async fn a_reconnect_with_since_gets_exactly_the_missing_messages_then_live_ones_while_posts_continue(
+) {
+    let relay = std::sync::Arc::new(spawn(testkit::test_settings(), false).await);
+    let mut ws = relay.connect("").await;
+    let mut accepted = Vec::new();
+    for i in 0..50 {
+        accepted.push(relay.post(format!("{i}")).await);
+    }
+    let first = ws.messages(50).await;
+    let since = first.last().unwrap()["stream_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ws.close().await;
+
+    for i in 50..100 {
+        accepted.push(relay.post(format!("{i}")).await);
+    }
+    // Keep posting while the client reconnects and replays, so live frames and the replay overlap.
+    let poster = {
+        let relay = std::sync::Arc::clone(&relay);
+        tokio::spawn(async move {
+            let mut more = Vec::new();
+            for i in 100..400 {
+                more.push(relay.post(format!("{i}")).await);
+            }
+            more
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut ws = relay.connect(&format!("?since={since}")).await;
+    accepted.extend(poster.await.unwrap());
+    let rest = ws.messages(350).await;
+    assert_eq!(
+        stream_ids(&rest),
+        ids(&accepted[50..]),
+        "exactly the missing ones, then live, in order"
+    );
+    ws.assert_quiet(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn since_older_than_the_stream_starts_with_a_gap_frame() {
+    let relay = spawn(testkit::test_settings(), false).await;
+    let accepted = relay
+        .post_batch(&(0..20).map(|i| i.to_string()).collect::<Vec<_>>())
+        .await;
+    let ids = ids(&accepted);
+    // Trim the first ten entries, as retention would.
+    let mut redis = testkit::redis(&relay.settings);
+    let _: usize = redis::cmd("XTRIM")
+        .arg(&relay.settings.stream_key)
+        .arg("MINID")
+        .arg(&ids[10])
+        .query(&mut redis)
+        .unwrap();
+
+    let mut ws = relay.connect(&format!("?since={}", ids[2])).await;
+    let gap = ws.frame().await;
+    assert_eq!(
+        gap,
+        serde_json::json!({"type": "gap", "since": ids[2], "oldest": ids[10]})
+    );
+    let replayed = ws.messages(10).await;
+    assert_eq!(stream_ids(&replayed), ids[10..]);
+
+    // A `since` inside what the stream still holds needs no gap.
+    let mut ws = relay.connect(&format!("?since={}", ids[15])).await;
+    assert_eq!(stream_ids(&ws.messages(4).await), ids[16..]);
+    // Nor does any `since` on a stream that was never trimmed.
+    let relay = spawn(testkit::test_settings(), false).await;
+    let accepted = relay
+        .post_batch(&(0..3).map(|i| i.to_string()).collect::<Vec<_>>())
+        .await;
+    let mut ws = relay.connect("?since=0-0").await;
+    assert_eq!(
+        stream_ids(&ws.messages(3).await),
+        crate::live::ids(&accepted)
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_with_1013_and_others_get_everything() {
+    let mut settings = testkit::test_settings();
+    // Each batch below is published to the hub at once, so the queue must hold one batch: the fast client
+    // drains it before the next; the slow one never does.
+    settings.ws_send_queue = 600;
+    let relay = spawn(settings, false).await;
+    // The slow client: a tiny receive buffer, and it reads nothing until the end.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket
+        .connect(relay.gateway.parse().unwrap())
+        .await
+        .unwrap();
+    let (mut slow, _) = tokio_tungstenite::client_async(
+        format!("ws://{}/ws", relay.gateway),
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+    )
+    .await
+    .unwrap();
+    let mut fast = relay.connect("").await;
+
+    // 20 × 500 messages of 1 KB: far more than the slow client's socket buffers and queue can hold.
+    let pad = "x".repeat(1000);
+    let (mut accepted, mut got) = (Vec::new(), Vec::new());
+    for chunk in 0..20 {
+        let lines: Vec<String> = (0..500)
+            .map(|i| format!(r#"{{"n":{},"pad":"{pad}"}}"#, chunk * 500 + i))
+            .collect();
+        accepted.extend(relay.post_batch(&lines).await);
+        got.extend(fast.messages(500).await);
+    }
+    assert_eq!(
+        stream_ids(&got),
+        ids(&accepted),
+        "the fast client got everything, in order"
+    );
+
+    // The slow client now reads what was buffered, and then the 1013 close.
+    let mut frames = 0;
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(15), slow.next())
+            .await
+            .expect("the slow client was never closed")
+        {
+            Some(Ok(Message::Text(_))) => frames += 1,
+            Some(Ok(Message::Close(c))) => break c.map(|c| c.code),
+            Some(Ok(_)) => {}
+            other => {
+                panic!("connection ended without a close frame after {frames} frames: {other:?}")
+            }
+        }
+    };
+    assert_eq!(code, Some(CloseCode::Again), "closed with 1013");
+    assert!(
+        frames < 10_000,
+        "the slow client was cut off, not served everything ({frames})"
+    );
+}
+
+#[tokio::test]
+async fn refusals_bad_since_foreign_origin_missing_key_and_the_connection_cap() {
+    let mut settings = testkit::test_settings();
+    settings.allowed_origins = "http://allowed.example".parse().unwrap();
+    settings.api_keys = "sub:subscribe,pub:publish".parse().unwrap();
+    settings.max_connections = 1;
+    let relay = spawn(settings, false).await;
+    let base = format!("http://{}/ws", relay.gateway);
+    let handshake = |url: String, origin: Option<&'static str>| {
+        let mut req = relay
+            .client
+            .get(url)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        req.send()
+    };
+    assert_eq!(handshake(base.clone(), None).await.unwrap().status(), 401);
+    assert_eq!(
+        handshake(format!("{base}?access_token=pub"), None)
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        handshake(format!("{base}?access_token=sub&since=nope"), None)
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    let foreign = handshake(
+        format!("{base}?access_token=sub"),
+        Some("http://evil.example"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(foreign.status(), 403);
+    assert_eq!(
+        foreign.headers()["content-type"],
+        "application/problem+json"
+    );
+
+    let mut first = relay.connect("?access_token=sub").await;
+    let refused = handshake(
+        format!("{base}?access_token=sub"),
+        Some("http://allowed.example"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.status(), 503, "over MAX_CONNECTIONS");
+    let posted = relay
+        .client
+        .post(format!("{}/messages", relay.ingest))
+        .bearer_auth("pub")
+        .header("content-type", "application/json")
+        .body("1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 202);
+    assert!(matches!(first.next().await, Seen::Frame(_)));
+    assert_eq!(
+        relay
+            .client
+            .get(format!("http://{}/healthz", relay.gateway))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_gateway_restart_closes_clients_with_1001_and_they_resume_with_since() {
+    let mut relay = spawn(testkit::test_settings(), false).await;
+    let mut ws = relay.connect("").await;
+    let first = relay.post("1".into()).await;
+    assert_eq!(ws.messages(1).await[0]["stream_id"], first["stream_id"]);
+    let port = relay.gateway_port();
+    relay.stop_gateway().await;
+    match ws.next().await {
+        Seen::Closed(Some(c)) => assert_eq!(c.code, CloseCode::Away),
+        other => panic!("expected a 1001 close, got {other:?}"),
+    }
+    let during: Vec<_> = relay
+        .post_batch(&(0..10).map(|i| i.to_string()).collect::<Vec<_>>())
+        .await;
+    relay.start_gateway(Some(port)).await;
+    let mut ws = relay
+        .connect(&format!("?since={}", first["stream_id"].as_str().unwrap()))
+        .await;
+    assert_eq!(stream_ids(&ws.messages(10).await), ids(&during));
+    ws.assert_quiet(Duration::from_millis(200)).await;
+}

@@ -1,0 +1,6 @@
+//! push-gateway against real Redis (and, for the page, the real ingest-api and persister).
+#![allow(clippy::unwrap_used)]
+
+mod browser;
+mod helpers;
+mod live;
