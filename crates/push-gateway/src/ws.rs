@@ -8,6 +8,7 @@
 //!    at that time — which includes every entry published before step 1;
 //! 3. then the queued live frames are sent, skipping any whose id is not after the last one sent (the
 //!    entries that were both replayed and queued).
+//!
 //! Anything published before step 1 is in the stream by then; anything after is in the queue: no gap.
 
 use std::collections::HashMap;
