@@ -19,6 +19,7 @@ run: build
 ## Every test, against real Redis and Postgres (started if none answers).
 test: check-toolchain
 	scripts/services.sh up
+	scripts/browser-deps.sh
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
