@@ -3,6 +3,8 @@
 //! stored in Postgres.
 
 pub mod auth;
+pub mod backlog;
+pub mod idempotency;
 pub mod metrics;
 pub mod problem;
 pub mod routes;

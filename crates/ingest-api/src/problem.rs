@@ -35,6 +35,10 @@ pub enum ApiError {
     Unauthenticated,
     #[error("this API key lacks the `{0}` scope")]
     Forbidden(&'static str),
+    #[error("this Idempotency-Key was used with a different body in the last 24 hours")]
+    IdempotencyConflict,
+    #[error("the persister is {backlog} entries behind (over MAX_BACKLOG); nothing was accepted, retry later")]
+    Backlog { backlog: u64 },
     #[error("the message stream (Redis) is unreachable; nothing was accepted, retry later")]
     StreamUnavailable(#[source] anyhow::Error),
     #[error("the message store (Postgres) is unreachable; retry later")]
@@ -59,6 +63,8 @@ impl ApiError {
             Self::NoRoute => ("not-found", "Not found"),
             Self::Unauthenticated => ("unauthenticated", "Unauthenticated"),
             Self::Forbidden(_) => ("forbidden", "Forbidden"),
+            Self::IdempotencyConflict => ("idempotency-key-reused", "Idempotency-Key reused"),
+            Self::Backlog { .. } => ("backlog-full", "Backlog over its limit"),
             Self::StreamUnavailable(_) => ("stream-unavailable", "Stream unavailable"),
             Self::StoreUnavailable(_) => ("store-unavailable", "Store unavailable"),
             Self::Internal(_) => ("internal", "Internal server error"),
@@ -87,7 +93,8 @@ impl ResponseError for ApiError {
             Self::NotFound | Self::NoRoute => StatusCode::NOT_FOUND,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::StreamUnavailable(_) | Self::StoreUnavailable(_) => {
+            Self::IdempotencyConflict => StatusCode::CONFLICT,
+            Self::Backlog { .. } | Self::StreamUnavailable(_) | Self::StoreUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -126,6 +133,7 @@ impl ApiError {
             401 => "401",
             403 => "403",
             404 => "404",
+            409 => "409",
             413 => "413",
             415 => "415",
             503 => "503",

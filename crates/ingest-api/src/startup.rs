@@ -14,6 +14,7 @@ use model::settings::AllowedOrigins;
 use model::Settings;
 use store::PgPool;
 
+use crate::backlog::Backlog;
 use crate::metrics::Metrics;
 use crate::routes;
 
@@ -25,11 +26,14 @@ pub struct AppState {
     /// Postgres, for reads only. Connections are made on demand, so ingest runs while Postgres is down.
     pub db: PgPool,
     pub metrics: Metrics,
+    /// The persister group's lag, refreshed in the background.
+    pub backlog: Backlog,
 }
 
 pub struct Application {
     port: u16,
     server: Server,
+    state: web::Data<AppState>,
 }
 
 /// How long in-flight requests get to finish after the stop signal.
@@ -57,18 +61,24 @@ impl Application {
             redis,
             db,
             metrics: Metrics::new(),
+            backlog: Backlog::default(),
         });
+        let app_state = state.clone();
         let server = HttpServer::new(move || {
             App::new()
-                .wrap(cors(&state.settings.allowed_origins))
-                .app_data(state.clone())
+                .wrap(cors(&app_state.settings.allowed_origins))
+                .app_data(app_state.clone())
                 .configure(routes::configure)
         })
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
         .listen(listener)?
         .run();
-        Ok(Self { port, server })
+        Ok(Self {
+            port,
+            server,
+            state,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -85,7 +95,14 @@ impl Application {
             shutdown.await;
             handle.stop(true).await;
         });
-        self.server.await
+        let state = self.state.clone();
+        let backlog = tokio::spawn(async move {
+            let (redis, key) = (state.redis.clone(), state.settings.stream_key.clone());
+            state.backlog.watch(redis, key).await;
+        });
+        let served = self.server.await;
+        backlog.abort();
+        served
     }
 }
 

@@ -1,14 +1,17 @@
-//! The consumer loop of one persister replica: read a batch, store it, acknowledge it, repeat.
+//! The consumer loop of one persister replica: read a batch, store it, acknowledge it, repeat; and, on
+//! the side, claim what dead replicas left pending and trim what everyone has stored.
 //!
-//! Nothing is acknowledged that is not committed. When Postgres fails, the same batch is retried with
-//! backoff until it commits or the service is stopped; a stop leaves the batch pending in the group, and
-//! the next start of this replica (same `CONSUMER_NAME`) reads its pending entries before anything new.
+//! Nothing is acknowledged that is not committed. When Postgres is unreachable, the same batch is retried
+//! with backoff until it commits or the service is stopped; a stop leaves the batch pending in the group,
+//! and the next start of this replica (same `CONSUMER_NAME`) reads its own pending entries before anything
+//! new. When Postgres is reachable but rejects the batch, the batch is split and stored row by row, so one
+//! bad entry goes to the dead-letter stream and does not hold back its neighbours.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use diesel::{Connection, PgConnection};
+use diesel::{Connection, PgConnection, RunQueryDsl};
 use model::redis_stream::deadpool_redis::Pool;
 use model::redis_stream::redis::aio::ConnectionManager;
 use model::{DecodeError, Settings};
@@ -18,16 +21,26 @@ use tokio_util::sync::CancellationToken;
 use crate::group::{self, Cursor, Delivered};
 use crate::metrics::Metrics;
 
+/// How often the stream is trimmed below the acknowledged point.
+const TRIM_INTERVAL: Duration = Duration::from_secs(5);
+/// At most this many entries are trimmed per pass.
+const TRIM_STEP: u64 = 50_000;
+/// A consumer with nothing pending that has been silent this long is a replica that was scaled away.
+const CONSUMER_GONE_MS: u64 = 3_600_000;
+
 pub struct Consumer {
     settings: Settings,
     /// Connections for `XREADGROUP BLOCK`, which must not share the multiplexed connection.
     reads: Pool,
-    /// Acks and dead letters.
+    /// Acks, claims, trims and dead letters.
     redis: ConnectionManager,
     /// This replica's one Postgres connection, taken while a batch is being stored on the blocking pool
     /// and dropped after an error so that the next attempt reconnects.
     pg: Option<PgConnection>,
     metrics: Arc<Metrics>,
+    claim_cursor: String,
+    next_claim: Instant,
+    next_trim: Instant,
 }
 
 /// Exponential backoff between retries, capped.
@@ -56,6 +69,14 @@ impl Backoff {
     }
 }
 
+/// The result of storing a batch.
+enum Stored {
+    /// Every row is committed except these (index in the batch, Postgres' reason).
+    Committed { rejected: Vec<(usize, String)> },
+    /// Stopped before anything was committed.
+    Stopped,
+}
+
 impl Consumer {
     pub fn new(
         settings: Settings,
@@ -63,12 +84,16 @@ impl Consumer {
         redis: ConnectionManager,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let now = Instant::now();
         Self {
             settings,
             reads,
             redis,
             pg: None,
             metrics,
+            claim_cursor: "0-0".into(),
+            next_claim: now,
+            next_trim: now,
         }
     }
 
@@ -112,13 +137,15 @@ impl Consumer {
                     None => {
                         log::info!("own pending entries drained; reading new entries");
                         cursor = Cursor::New;
-                        continue;
                     }
                 }
             }
             if !batch.is_empty() {
-                self.handle(batch, &stop).await;
+                // Entries read with `>` are on their first delivery; only re-reads can be over the limit.
+                let redelivered = cursor != Cursor::New;
+                self.handle(batch, redelivered, &stop).await;
             }
+            self.maintain(&stop).await;
         }
         log::info!("consumer `{}` stopped", self.settings.consumer_name);
     }
@@ -141,16 +168,92 @@ impl Consumer {
         .await?)
     }
 
+    /// Claims entries other consumers left pending too long, and trims the stream; each when due.
+    async fn maintain(&mut self, stop: &CancellationToken) {
+        let now = Instant::now();
+        if now >= self.next_claim {
+            self.next_claim =
+                now + Duration::from_millis((self.settings.claim_idle_ms / 2).max(500));
+            self.claim(stop).await;
+        }
+        if now >= self.next_trim {
+            self.next_trim = now + TRIM_INTERVAL;
+            let key = self.settings.stream_key.clone();
+            match group::trim_acknowledged(
+                &mut self.redis,
+                &key,
+                self.settings.stream_retention,
+                TRIM_STEP,
+            )
+            .await
+            {
+                Ok(0) => {}
+                Ok(n) => log::debug!("trimmed {n} acknowledged entries from `{key}`"),
+                Err(e) => log::warn!("trimming `{key}` failed: {e}"),
+            }
+            let me = self.settings.consumer_name.clone();
+            match group::remove_idle_consumers(&mut self.redis, &key, &me, CONSUMER_GONE_MS).await {
+                Ok(gone) if !gone.is_empty() => {
+                    log::info!("removed idle consumers with nothing pending: {gone:?}")
+                }
+                Ok(_) => {}
+                Err(e) => log::warn!("listing consumers failed: {e}"),
+            }
+        }
+    }
+
+    /// `XAUTOCLAIM` pass: entries pending on any consumer for `CLAIM_IDLE_MS` become this consumer's and are
+    /// handled like a fresh batch; those already delivered `MAX_DELIVERIES` times are dead-lettered.
+    async fn claim(&mut self, stop: &CancellationToken) {
+        let s = &self.settings;
+        let (key, me, idle, count) = (
+            s.stream_key.clone(),
+            s.consumer_name.clone(),
+            s.claim_idle_ms,
+            s.persister_batch_size,
+        );
+        let claimed =
+            group::autoclaim(&mut self.redis, &key, &me, idle, &self.claim_cursor, count).await;
+        let (batch, next) = match claimed {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                log::warn!("XAUTOCLAIM on `{key}` failed: {e}");
+                return;
+            }
+        };
+        self.claim_cursor = next;
+        if batch.is_empty() {
+            return;
+        }
+        log::info!(
+            "claimed {} entries left pending by other consumers",
+            batch.len()
+        );
+        self.metrics.claimed.inc_by(batch.len() as u64);
+        self.handle(batch, true, stop).await;
+    }
+
     /// Stores what can be stored, dead-letters what never can, then acknowledges both.
-    async fn handle(&mut self, batch: Vec<Delivered>, stop: &CancellationToken) {
+    async fn handle(&mut self, batch: Vec<Delivered>, redelivered: bool, stop: &CancellationToken) {
+        let key = self.settings.stream_key.clone();
+        let deliveries = if redelivered {
+            self.delivery_counts(&batch).await
+        } else {
+            Default::default()
+        };
         let mut rows = Vec::with_capacity(batch.len());
-        let mut done: Vec<String> = Vec::with_capacity(batch.len());
+        let mut row_entries = Vec::with_capacity(batch.len());
         let mut poison = Vec::new();
         for delivered in batch {
+            let times = deliveries.get(&delivered.raw_id).copied().unwrap_or(1);
             match (delivered.stream_id, delivered.entry) {
+                _ if times > self.settings.max_deliveries => {
+                    let reason = format!("delivered {times} times without being stored");
+                    poison.push((delivered.raw_id, delivered.fields, reason));
+                }
                 (Ok(stream_id), Ok(entry)) => {
                     rows.push(NewMessage::from_entry(stream_id, entry));
-                    done.push(delivered.raw_id);
+                    row_entries.push((delivered.raw_id, delivered.fields));
                 }
                 // A newer service wrote it: leave it pending for an upgraded replica to claim.
                 (_, Err(e @ DecodeError::UnsupportedVersion(_))) => {
@@ -161,10 +264,20 @@ impl Consumer {
                 }
             }
         }
-        if !self.store(rows, stop).await {
-            return; // Stopped before the commit: nothing is acknowledged, the batch stays pending.
+        let rejected = match self.store(rows, stop).await {
+            Stored::Committed { rejected } => rejected,
+            Stored::Stopped => return, // nothing acknowledged: the batch stays pending
+        };
+        let mut done: Vec<String> = Vec::with_capacity(row_entries.len() + poison.len());
+        let mut rejected = rejected.into_iter().peekable();
+        for (i, (raw_id, fields)) in row_entries.into_iter().enumerate() {
+            match rejected.next_if(|(at, _)| *at == i) {
+                Some((_, reason)) => {
+                    poison.push((raw_id, fields, format!("rejected by Postgres: {reason}")))
+                }
+                None => done.push(raw_id),
+            }
         }
-        let key = self.settings.stream_key.clone();
         for (raw_id, fields, reason) in poison {
             match group::dead_letter(&mut self.redis, &key, &raw_id, &fields, &reason).await {
                 Ok(()) => {
@@ -186,44 +299,117 @@ impl Consumer {
         }
     }
 
-    /// Commits `rows`, retrying with backoff. False when stopped before a commit.
-    async fn store(&mut self, rows: Vec<NewMessage>, stop: &CancellationToken) -> bool {
+    /// Delivery counts of a batch's entries, for `MAX_DELIVERIES`. Only redelivered batches (own pending
+    /// entries after a restart, claimed entries) can exceed it, but the check is one cheap `XPENDING`.
+    async fn delivery_counts(
+        &mut self,
+        batch: &[Delivered],
+    ) -> std::collections::HashMap<String, u64> {
+        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+            return Default::default();
+        };
+        let key = self.settings.stream_key.clone();
+        group::delivery_counts(
+            &mut self.redis,
+            &key,
+            &first.raw_id,
+            &last.raw_id,
+            batch.len() * 2,
+        )
+        .await
+        .unwrap_or_else(|e| {
+            log::warn!("XPENDING failed; delivery counts unknown for this batch: {e}");
+            Default::default()
+        })
+    }
+
+    /// Commits `rows`, retrying with backoff while Postgres is unreachable.
+    async fn store(&mut self, rows: Vec<NewMessage>, stop: &CancellationToken) -> Stored {
         if rows.is_empty() {
-            return true;
+            return Stored::Committed {
+                rejected: Vec::new(),
+            };
         }
         let rows = Arc::new(rows);
         let mut backoff = Backoff::new();
         loop {
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let conn = self.pg.take();
             let url = self.settings.database_url.clone();
             let batch = Arc::clone(&rows);
-            let outcome = tokio::task::spawn_blocking(move || {
-                let mut conn = match conn {
-                    Some(conn) => conn,
-                    None => PgConnection::establish(&url).context("connecting to Postgres")?,
-                };
-                let stored =
-                    store::write::store_batch(&mut conn, &batch).context("storing a batch");
-                stored.map(|n| (n, conn))
-            })
-            .await;
+            let outcome =
+                tokio::task::spawn_blocking(move || store_blocking(conn, &url, &batch)).await;
             match outcome {
-                Ok(Ok((new_rows, conn))) => {
-                    self.pg = Some(conn);
+                Ok((conn, Ok((new_rows, rejected)))) => {
+                    self.pg = conn;
                     self.metrics.stored.inc_by(new_rows as u64);
                     self.metrics
                         .batch_seconds
                         .observe(started.elapsed().as_secs_f64());
-                    return true;
+                    return Stored::Committed { rejected };
                 }
-                Ok(Err(e)) => log::warn!("{} entries not stored yet (retrying): {e:#}", rows.len()),
+                Ok((conn, Err(e))) => {
+                    self.pg = conn;
+                    log::warn!("{} entries not stored yet (retrying): {e:#}", rows.len());
+                }
                 Err(e) => log::error!("storing task failed (retrying): {e}"),
             }
             self.metrics.store_errors.inc();
             if !backoff.wait(stop).await {
-                return false;
+                return Stored::Stopped;
             }
         }
     }
+}
+
+/// On the blocking pool: store the batch in one transaction; if Postgres is fine but refuses it, store
+/// row by row and report the rows it refuses. Returns the connection when it is still usable.
+#[allow(clippy::type_complexity)]
+fn store_blocking(
+    conn: Option<PgConnection>,
+    url: &str,
+    rows: &[NewMessage],
+) -> (
+    Option<PgConnection>,
+    anyhow::Result<(usize, Vec<(usize, String)>)>,
+) {
+    let mut conn = match conn {
+        Some(conn) => conn,
+        None => match PgConnection::establish(url).context("connecting to Postgres") {
+            Ok(conn) => conn,
+            Err(e) => return (None, Err(e)),
+        },
+    };
+    let whole = match store::write::store_batch(&mut conn, rows) {
+        Ok(n) => return (Some(conn), Ok((n, Vec::new()))),
+        Err(e) => e,
+    };
+    // Is it the connection or the data? A healthy connection means Postgres refused something in the batch.
+    if diesel::sql_query("SELECT 1").execute(&mut conn).is_err() {
+        return (
+            None,
+            Err(anyhow::Error::new(whole).context("storing a batch")),
+        );
+    }
+    log::warn!(
+        "Postgres refused a batch of {} ({whole}); storing it row by row",
+        rows.len()
+    );
+    let (mut new_rows, mut rejected) = (0, Vec::new());
+    for (i, row) in rows.iter().enumerate() {
+        match store::write::store_batch(&mut conn, std::slice::from_ref(row)) {
+            Ok(n) => new_rows += n,
+            Err(e) => {
+                if diesel::sql_query("SELECT 1").execute(&mut conn).is_err() {
+                    // Lost the connection half-way: what was committed is idempotent; retry everything.
+                    return (
+                        None,
+                        Err(anyhow::Error::new(e).context("storing a batch row by row")),
+                    );
+                }
+                rejected.push((i, e.to_string()));
+            }
+        }
+    }
+    (Some(conn), Ok((new_rows, rejected)))
 }

@@ -131,3 +131,177 @@ pub async fn dead_letter(
     }
     cmd.query_async(conn).await
 }
+
+/// `XAUTOCLAIM`: takes over up to `count` entries that have been pending on any consumer for at least
+/// `min_idle_ms` (their consumer died, or is stuck). Returns the claimed entries and the cursor to continue
+/// from (`0-0` once the whole pending list was scanned).
+pub async fn autoclaim(
+    conn: &mut impl ConnectionLike,
+    stream_key: &str,
+    consumer: &str,
+    min_idle_ms: u64,
+    cursor: &str,
+    count: usize,
+) -> redis::RedisResult<(Vec<Delivered>, String)> {
+    let reply: redis::streams::StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+        .arg(stream_key)
+        .arg(PERSISTER_GROUP)
+        .arg(consumer)
+        .arg(min_idle_ms)
+        .arg(cursor)
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await?;
+    let claimed = reply
+        .claimed
+        .into_iter()
+        .map(|e| {
+            let (stream_id, entry) = decode_entry(&e);
+            Delivered {
+                raw_id: e.id,
+                stream_id,
+                entry,
+                fields: e.map,
+            }
+        })
+        .collect();
+    Ok((claimed, reply.next_stream_id))
+}
+
+/// How many times each pending entry between `first` and `last` (inclusive) has been delivered.
+pub async fn delivery_counts(
+    conn: &mut impl ConnectionLike,
+    stream_key: &str,
+    first: &str,
+    last: &str,
+    count: usize,
+) -> redis::RedisResult<HashMap<String, u64>> {
+    let rows: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(stream_key)
+        .arg(PERSISTER_GROUP)
+        .arg(first)
+        .arg(last)
+        .arg(count)
+        .query_async(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, _consumer, _idle, deliveries)| (id, deliveries))
+        .collect())
+}
+
+/// Trims the stream below what the group has acknowledged, keeping at least `retention` entries for
+/// gateway replay. Never trims an entry that is pending or not yet delivered:
+/// - the acknowledged point is the oldest pending entry, or (none pending) just after the group's
+///   last-delivered id;
+/// - the retention point is the id `retention` entries back from the newest, found by reading the excess
+///   from the oldest end (at most `max_step` entries per call, so one call stays cheap; the next catches up).
+///
+/// `XTRIM MINID` removes entries whose id is *below* the boundary, so the boundary itself is kept.
+pub async fn trim_acknowledged(
+    conn: &mut impl ConnectionLike,
+    stream_key: &str,
+    retention: u64,
+    max_step: u64,
+) -> redis::RedisResult<u64> {
+    let length: u64 = redis::cmd("XLEN").arg(stream_key).query_async(conn).await?;
+    if length <= retention {
+        return Ok(0);
+    }
+    let excess = (length - retention).min(max_step);
+    let groups: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream_key)
+        .query_async(conn)
+        .await?;
+    let Some(group) = groups
+        .iter()
+        .find(|g| text(g.get("name")).as_deref() == Some(PERSISTER_GROUP))
+    else {
+        return Ok(0); // no persister yet: nothing is acknowledged
+    };
+    let Some(last_delivered) =
+        text(group.get("last-delivered-id")).and_then(|id| id.parse::<StreamId>().ok())
+    else {
+        return Ok(0);
+    };
+    // XPENDING summary: [count, smallest id, greatest id, consumers].
+    let summary: (u64, Option<String>, Option<String>, Value) = redis::cmd("XPENDING")
+        .arg(stream_key)
+        .arg(PERSISTER_GROUP)
+        .query_async(conn)
+        .await?;
+    let acknowledged_below = match summary.1.and_then(|id| id.parse::<StreamId>().ok()) {
+        Some(oldest_pending) => oldest_pending,
+        None => StreamId::new(last_delivered.ms, last_delivered.seq.saturating_add(1)),
+    };
+    let oldest_excess: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream_key)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(excess)
+        .query_async(conn)
+        .await?;
+    let Some(retention_below) = oldest_excess
+        .ids
+        .last()
+        .and_then(|e| e.id.parse::<StreamId>().ok())
+        .map(|id| StreamId::new(id.ms, id.seq.saturating_add(1)))
+    else {
+        return Ok(0);
+    };
+    let boundary = acknowledged_below.min(retention_below);
+    redis::cmd("XTRIM")
+        .arg(stream_key)
+        .arg("MINID")
+        .arg(boundary.to_string())
+        .query_async(conn)
+        .await
+}
+
+/// Removes consumers of the group that have nothing pending and have not been heard from for
+/// `idle_ms` — replicas that were scaled away. A consumer with pending entries is never removed (its
+/// entries would be lost from the group); `idle_ms` is far above any live replica's poll interval, since
+/// `XGROUP DELCONSUMER` cannot be made conditional on the pending count.
+pub async fn remove_idle_consumers(
+    conn: &mut impl ConnectionLike,
+    stream_key: &str,
+    me: &str,
+    idle_ms: u64,
+) -> redis::RedisResult<Vec<String>> {
+    let consumers: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(stream_key)
+        .arg(PERSISTER_GROUP)
+        .query_async(conn)
+        .await?;
+    let mut removed = Vec::new();
+    for c in consumers {
+        let (Some(name), Some(Value::Int(pending)), Some(Value::Int(idle))) =
+            (text(c.get("name")), c.get("pending"), c.get("idle"))
+        else {
+            continue;
+        };
+        if name != me && *pending == 0 && (*idle as u64) >= idle_ms {
+            let _: u64 = redis::cmd("XGROUP")
+                .arg("DELCONSUMER")
+                .arg(stream_key)
+                .arg(PERSISTER_GROUP)
+                .arg(&name)
+                .query_async(conn)
+                .await?;
+            removed.push(name);
+        }
+    }
+    Ok(removed)
+}
+
+fn text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}

@@ -11,6 +11,8 @@ pub struct Metrics {
     pub acked: IntCounter,
     /// Entries moved to the dead-letter stream.
     pub dead_lettered: IntCounter,
+    /// Entries claimed from consumers that left them pending.
+    pub claimed: IntCounter,
     /// Failed attempts to store a batch (each is retried).
     pub store_errors: IntCounter,
     /// Time to store one batch, seconds.
@@ -34,6 +36,13 @@ impl Metrics {
                 IntCounter::new(
                     "relay_persister_dead_lettered_total",
                     "Entries moved to the dead-letter stream",
+                ),
+            ),
+            claimed: register(
+                &registry,
+                IntCounter::new(
+                    "relay_persister_claimed_total",
+                    "Entries claimed from other consumers",
                 ),
             ),
             store_errors: register(

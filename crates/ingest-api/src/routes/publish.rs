@@ -15,6 +15,7 @@ use model::{now_micros, Accepted, StreamEntry};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use crate::idempotency;
 use crate::problem::ApiError;
 use crate::startup::AppState;
 use crate::validate::{self, BodyKind};
@@ -69,7 +70,23 @@ async fn accept(
         BodyKind::Single => vec![validate::json_value(text)?],
         BodyKind::Batch => validate::ndjson_lines(text, settings.max_batch_lines)?,
     };
-    Ok((kind, append(state, payloads).await?))
+    let idempotency = match req.headers().get("idempotency-key") {
+        Some(key) => {
+            let key = idempotency::parse_key(key.as_bytes())?;
+            let kind_tag = if kind == BodyKind::Batch {
+                "ndjson"
+            } else {
+                "json"
+            };
+            Some((key, idempotency::fingerprint(kind_tag, &body)))
+        }
+        None => None,
+    };
+    let backlog = state.backlog.current();
+    if backlog > settings.max_backlog {
+        return Err(ApiError::Backlog { backlog });
+    }
+    Ok((kind, append(state, payloads, idempotency).await?))
 }
 
 /// The body, or 413 as soon as it is known to be over `limit` (from `Content-Length`, or while reading).
@@ -99,7 +116,11 @@ async fn read_limited(
 }
 
 /// Appends the entries and answers what each became. Waits on Redis at most `REDIS_TIMEOUT_MS`.
-async fn append(state: &AppState, payloads: Vec<Box<RawValue>>) -> Result<Vec<Accepted>, ApiError> {
+async fn append(
+    state: &AppState,
+    payloads: Vec<Box<RawValue>>,
+    idempotency: Option<(&str, String)>,
+) -> Result<Vec<Accepted>, ApiError> {
     let received_at = now_micros();
     let entries: Vec<StreamEntry> = payloads
         .into_iter()
@@ -112,6 +133,11 @@ async fn append(state: &AppState, payloads: Vec<Box<RawValue>>) -> Result<Vec<Ac
     let key = &state.settings.stream_key;
     let mut redis = state.redis.clone();
     let timeout = Duration::from_millis(state.settings.redis_timeout_ms);
+    if let Some((idempotency_key, fingerprint)) = idempotency {
+        let once =
+            idempotency::append_once(&mut redis, key, idempotency_key, &fingerprint, &entries);
+        return bounded(timeout, once).await?;
+    }
     let ids: Vec<String> = if let [entry] = entries.as_slice() {
         let cmd = xadd_cmd(key, entry);
         let id: String = bounded(timeout, cmd.query_async(&mut redis)).await?;

@@ -225,3 +225,99 @@ async fn api_keys_guard_publish_and_read_by_scope() {
     assert_eq!(app.get("/healthz").await.status(), 200, "health stays open");
     assert_eq!(app.get("/metrics").await.status(), 200, "metrics stay open");
 }
+
+#[tokio::test]
+async fn concurrent_repeats_of_one_idempotency_key_store_one_message_and_answer_one_id() {
+    let app = std::sync::Arc::new(crate::helpers::spawn_pipeline().await);
+    let post = |key: &'static str, body: &'static str| {
+        let app = std::sync::Arc::clone(&app);
+        async move {
+            app.client
+                .post(format!("{}/messages", app.address))
+                .header("content-type", "application/json")
+                .header("idempotency-key", key)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let answers =
+        futures_util::future::join_all((0..20).map(|_| post("order-42", r#"{"order":42}"#))).await;
+    let mut bodies = Vec::new();
+    for res in answers {
+        assert_eq!(res.status(), 202);
+        bodies.push(res.json::<serde_json::Value>().await.unwrap());
+    }
+    assert!(
+        bodies.windows(2).all(|w| w[0] == w[1]),
+        "every answer is the first one: {bodies:?}"
+    );
+    assert_eq!(app.stream_len().await, 1);
+
+    let conflict = post("order-42", r#"{"order":43}"#).await;
+    assert_problem(conflict, 409).await;
+    let other = post("order-43", r#"{"order":42}"#).await;
+    assert_eq!(other.status(), 202);
+    assert_ne!(
+        other.json::<serde_json::Value>().await.unwrap()["id"],
+        bodies[0]["id"]
+    );
+    let stored = app.wait_for_messages(2).await;
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[0]["id"], bodies[0]["id"]);
+    assert_eq!(app.row_count(), 2, "one row per key");
+
+    let bad = app
+        .client
+        .post(format!("{}/messages", app.address))
+        .header("content-type", "application/json")
+        .header("idempotency-key", "")
+        .body("1")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(bad, 400).await;
+}
+
+#[tokio::test]
+async fn a_repeated_batch_with_its_idempotency_key_answers_the_first_array() {
+    let app = spawn_app().await;
+    let send = || {
+        app.client
+            .post(format!("{}/messages", app.address))
+            .header("content-type", "application/x-ndjson")
+            .header("idempotency-key", "batch-1")
+            .body("1\n2\n3\n")
+            .send()
+    };
+    let first: serde_json::Value = send().await.unwrap().json().await.unwrap();
+    let again = send().await.unwrap();
+    assert_eq!(again.status(), 202);
+    assert_eq!(again.json::<serde_json::Value>().await.unwrap(), first);
+    assert_eq!(app.stream_len().await, 3);
+}
+
+#[tokio::test]
+async fn posts_get_503_while_the_backlog_is_over_max_backlog_and_202_once_drained() {
+    let mut settings = test_settings();
+    settings.max_backlog = 5;
+    let mut app = spawn_with(settings.clone(), false).await;
+    for i in 0..8 {
+        assert_eq!(app.post_json(i.to_string()).await.status(), 202);
+    }
+    tokio::time::sleep(ingest_api::backlog::REFRESH * 3).await;
+    let refused = app.post_json("9").await;
+    assert!(refused.headers().contains_key("retry-after"));
+    let problem = assert_problem(refused, 503).await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("MAX_BACKLOG"),
+        "{problem}"
+    );
+    assert_eq!(app.stream_len().await, 8, "nothing written while refused");
+
+    app.start_persister(settings).await;
+    assert_eq!(app.wait_for_messages(8).await.len(), 8);
+    tokio::time::sleep(ingest_api::backlog::REFRESH * 3).await;
+    assert_eq!(app.post_json("10").await.status(), 202);
+}

@@ -1,0 +1,130 @@
+//! `Idempotency-Key`: a repeat of the same key with the same body within 24 hours answers the first 202
+//! again and adds nothing; the same key with another body is a 409.
+//!
+//! The record and the entries are written by one Lua script, so Redis runs them as one step: no crash or
+//! concurrent repeat can see the entries without the record or the record without the entries. A client
+//! that got a 503 after a timeout (the entry may have reached the stream) retries with its key and gets
+//! the first answer, not a duplicate.
+
+use std::sync::LazyLock;
+
+use chrono::{DateTime, Utc};
+use model::redis_stream::parse_reply_id;
+use model::{Accepted, StreamEntry};
+use redis::Script;
+use sha2::{Digest, Sha256};
+
+use crate::problem::ApiError;
+
+/// How long a key is remembered.
+pub const KEY_TTL_SECS: u64 = 24 * 60 * 60;
+
+/// KEYS[1] stream, KEYS[2] record. ARGV: body hash, ttl, ids (comma-separated), received_at, entry count,
+/// then the 8 field/value arguments of each entry (`StreamEntry::to_fields` has 4 fields).
+static SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local rec = redis.call('HMGET', KEYS[2], 'hash', 'ids', 'stream_ids', 'received_at')
+if rec[1] then
+  if rec[1] ~= ARGV[1] then return {'conflict'} end
+  return {'replay', rec[2], rec[3], rec[4]}
+end
+local n = tonumber(ARGV[5])
+local sids = {}
+for i = 0, n - 1 do
+  local a = 6 + i * 8
+  sids[i + 1] = redis.call('XADD', KEYS[1], '*', ARGV[a], ARGV[a+1], ARGV[a+2], ARGV[a+3],
+                           ARGV[a+4], ARGV[a+5], ARGV[a+6], ARGV[a+7])
+end
+local joined = table.concat(sids, ',')
+redis.call('HSET', KEYS[2], 'hash', ARGV[1], 'ids', ARGV[3], 'stream_ids', joined, 'received_at', ARGV[4])
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
+return {'new', ARGV[3], joined, ARGV[4]}
+",
+    )
+});
+
+/// A valid key: 1–255 printable ASCII characters.
+pub fn parse_key(header: &[u8]) -> Result<&str, ApiError> {
+    if header.is_empty() || header.len() > 255 || !header.iter().all(|b| (0x20..=0x7e).contains(b))
+    {
+        return Err(ApiError::BadQuery(
+            "Idempotency-Key must be 1 to 255 printable ASCII characters".into(),
+        ));
+    }
+    // All bytes are ASCII, so this is valid UTF-8.
+    std::str::from_utf8(header)
+        .map_err(|_| ApiError::BadQuery("Idempotency-Key is not ASCII".into()))
+}
+
+/// The request's fingerprint: its kind (single or batch) and its exact body.
+pub fn fingerprint(kind: &str, body: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(kind.as_bytes());
+    h.update([0]);
+    h.update(body);
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Appends `entries` unless `key` was seen; either way answers what the first request got.
+pub async fn append_once(
+    redis: &mut impl redis::aio::ConnectionLike,
+    stream_key: &str,
+    key: &str,
+    fingerprint: &str,
+    entries: &[StreamEntry],
+) -> Result<Result<Vec<Accepted>, ApiError>, redis::RedisError> {
+    let received_at = entries
+        .first()
+        .map(|e| model::format_received_at(&e.received_at))
+        .unwrap_or_default();
+    let ids = entries
+        .iter()
+        .map(|e| e.id.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut invocation = SCRIPT.key(stream_key);
+    invocation
+        .key(format!("{stream_key}:idem:{key}"))
+        .arg(fingerprint)
+        .arg(KEY_TTL_SECS)
+        .arg(&ids)
+        .arg(&received_at)
+        .arg(entries.len());
+    for entry in entries {
+        for (field, value) in entry.to_fields() {
+            invocation.arg(field).arg(value);
+        }
+    }
+    let reply: Vec<String> = invocation.invoke_async(redis).await?;
+    Ok(match reply.as_slice() {
+        [tag] if tag == "conflict" => Err(ApiError::IdempotencyConflict),
+        [_, ids, stream_ids, received_at] => decode_answer(ids, stream_ids, received_at),
+        other => Err(ApiError::Internal(anyhow::anyhow!(
+            "unexpected idempotency script reply: {other:?}"
+        ))),
+    })
+}
+
+fn decode_answer(
+    ids: &str,
+    stream_ids: &str,
+    received_at: &str,
+) -> Result<Vec<Accepted>, ApiError> {
+    let bad = |e: &dyn std::fmt::Display| {
+        ApiError::Internal(anyhow::anyhow!("corrupt idempotency record: {e}"))
+    };
+    let received_at: DateTime<Utc> = DateTime::parse_from_rfc3339(received_at)
+        .map_err(|e| bad(&e))?
+        .to_utc();
+    ids.split(',')
+        .zip(stream_ids.split(','))
+        .map(|(id, sid)| {
+            Ok(Accepted {
+                id: id.parse().map_err(|e| bad(&e))?,
+                stream_id: parse_reply_id(sid).map_err(|e| bad(&e))?,
+                received_at,
+            })
+        })
+        .collect()
+}
