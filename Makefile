@@ -20,6 +20,7 @@ run: build
 test: check-toolchain
 	scripts/services.sh up
 	scripts/browser-deps.sh
+	$(CARGO) build --bins  # the fault tests run the real binaries
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
