@@ -6,14 +6,19 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${BIN_DIR:-$root/target/debug}
 export RUST_LOG=${RUST_LOG:-info}
 
+export RELAY_STARTED_FILE="$root/.run/started.$$"
 "$root/scripts/services.sh" up
 
 pids=()
 stop() {
   trap - INT TERM EXIT
   echo "run: stopping…" >&2
-  kill -TERM "${pids[@]}" 2>/dev/null || true
-  wait "${pids[@]}" 2>/dev/null || true
+  if [[ ${#pids[@]} -gt 0 ]]; then
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    # The services exit within seconds of SIGTERM; do not let a stuck one hold the terminal.
+    for _ in $(seq 150); do kill -0 "${pids[@]}" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "${pids[@]}" 2>/dev/null || true
+  fi
   "$root/scripts/services.sh" down
 }
 trap 'stop; exit 130' INT TERM

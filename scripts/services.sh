@@ -11,7 +11,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 run_dir="$root/.run"
 mkdir -p "$run_dir"
-started="$run_dir/started"
+# What `up` started, for `down`. `make run` passes a file of its own, so its Ctrl-C never stops servers that
+# another command (a `make test` running meanwhile) relies on.
+started=${RELAY_STARTED_FILE:-$run_dir/started}
 
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/relay}
@@ -65,12 +67,12 @@ postgres_up() {
   if [[ ! -f $data/PG_VERSION ]]; then
     say "creating a throwaway Postgres cluster in $data"
     mkdir -p "$data" && [[ ${#as[@]} -eq 0 ]] || chown postgres "$data"
-    "${as[@]}" "$bin/initdb" -D "$data" -U postgres --auth=trust >"$run_dir/initdb.log" 2>&1 \
+    ${as[@]+"${as[@]}"} "$bin/initdb" -D "$data" -U postgres --auth=trust >"$run_dir/initdb.log" 2>&1 \
       || die "initdb failed: see $run_dir/initdb.log"
   fi
   say "starting Postgres on port $port (data in $data)"
   touch "$run_dir/pg.log"; [[ ${#as[@]} -eq 0 ]] || chown postgres "$run_dir/pg.log"
-  "${as[@]}" "$bin/pg_ctl" -D "$data" -l "$run_dir/pg.log" -w -t 30 \
+  ${as[@]+"${as[@]}"} "$bin/pg_ctl" -D "$data" -l "$run_dir/pg.log" -w -t 30 \
     -o "-p $port -c listen_addresses=127.0.0.1 -k /tmp" start >/dev/null \
     || die "Postgres did not start: see $run_dir/pg.log"
   echo "postgres $port" >>"$started"
@@ -83,7 +85,7 @@ down() {
       redis) redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; say "stopped redis-server on $port" ;;
       postgres)
         local as=(); [[ $(id -u) -eq 0 ]] && as=(runuser -u postgres --)
-        "${as[@]}" "$(pg_bin)/pg_ctl" -D "$run_dir/pg" -m fast stop >/dev/null 2>&1 || true
+        ${as[@]+"${as[@]}"} "$(pg_bin)/pg_ctl" -D "$run_dir/pg" -m fast stop >/dev/null 2>&1 || true
         say "stopped Postgres on $port" ;;
     esac
   done <"$started"

@@ -17,7 +17,7 @@ let arrivals = [];         // arrival times within the rate window
 let backoff = BACKOFF_MIN_MS;
 let socket = null;
 let filling = null;        // a gap being filled from GET /messages: frames wait until it is done
-let waiting = [];
+let waiting = [];          // frames that arrived during a fill
 
 // Stream ids compare numerically, part by part ("5-10" is after "5-9").
 function parseId(id) { const [ms, seq] = id.split("-"); return [BigInt(ms), BigInt(seq)]; }
@@ -103,47 +103,75 @@ function tickRate() {
 setInterval(tickRate, 500);
 
 // Entries after `since` that the stream no longer holds come from the ingest API, page by page, up to the
-// stream's oldest entry; live frames wait meanwhile, then are shown in order.
-async function fillGap(since, oldest) {
-  let cursor = since;
-  try {
-    for (;;) {
+// stream's oldest entry; live frames wait meanwhile, then are shown in order. A failed fill is retried
+// (never skipped: skipping would move the resume point past messages never shown).
+async function fillGap(since, oldest, gen) {
+  let cursor = since, delay = 1000;
+  for (;;) {
+    try {
       const res = await fetch(`${ingestUrl}/messages?after=${encodeURIComponent(cursor)}&limit=${PAGE_LIMIT}`, { headers: authHeaders() });
       if (!res.ok) throw new Error(`GET /messages: ${res.status}`);
       const page = await res.json();
+      if (gen !== generation) return;
       for (const m of page) {
         if (!after(oldest, m.stream_id)) return;
         show(m, null, false);
         cursor = m.stream_id;
       }
       if (page.length < PAGE_LIMIT) return;
+    } catch (e) {
+      if (gen !== generation) return;
+      setStatus("reconnecting", "filling a gap…");
+      console.warn("could not fill the gap from the API, retrying:", e);
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, BACKOFF_MAX_MS);
     }
-  } catch (e) {
-    console.warn("could not fill the gap from the API:", e);
   }
 }
 
 function handleFrame(text) {
   const frame = JSON.parse(text);
   if (frame.type === "message") show(frame.data, rawPayload(text), true);
-  else if (frame.type === "gap") {
-    filling = fillGap(frame.since, frame.oldest).then(() => {
-      const queued = waiting; waiting = []; filling = null;
-      for (const t of queued) handleFrame(t);
+  else if (frame.type === "hello") {
+    // Where this connection starts: resume from here even if no message arrives before a disconnect.
+    if (lastStreamId === null) lastStreamId = frame.position;
+  } else if (frame.type === "gap") {
+    const gen = generation;
+    filling = fillGap(frame.since, frame.oldest, gen).then(() => {
+      if (gen !== generation) return;
+      filling = null;
+      if (socket && socket.readyState === WebSocket.OPEN) setStatus("live", "live");
+      drain();
     });
   }
 }
 
+// Shows queued frames in order, stopping if one of them starts another gap fill.
+function drain() {
+  while (waiting.length && !filling) handleFrame(waiting.shift());
+}
+
+let generation = 0;
+
 function connect() {
+  generation++;
+  filling = null;
+  waiting = [];
   const params = new URLSearchParams();
   if (lastStreamId) params.set("since", lastStreamId);
   if (accessToken) params.set("access_token", accessToken);
-  const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws${params.size ? "?" + params : ""}`;
+  const query = params.toString();
+  const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws${query ? "?" + query : ""}`;
   setStatus(lastStreamId ? "reconnecting" : "connecting", lastStreamId ? "reconnecting…" : "connecting…");
-  socket = new WebSocket(url);
-  socket.onopen = () => { backoff = BACKOFF_MIN_MS; setStatus("live", "live"); };
-  socket.onmessage = (ev) => { if (filling) waiting.push(ev.data); else handleFrame(ev.data); };
-  socket.onclose = (ev) => {
+  const ws = new WebSocket(url);
+  socket = ws;
+  ws.onopen = () => { backoff = BACKOFF_MIN_MS; setStatus("live", "live"); };
+  ws.onmessage = (ev) => {
+    if (ws !== socket) return; // a frame from a connection that was replaced
+    if (filling) waiting.push(ev.data); else handleFrame(ev.data);
+  };
+  ws.onclose = (ev) => {
+    if (ws !== socket) return;
     const delay = Math.round(backoff * (0.75 + Math.random() * 0.5));
     backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);
     setStatus("offline", `offline (${ev.code || "no connection"}) · retrying in ${(delay / 1000).toFixed(1)} s`);

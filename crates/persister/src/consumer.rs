@@ -128,6 +128,17 @@ impl Consumer {
                     if !backoff.wait(&stop).await {
                         break;
                     }
+                    // Redis lost the group (restarted without persistence, or the key was deleted):
+                    // create it again and start over from this consumer's pending entries.
+                    if format!("{e:#}").contains("NOGROUP") {
+                        match group::ensure_group(&mut self.redis, &key).await {
+                            Ok(()) => {
+                                log::warn!("consumer group on `{key}` was gone; created it again")
+                            }
+                            Err(e) => log::warn!("cannot re-create the consumer group: {e}"),
+                        }
+                        cursor = Cursor::Pending("0-0".into());
+                    }
                     continue;
                 }
             };
@@ -335,7 +346,7 @@ impl Consumer {
         loop {
             let started = Instant::now();
             let conn = self.pg.take();
-            let url = self.settings.database_url.clone();
+            let url = store::with_timeouts(&self.settings.database_url, 5);
             let batch = Arc::clone(&rows);
             let outcome =
                 tokio::task::spawn_blocking(move || store_blocking(conn, &url, &batch)).await;

@@ -13,6 +13,10 @@ enum Outgoing<'a> {
     Message { data: &'a Message },
     /// Entries after `since` were trimmed from the stream; replay resumes at `oldest`.
     Gap { since: String, oldest: String },
+    /// First frame of a connection without `since`: the stream position it starts after, so a client
+    /// that disconnects before its first message can still resume with `since` (an addition to the
+    /// contract's frame types; clients ignore types they do not know).
+    Hello { position: String },
 }
 
 /// Encodes a message frame, once, for every client that gets it.
@@ -33,6 +37,12 @@ pub fn gap(since: StreamId, oldest: StreamId) -> ByteString {
     encode(&Outgoing::Gap {
         since: since.to_string(),
         oldest: oldest.to_string(),
+    })
+}
+
+pub fn hello(position: StreamId) -> ByteString {
+    encode(&Outgoing::Hello {
+        position: position.to_string(),
     })
 }
 

@@ -24,6 +24,8 @@ pub struct Frame {
 /// What a client session holds: its queue, and the signal that it fell behind.
 pub struct Subscription {
     pub id: u64,
+    /// The stream position at the moment of subscribing: every later entry is in `frames`.
+    pub position: StreamId,
     pub frames: mpsc::Receiver<Frame>,
     /// Cancelled when the client's queue overflowed: the session closes with 1013.
     pub too_slow: CancellationToken,
@@ -34,37 +36,58 @@ struct Client {
     too_slow: CancellationToken,
 }
 
+/// The clients and the stream position they are at: every frame after `position` is queued for every
+/// client in `by_id`. Both change under one lock, which is what makes `subscribe`'s answer exact.
+#[derive(Default)]
+struct Clients {
+    by_id: HashMap<u64, Client>,
+    /// The newest entry the reader has published (or the position it started from); `None` until the
+    /// reader has a position.
+    position: Option<StreamId>,
+}
+
 pub struct Hub {
-    clients: Mutex<HashMap<u64, Client>>,
+    clients: Mutex<Clients>,
     next_id: AtomicU64,
     queue: usize,
     max_clients: usize,
 }
 
-/// The hub is at `MAX_CONNECTIONS`.
-#[derive(Debug)]
-pub struct Full;
+/// Why a client cannot subscribe.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The hub is at `MAX_CONNECTIONS`.
+    Full,
+    /// The reader has no stream position yet (the gateway is starting, or Redis is away).
+    NotReady,
+}
 
 impl Hub {
     pub fn new(queue: usize, max_clients: usize) -> Self {
         Self {
-            clients: Mutex::new(HashMap::new()),
+            clients: Mutex::new(Clients::default()),
             next_id: AtomicU64::new(1),
             queue,
             max_clients,
         }
     }
 
+    /// The reader's starting position (the newest entry when it started).
+    pub fn start_at(&self, position: StreamId) {
+        self.lock().position = Some(position);
+    }
+
     /// Adds a client. From this moment on, every frame the reader publishes is queued for it.
-    pub fn subscribe(&self) -> Result<Subscription, Full> {
+    pub fn subscribe(&self) -> Result<Subscription, Refused> {
         let mut clients = self.lock();
-        if clients.len() >= self.max_clients {
-            return Err(Full);
+        let position = clients.position.ok_or(Refused::NotReady)?;
+        if clients.by_id.len() >= self.max_clients {
+            return Err(Refused::Full);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.queue);
         let too_slow = CancellationToken::new();
-        clients.insert(
+        clients.by_id.insert(
             id,
             Client {
                 frames: tx,
@@ -73,17 +96,18 @@ impl Hub {
         );
         Ok(Subscription {
             id,
+            position,
             frames: rx,
             too_slow,
         })
     }
 
     pub fn unsubscribe(&self, id: u64) {
-        self.lock().remove(&id);
+        self.lock().by_id.remove(&id);
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().by_id.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -94,7 +118,11 @@ impl Hub {
     /// many clients were dropped for being too slow.
     pub fn publish(&self, frames: &[Frame]) -> usize {
         let mut slow = 0;
-        self.lock().retain(|_, client| {
+        let mut clients = self.lock();
+        if let Some(last) = frames.last() {
+            clients.position = Some(last.stream_id);
+        }
+        clients.by_id.retain(|_, client| {
             for frame in frames {
                 match client.frames.try_send(frame.clone()) {
                     Ok(()) => {}
@@ -112,7 +140,7 @@ impl Hub {
         slow
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Client>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Clients> {
         // A panic while holding this lock cannot leave the map inconsistent (every operation is one map
         // call), so a poisoned lock is still usable.
         self.clients
@@ -135,6 +163,7 @@ mod tests {
     #[test]
     fn a_client_over_its_queue_is_dropped_and_told_so_while_others_keep_everything() {
         let hub = Hub::new(3, 10);
+        hub.start_at(StreamId::new(0, 0));
         let mut fast = hub.subscribe().unwrap();
         let slow = hub.subscribe().unwrap();
         for ms in 0..3 {
@@ -149,11 +178,18 @@ mod tests {
         assert!(slow.too_slow.is_cancelled());
         assert_eq!(fast.frames.try_recv().unwrap().stream_id.ms, 3);
         assert_eq!(hub.len(), 1);
+        assert_eq!(
+            hub.subscribe().unwrap().position,
+            StreamId::new(3, 0),
+            "new clients start after the last frame"
+        );
     }
 
     #[test]
     fn the_connection_cap_refuses_clients() {
         let hub = Hub::new(1, 2);
+        assert_eq!(hub.subscribe().err(), Some(Refused::NotReady));
+        hub.start_at(StreamId::new(0, 0));
         let _a = hub.subscribe().unwrap();
         let b = hub.subscribe().unwrap();
         assert!(hub.subscribe().is_err());

@@ -43,13 +43,14 @@ pub async fn run(
         }
     };
     log::info!("reading `{stream_key}` live after {last}");
+    hub.start_at(reply_id(&last).unwrap_or(StreamId::new(0, 0)));
     loop {
         let read = tokio::select! {
             () = stop.cancelled() => return,
             read = read_after(&reads, &stream_key, &last) => read,
         };
-        let frames = match read {
-            Ok(frames) => frames,
+        let (frames, newest) = match read {
+            Ok(read) => read,
             Err(e) => {
                 log::warn!("XREAD on `{stream_key}` failed (retrying): {e}");
                 if !sleep_or_stop(&mut delay, &stop).await {
@@ -59,8 +60,11 @@ pub async fn run(
             }
         };
         delay = Duration::from_millis(100);
-        if let Some(newest) = frames.last() {
-            last = newest.stream_id.to_string();
+        // Advance past every entry read, including ones that did not decode (else they are read again).
+        if let Some(newest) = newest {
+            last = newest;
+        }
+        if !frames.is_empty() {
             metrics.entries_read.inc_by(frames.len() as u64);
             let slow = hub.publish(&frames);
             metrics.slow_clients.inc_by(slow as u64);
@@ -85,7 +89,12 @@ async fn newest_id(reads: &Pool, key: &str) -> anyhow::Result<String> {
         .map_or_else(|| "0-0".to_owned(), |e| e.id.clone()))
 }
 
-async fn read_after(reads: &Pool, key: &str, after: &str) -> anyhow::Result<Vec<Frame>> {
+/// The frames of the entries after `after`, and the id of the newest entry read.
+async fn read_after(
+    reads: &Pool,
+    key: &str,
+    after: &str,
+) -> anyhow::Result<(Vec<Frame>, Option<String>)> {
     let mut conn = reads.get().await?;
     let reply: Option<StreamReadReply> = redis::cmd("XREAD")
         .arg("COUNT")
@@ -97,9 +106,13 @@ async fn read_after(reads: &Pool, key: &str, after: &str) -> anyhow::Result<Vec<
         .arg(after)
         .query_async(&mut conn)
         .await?;
-    Ok(to_frames(
-        reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids),
-    ))
+    let entries: Vec<_> = reply
+        .into_iter()
+        .flat_map(|r| r.keys)
+        .flat_map(|k| k.ids)
+        .collect();
+    let newest = entries.last().map(|e| e.id.clone());
+    Ok((to_frames(entries), newest))
 }
 
 /// Frames for entries of an `XREAD`/`XRANGE` reply. An entry that does not decode is skipped here (the

@@ -24,7 +24,7 @@ use model::StreamId;
 use serde::Deserialize;
 
 use crate::frames;
-use crate::hub::Subscription;
+use crate::hub::{Refused, Subscription};
 use crate::reader::{reply_id, to_frames};
 use crate::startup::{problem, AppState};
 
@@ -58,13 +58,7 @@ pub async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .or(query.access_token.as_deref());
-    match state.settings.api_keys.check(bearer, Scope::Subscribe) {
-        Access::Granted => {}
-        Access::Unauthenticated => {
-            return problem(401, "unauthenticated", "Unauthenticated", "send a key with the `subscribe` scope as `Authorization: Bearer <key>` or `?access_token=<key>`".into())
-        }
-        Access::Forbidden => return problem(403, "forbidden", "Forbidden", "this API key lacks the `subscribe` scope".into()),
-    }
+    // Origin first: a page on a foreign origin is refused whatever key it presents.
     if let Some(origin) = req
         .headers()
         .get(header::ORIGIN)
@@ -79,6 +73,13 @@ pub async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>
             );
         }
     }
+    match state.settings.api_keys.check(bearer, Scope::Subscribe) {
+        Access::Granted => {}
+        Access::Unauthenticated => {
+            return problem(401, "unauthenticated", "Unauthenticated", "send a key with the `subscribe` scope as `Authorization: Bearer <key>` or `?access_token=<key>`".into())
+        }
+        Access::Forbidden => return problem(403, "forbidden", "Forbidden", "this API key lacks the `subscribe` scope".into()),
+    }
     let since = match query.since.as_deref().map(str::parse::<StreamId>) {
         None => None,
         Some(Ok(id)) => Some(id),
@@ -91,14 +92,25 @@ pub async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>
             )
         }
     };
-    let Ok(subscription) = state.hub.subscribe() else {
-        state.metrics.refused.inc();
-        return problem(
-            503,
-            "too-many-connections",
-            "Too many connections",
-            "the gateway is at MAX_CONNECTIONS; retry later".into(),
-        );
+    let subscription = match state.hub.subscribe() {
+        Ok(subscription) => subscription,
+        Err(Refused::Full) => {
+            state.metrics.refused.inc();
+            return problem(
+                503,
+                "too-many-connections",
+                "Too many connections",
+                "the gateway is at MAX_CONNECTIONS; retry later".into(),
+            );
+        }
+        Err(Refused::NotReady) => {
+            return problem(
+                503,
+                "not-ready",
+                "Not ready",
+                "the gateway has not reached the stream yet; retry shortly".into(),
+            );
+        }
     };
     let (response, session, messages) = match actix_ws::handle(&req, body) {
         Ok(parts) => parts,
@@ -142,11 +154,16 @@ async fn serve(
     mut sub: Subscription,
     since: Option<StreamId>,
 ) -> End {
-    let mut last_sent = None;
-    if let Some(since) = since {
-        match replay(state, &mut session, &sub, since).await {
+    let mut last_sent = Some(sub.position);
+    match since {
+        Some(since) => match replay(state, &mut session, &sub, since).await {
             Ok(last) => last_sent = last.or(Some(since)),
             Err(end) => return end,
+        },
+        None => {
+            if let Err(end) = send(state, &mut session, &sub, frames::hello(sub.position)).await {
+                return end;
+            }
         }
     }
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
@@ -161,7 +178,7 @@ async fn serve(
                 if last_sent.is_some_and(|last| frame.stream_id <= last) {
                     continue; // already sent during the replay
                 }
-                if let Err(end) = send(&mut session, &sub, frame.text).await {
+                if let Err(end) = send(state, &mut session, &sub, frame.text).await {
                     return end;
                 }
                 state.metrics.frames_sent.inc();
@@ -193,9 +210,10 @@ fn too_slow() -> End {
     )
 }
 
-/// Sends a frame, giving up as soon as the client is marked too slow (a client that does not read
-/// would otherwise hold this send forever).
+/// Sends a frame. A client that does not read would hold this send forever, so it gives up when the
+/// client is marked too slow, when the gateway stops, or after `CLIENT_TIMEOUT` without progress.
 async fn send(
+    state: &AppState,
     session: &mut Session,
     sub: &Subscription,
     text: bytestring::ByteString,
@@ -203,6 +221,8 @@ async fn send(
     tokio::select! {
         biased;
         () = sub.too_slow.cancelled() => Err(too_slow()),
+        () = state.stop.cancelled() => Err(close(CloseCode::Away, "server shutting down")),
+        () = tokio::time::sleep(CLIENT_TIMEOUT) => Err(close(CloseCode::Policy, "not reading")),
         sent = session.text(text) => sent.map_err(|_| None),
     }
 }
@@ -232,7 +252,7 @@ async fn replay(
         info.last_generated.seq + 1,
     ));
     if info.entries_added > info.length && since < oldest && since < info.last_generated {
-        send(session, sub, frames::gap(since, oldest)).await?;
+        send(state, session, sub, frames::gap(since, oldest)).await?;
         start = oldest.to_string();
     }
     let mut last = None;
@@ -251,7 +271,7 @@ async fn replay(
             start = format!("({newest}");
         }
         for frame in to_frames(page.ids) {
-            send(session, sub, frame.text).await?;
+            send(state, session, sub, frame.text).await?;
             state.metrics.frames_sent.inc();
             last = Some(frame.stream_id);
         }

@@ -9,4 +9,4 @@ pub mod setup;
 pub mod write;
 
 pub use rows::{JsonText, MessageRow, NewMessage};
-pub use setup::{connect_pool, prepare_database, PgPool};
+pub use setup::{connect_pool, prepare_database, with_timeouts, PgPool};

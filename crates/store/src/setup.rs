@@ -20,6 +20,7 @@ const MIGRATION_LOCK: i64 = 0x52_454c_4159; // "RELAY"
 /// Creates the database named in `url` when it does not exist, then runs pending migrations.
 /// Safe to call from several processes at once.
 pub fn prepare_database(url: &str) -> anyhow::Result<()> {
+    let url = &with_timeouts(url, 5);
     let mut conn = match PgConnection::establish(url) {
         Ok(conn) => conn,
         Err(ConnectionError::BadConnection(msg)) if msg.contains("does not exist") => {
@@ -66,5 +67,44 @@ pub fn connect_pool(url: &str, size: u32, timeout: Duration) -> PgPool {
         .min_idle(Some(0))
         .connection_timeout(timeout)
         .test_on_check_out(true)
-        .build_unchecked(ConnectionManager::new(url))
+        .build_unchecked(ConnectionManager::new(with_timeouts(
+            url,
+            timeout.as_secs(),
+        )))
+}
+
+/// `url` with libpq's `connect_timeout` (seconds) and TCP keepalives added unless it sets them: a
+/// Postgres host that stops answering then fails a connection attempt in bounded time, and a dead
+/// connection is noticed, instead of a request or the persister waiting on it indefinitely.
+pub fn with_timeouts(url: &str, connect_timeout_secs: u64) -> String {
+    let mut out = url.to_owned();
+    let mut add = |key: &str, value: String| {
+        if !url.contains(&format!("{key}=")) {
+            out.push(if out.contains('?') { '&' } else { '?' });
+            out.push_str(&format!("{key}={value}"));
+        }
+    };
+    add("connect_timeout", connect_timeout_secs.max(2).to_string());
+    add("keepalives_idle", "10".into());
+    add("keepalives_interval", "5".into());
+    add("keepalives_count", "3".into());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_timeouts;
+
+    #[test]
+    fn timeouts_are_added_once_and_never_override_the_url() {
+        assert_eq!(
+            with_timeouts("postgres://h/db", 5),
+            "postgres://h/db?connect_timeout=5&keepalives_idle=10&keepalives_interval=5&keepalives_count=3"
+        );
+        let own = with_timeouts("postgres://h/db?connect_timeout=9&sslmode=disable", 5);
+        assert!(
+            own.starts_with("postgres://h/db?connect_timeout=9&sslmode=disable&keepalives_idle=10")
+        );
+        assert_eq!(own.matches("connect_timeout").count(), 1);
+    }
 }

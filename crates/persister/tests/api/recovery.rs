@@ -94,3 +94,24 @@ async fn a_stopped_persister_resumes_where_it_left_off() {
     assert_eq!(testkit::count_rows(&settings.database_url), 250);
     assert_eq!(pending(&settings), 0);
 }
+
+#[tokio::test]
+async fn a_persister_recreates_its_group_when_redis_loses_it() {
+    let (settings, _cleanup) = setup();
+    xadd(&settings, &[entry("1")]);
+    let persister = RunningPersister::start(settings.clone()).await;
+    assert_eq!(wait_for_rows(&settings, 1).await, 1);
+    // What a Redis restart without persistence looks like to the persister: the stream and group are gone.
+    let mut conn = testkit::redis(&settings);
+    let _: () = redis::cmd("DEL")
+        .arg(&settings.stream_key)
+        .query(&mut conn)
+        .unwrap();
+    xadd(&settings, &[entry("2"), entry("3")]);
+    assert_eq!(
+        wait_for_rows(&settings, 3).await,
+        3,
+        "entries after the loss are stored too"
+    );
+    persister.stop().await;
+}

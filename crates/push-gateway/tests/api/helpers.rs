@@ -151,8 +151,18 @@ pub enum Seen {
 }
 
 impl Ws {
-    /// The next text frame or close, skipping pings; panics after 10 s of silence.
+    /// The next text frame or close, skipping pings and `hello`; panics after 10 s of silence.
     pub async fn next(&mut self) -> Seen {
+        loop {
+            match self.next_any().await {
+                Seen::Frame(f) if f["type"] == "hello" => continue,
+                seen => return seen,
+            }
+        }
+    }
+
+    /// The next text frame (of any type) or close, skipping pings.
+    pub async fn next_any(&mut self) -> Seen {
         loop {
             let msg = tokio::time::timeout(Duration::from_secs(10), self.0.next())
                 .await

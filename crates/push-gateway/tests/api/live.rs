@@ -300,3 +300,26 @@ async fn a_gateway_restart_closes_clients_with_1001_and_they_resume_with_since()
     assert_eq!(stream_ids(&ws.messages(10).await), ids(&during));
     ws.assert_quiet(Duration::from_millis(200)).await;
 }
+
+#[tokio::test]
+async fn a_client_that_saw_no_message_resumes_from_the_hello_position() {
+    let relay = spawn(testkit::test_settings(), false).await;
+    relay.post("\"before\"".into()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut ws = relay.connect("").await;
+    let hello = match ws.next_any().await {
+        Seen::Frame(f) => f,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(hello["type"], "hello");
+    let position = hello["position"].as_str().unwrap().to_owned();
+    ws.close().await;
+    let missed = relay.post("\"while away\"".into()).await;
+    let mut ws = relay.connect(&format!("?since={position}")).await;
+    let got = ws.messages(1).await;
+    assert_eq!(
+        got[0]["id"], missed["id"],
+        "exactly what was posted while away, nothing older"
+    );
+    ws.assert_quiet(Duration::from_millis(200)).await;
+}
