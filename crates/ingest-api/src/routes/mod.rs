@@ -15,7 +15,25 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(health::metrics))
+        .route("/openapi.json", web::get().to(openapi))
+        .route("/docs", web::get().to(docs))
         .default_service(web::to(|| async {
             Err::<actix_web::HttpResponse, _>(ApiError::NoRoute)
         }));
+}
+
+/// The OpenAPI 3.1 document of this API (kept beside the code; a test checks it against the routes).
+pub const OPENAPI: &str = include_str!("../../api/openapi.json");
+const DOCS: &str = include_str!("../../api/docs.html");
+
+async fn openapi() -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
+}
+
+async fn docs() -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(DOCS)
 }

@@ -271,3 +271,46 @@ async fn unknown_routes_are_problem_404s() {
     assert_eq!(res.status(), 404);
     assert_eq!(res.headers()["content-type"], "application/problem+json");
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route_and_docs_render_it_locally() {
+    let app = spawn_app().await;
+    let res = app.get("/openapi.json").await;
+    assert_eq!(res.status(), 200);
+    let doc: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/messages", "post"),
+        ("/messages", "get"),
+        ("/messages/{id}", "get"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
+        ("/docs", "get"),
+    ] {
+        assert!(
+            paths[path][method].is_object(),
+            "{method} {path} is not documented"
+        );
+    }
+    // Every documented path answers (with anything but the catch-all 404).
+    for path in paths.keys() {
+        let concrete = path.replace("{id}", &uuid::Uuid::now_v7().to_string());
+        let res = app.get(&concrete).await;
+        let body = res.text().await.unwrap();
+        assert!(
+            !body.contains("/problems/not-found\""),
+            "{path} is documented but not routed"
+        );
+    }
+    let docs = app.get("/docs").await;
+    assert_eq!(docs.status(), 200);
+    let html = docs.text().await.unwrap();
+    assert!(html.contains("/openapi.json"));
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "the docs page fetches nothing from outside"
+    );
+}
