@@ -27,15 +27,22 @@ test: check-toolchain
 	  echo "cargo-nextest not found: running cargo test instead (cargo install cargo-nextest for nicer output)"; \
 	  $(CARGO) test --workspace --no-fail-fast; \
 	fi
+	# The benchmark at its quick size, once, on the debug build, so it never rots.
+	scripts/bench-deps.sh
+	@ulimit -n 65536 2>/dev/null || true; $(CARGO) run -q -p bench --bin relay-bench -- --quick
 
 ## Formatting and lints, as CI checks them.
 lint: check-toolchain
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## The load benchmark.
-bench:
-	@echo "make bench: not built yet (see the open benchmark issue)" >&2; exit 1
+## The load benchmark: prints its table and writes bench/results/latest.md. QUICK=1: tiny sizes, < 1 min.
+bench: check-toolchain
+	scripts/services.sh up
+	scripts/bench-deps.sh
+	$(CARGO) build --release --bins
+	@ulimit -n 65536 2>/dev/null || echo "bench: cannot raise the open-files limit (now $$(ulimit -n)): the socket scenarios may fail"; \
+	  target/release/relay-bench $(if $(QUICK),--quick)
 
 ## The same pipeline in containers.
 up:

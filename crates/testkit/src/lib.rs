@@ -2,6 +2,8 @@
 //! the clean-up that removes them. Tests run against the real Redis and Postgres named by `REDIS_URL` and
 //! `DATABASE_URL` (default: the local ones).
 
+pub mod procs;
+
 use diesel::{Connection, PgConnection, RunQueryDsl};
 use model::Settings;
 use uuid::Uuid;

@@ -109,15 +109,26 @@ async fn a_row_postgres_refuses_is_dead_lettered_and_the_rest_of_its_batch_is_st
     })
     .await
     .unwrap();
-    let ids = xadd(&settings, &[entry("\"fine 1\""), entry("\"poison\""), entry("\"fine 2\"")]);
+    let ids = xadd(
+        &settings,
+        &[
+            entry("\"fine 1\""),
+            entry("\"poison\""),
+            entry("\"fine 2\""),
+        ],
+    );
     let persister = RunningPersister::start(settings.clone()).await;
     assert_eq!(wait_for_rows(&settings, 2).await, 2);
     let mut conn = testkit::redis(&settings);
     let dead_key = model::dead_letter_key(&settings.stream_key);
     let mut dead = Vec::new();
     for _ in 0..100 {
-        let reply: redis::streams::StreamRangeReply =
-            redis::cmd("XRANGE").arg(&dead_key).arg("-").arg("+").query(&mut conn).unwrap();
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&dead_key)
+            .arg("-")
+            .arg("+")
+            .query(&mut conn)
+            .unwrap();
         dead = reply.ids;
         if !dead.is_empty() {
             break;
@@ -128,7 +139,10 @@ async fn a_row_postgres_refuses_is_dead_lettered_and_the_rest_of_its_batch_is_st
     let source: String = redis::from_redis_value(dead[0].map["source_id"].clone()).unwrap();
     let reason: String = redis::from_redis_value(dead[0].map["reason"].clone()).unwrap();
     assert_eq!(source, ids[1]);
-    assert!(reason.contains("rejected by Postgres") && reason.contains("no_poison"), "{reason}");
+    assert!(
+        reason.contains("rejected by Postgres") && reason.contains("no_poison"),
+        "{reason}"
+    );
     persister.stop().await;
     assert_eq!(pending(&settings), 0);
     assert_eq!(testkit::count_rows(&settings.database_url), 2);

@@ -1,0 +1,65 @@
+//! What the run was measured on.
+
+use std::process::Command;
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+pub fn describe(settings: &model::Settings) -> Vec<(String, String)> {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let redis_version = redis::Client::open(settings.redis_url.as_str())
+        .and_then(|c| c.get_connection())
+        .and_then(|mut c| redis::cmd("INFO").arg("server").query::<String>(&mut c))
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("redis_version:").map(str::to_owned))
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let pg_version = run(
+        "psql",
+        &[
+            &settings.database_url_for("postgres"),
+            "-tAc",
+            "SHOW server_version",
+        ],
+    );
+    vec![
+        (
+            "date".into(),
+            chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        ),
+        (
+            "cores".into(),
+            std::thread::available_parallelism()
+                .map_or(0, |n| n.get())
+                .to_string(),
+        ),
+        ("CPU".into(), cpu),
+        (
+            "memory".into(),
+            run("sh", &["-c", "free -h | awk '/Mem:/ {print $2}'"]),
+        ),
+        ("kernel".into(), run("uname", &["-sr"])),
+        ("Redis".into(), redis_version),
+        ("PostgreSQL".into(), pg_version),
+        (
+            "Relay".into(),
+            run("git", &["rev-parse", "--short", "HEAD"]),
+        ),
+    ]
+}
