@@ -1,30 +1,12 @@
-use std::process::ExitCode;
+//! The ingest-api process: settings from the environment, stop on SIGINT/SIGTERM.
 
 use ingest_api::Application;
-use model::{shutdown, Settings};
+use model::shutdown;
 
 #[tokio::main]
-async fn main() -> ExitCode {
-    shutdown::init_logging();
-    let settings = match Settings::load() {
-        Ok(s) => s,
-        Err(e) => {
-            log::error!("ingest-api cannot start: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let app = match Application::build(settings).await {
-        Ok(app) => app,
-        Err(e) => {
-            log::error!("ingest-api cannot start: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match app.run_until_stopped(shutdown::signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("ingest-api stopped with an error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+async fn main() -> std::process::ExitCode {
+    shutdown::run_service("ingest-api", Application::build, |app| {
+        app.run_until_stopped(shutdown::signal())
+    })
+    .await
 }

@@ -245,7 +245,7 @@ pub fn bin_dir() -> PathBuf {
     }
 }
 
-fn bin_path(name: &str) -> PathBuf {
+pub fn bin_path(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
     assert!(
         path.exists(),

@@ -299,3 +299,22 @@ fn sigterm_to_each_service_under_load_exits_0_and_loses_nothing() {
     assert_eq!(persister.terminate(Duration::from_secs(15)), Some(0));
     assert_eq!(replacement.terminate(Duration::from_secs(15)), Some(0));
 }
+
+#[test]
+fn a_malformed_setting_stops_each_service_at_start_with_one_line_naming_it() {
+    for service in ["ingest-api", "persister", "push-gateway"] {
+        let out = std::process::Command::new(testkit::procs::bin_path(service))
+            .env_clear()
+            .env("WS_SEND_QUEUE", "lots")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{service} exit code");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{service}: {stderr}");
+        assert!(
+            lines[0].contains("invalid setting WS_SEND_QUEUE=\"lots\""),
+            "{service}: {stderr}"
+        );
+    }
+}
