@@ -91,7 +91,13 @@ async fn main() -> std::process::ExitCode {
         }),
         ("read all", |e, s| Box::pin(scenarios::read_all(e, s))),
     ];
+    // `--only <scenario>` (e.g. `--only drain`): one scenario, for working on it.
+    let args: Vec<String> = std::env::args().collect();
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     for (name, run) in all {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
         progress(format!(
             "── {name} ({:.0} s so far)",
             started.elapsed().as_secs_f64()

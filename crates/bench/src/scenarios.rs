@@ -500,10 +500,10 @@ pub async fn end_to_end(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
     let total = (sizes.e2e_rate * sizes.e2e_secs) as usize;
     let mut socket = ws::connect(&format!("127.0.0.1:{}", gateway.port)).await?;
     let reader = tokio::spawn(async move {
-        let mut arrivals: Vec<(u64, u64)> = Vec::with_capacity(total);
+        let mut arrivals: Vec<(u64, u64, Option<model::StreamId>)> = Vec::with_capacity(total);
         let n = ws::read_messages(&mut socket, total, Duration::from_secs(15), |frame| {
             let seq = ws::number_after(frame, b"\"seq\":").unwrap_or(u64::MAX);
-            arrivals.push((seq, wall_us()));
+            arrivals.push((seq, wall_us(), ws::stream_id(frame)));
         })
         .await;
         (n, arrivals)
@@ -521,13 +521,23 @@ pub async fn end_to_end(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
     let (frames, arrivals) = reader.await?;
     ensure!(accepted == total, "{accepted} of {total} posts accepted");
     ensure!(frames == total, "{frames} of {total} frames arrived");
+    // Concurrent posts reach the stream in any order; frames must follow the stream's order, and carry
+    // every post exactly once.
     let mut to_frame = histogram();
-    for (i, (seq, at)) in arrivals.iter().enumerate() {
+    let mut seen = vec![false; total];
+    let mut previous = None;
+    for (seq, at, stream_id) in &arrivals {
+        let slot = seen
+            .get_mut(*seq as usize)
+            .with_context(|| format!("a frame carried seq {seq}"))?;
+        ensure!(!*slot, "seq {seq} arrived twice");
+        *slot = true;
         ensure!(
-            *seq == i as u64,
-            "frame {i} carried seq {seq}: lost or reordered"
+            stream_id.is_some() && *stream_id > previous,
+            "frames out of stream order at seq {seq}"
         );
-        to_frame.record(at.saturating_sub(scheduled[i]).max(1))?;
+        previous = *stream_id;
+        to_frame.record(at.saturating_sub(scheduled[*seq as usize]).max(1))?;
     }
     // POST → committed row: the row's persisted_at against the post's scheduled time.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -599,15 +609,23 @@ pub async fn fan_out(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
         let merged = Arc::clone(&merged);
         readers.push(tokio::spawn(async move {
             let mut h = histogram();
-            let mut next = 0u64;
+            let mut seen = vec![false; total];
+            let mut previous = None;
             let mut problem = None;
             let mut last_at = 0;
             let n = ws::read_messages(&mut socket, total, Duration::from_secs(15), |frame| {
-                let seq = ws::number_after(frame, b"\"seq\":");
-                if seq != Some(next) && problem.is_none() {
-                    problem = Some(format!("client {client}: expected seq {next}, got {seq:?}"));
+                let seq = ws::number_after(frame, b"\"seq\":").map_or(usize::MAX, |s| s as usize);
+                let stream_id = ws::stream_id(frame);
+                let fresh = seen
+                    .get_mut(seq)
+                    .map(|slot| !std::mem::replace(slot, true))
+                    .unwrap_or(false);
+                if (!fresh || stream_id.is_none() || stream_id <= previous) && problem.is_none() {
+                    problem = Some(format!(
+                        "client {client}: seq {seq} duplicated, unknown or out of stream order"
+                    ));
                 }
-                next += 1;
+                previous = stream_id;
                 last_at = wall_us();
                 if let Some(t) = ws::number_after(frame, b"\"t\":") {
                     let _ = h.record(last_at.saturating_sub(t).max(1));
@@ -702,6 +720,15 @@ pub async fn idle_sockets(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
             )?);
         }
     }
+    // Idle, not dead: each socket is read (so pings are answered), as a browser tab's would be.
+    let keepers: Vec<_> = sockets
+        .into_iter()
+        .map(|mut socket| {
+            tokio::spawn(async move {
+                while let Some(Ok(_)) = futures_util::StreamExt::next(&mut socket).await {}
+            })
+        })
+        .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (after, _) = memory_kib(gateway.pid());
     let ready: serde_json::Value = reqwest::get(format!("{}/readyz", gateway.url()))
@@ -714,7 +741,8 @@ pub async fn idle_sockets(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
         "the gateway holds {clients} clients, not {}",
         sizes.idle_sockets + 1
     );
-    drop((sockets, warm, gateway));
+    keepers.iter().for_each(tokio::task::JoinHandle::abort);
+    drop((warm, gateway));
     let per = (after.saturating_sub(before)) as f64 / sizes.idle_sockets as f64;
     Ok(vec![Row::new(
         "idle sockets",

@@ -15,6 +15,14 @@ pub fn number_after(text: &[u8], key: &[u8]) -> Option<u64> {
         .ok()
 }
 
+/// The `stream_id` of a message frame.
+pub fn stream_id(text: &[u8]) -> Option<model::StreamId> {
+    const KEY: &[u8] = b"\"stream_id\":\"";
+    let at = text.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let len = text[at..].iter().position(|b| *b == b'"')?;
+    std::str::from_utf8(&text[at..at + len]).ok()?.parse().ok()
+}
+
 pub type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 

@@ -32,6 +32,25 @@ pub struct StreamEntry {
     pub payload: Box<RawValue>,
 }
 
+/// An entry's content with the payload as unchecked text: for a consumer that validates it anyway (the
+/// persister: Postgres' `json` type checks the syntax on insert), so it is not parsed twice.
+#[derive(Debug, Clone)]
+pub struct EntryParts {
+    pub id: Uuid,
+    pub received_at: DateTime<Utc>,
+    pub payload: String,
+}
+
+impl From<StreamEntry> for EntryParts {
+    fn from(e: StreamEntry) -> Self {
+        Self {
+            id: e.id,
+            received_at: e.received_at,
+            payload: e.payload.get().to_owned(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("entry has no `{0}` field")]
@@ -53,8 +72,26 @@ impl StreamEntry {
         ]
     }
 
+    /// Decodes the field/value pairs of an entry, payload checked as JSON.
+    pub fn decode<'a>(
+        fields: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<Self, DecodeError> {
+        let parts = EntryParts::decode(fields)?;
+        let payload = RawValue::from_string(parts.payload).map_err(|e| DecodeError::Malformed {
+            field: FIELD_PAYLOAD,
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            id: parts.id,
+            received_at: parts.received_at,
+            payload,
+        })
+    }
+}
+
+impl EntryParts {
     /// Decodes the field/value pairs of an entry. Unknown fields are ignored (a newer minor writer may add
-    /// some); missing or malformed known fields are an error.
+    /// some); missing or malformed known fields are an error. The payload must be UTF-8 but is not parsed.
     pub fn decode<'a>(
         fields: impl IntoIterator<Item = (&'a str, &'a [u8])>,
     ) -> Result<Self, DecodeError> {
@@ -92,8 +129,7 @@ impl StreamEntry {
         let received_at = DateTime::parse_from_rfc3339(text(FIELD_RECEIVED_AT, received_at)?)
             .map_err(|e| malformed(FIELD_RECEIVED_AT)(&e))?
             .to_utc();
-        let payload = RawValue::from_string(text(FIELD_PAYLOAD, payload)?.to_owned())
-            .map_err(|e| malformed(FIELD_PAYLOAD)(&e))?;
+        let payload = text(FIELD_PAYLOAD, payload)?.to_owned();
         Ok(Self {
             id,
             received_at,

@@ -9,7 +9,7 @@ pub mod settings;
 pub mod shutdown;
 pub mod stream_id;
 
-pub use codec::{DecodeError, StreamEntry, ENTRY_VERSION};
+pub use codec::{DecodeError, EntryParts, StreamEntry, ENTRY_VERSION};
 pub use message::{format_received_at, now_micros, Accepted, Message};
 pub use settings::{Settings, SettingsError};
 pub use stream_id::{StreamId, StreamIdError};

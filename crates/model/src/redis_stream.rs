@@ -12,10 +12,9 @@ use std::time::Duration;
 
 use deadpool_redis::{Manager, Pool};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::streams::StreamId as RedisStreamEntry;
 use redis::{AsyncConnectionConfig, Value};
 
-use crate::{DecodeError, Settings, StreamEntry, StreamId};
+use crate::{DecodeError, EntryParts, Settings, StreamEntry, StreamId};
 
 pub use deadpool_redis;
 pub use redis;
@@ -75,17 +74,126 @@ pub fn parse_reply_id(id: &str) -> Result<StreamId, DecodeError> {
         })
 }
 
-/// Decodes one entry of an `XREAD`/`XREADGROUP`/`XRANGE` reply.
-pub fn decode_entry(
-    entry: &RedisStreamEntry,
-) -> (
-    Result<StreamId, DecodeError>,
-    Result<StreamEntry, DecodeError>,
-) {
-    let fields = entry.map.iter().filter_map(|(name, value)| match value {
-        Value::BulkString(bytes) => Some((name.as_str(), bytes.as_slice())),
-        Value::SimpleString(s) => Some((name.as_str(), s.as_bytes())),
-        _ => None,
-    });
-    (parse_reply_id(&entry.id), StreamEntry::decode(fields))
+/// One entry of a stream reply as Redis sent it, its bytes moved out of the reply (no per-entry map).
+#[derive(Debug, Clone, Default)]
+pub struct RawEntry {
+    pub id: String,
+    pub fields: Vec<(String, Vec<u8>)>,
+}
+
+impl RawEntry {
+    fn pairs(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.fields.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+
+    /// The entry with its payload checked as JSON.
+    pub fn decode(
+        &self,
+    ) -> (
+        Result<StreamId, DecodeError>,
+        Result<StreamEntry, DecodeError>,
+    ) {
+        (parse_reply_id(&self.id), StreamEntry::decode(self.pairs()))
+    }
+
+    /// The entry with its payload as unchecked text.
+    pub fn decode_parts(
+        &self,
+    ) -> (
+        Result<StreamId, DecodeError>,
+        Result<EntryParts, DecodeError>,
+    ) {
+        (parse_reply_id(&self.id), EntryParts::decode(self.pairs()))
+    }
+}
+
+fn into_items(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(items) | Value::Set(items) => items,
+        // RESP3 maps (XREAD's key → entries) flatten to key, value, key, value…
+        Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn into_string(v: Value) -> String {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b).unwrap_or_default(),
+        Value::SimpleString(s) => s,
+        _ => String::new(),
+    }
+}
+
+/// A list of entries (`XRANGE`, the claimed part of `XAUTOCLAIM`): `[[id, [field, value, …]], …]`. An
+/// entry deleted while pending comes back as `[id, nil]` and has no fields.
+pub fn entry_list(list: Value) -> Vec<RawEntry> {
+    into_items(list)
+        .into_iter()
+        .map(|entry| {
+            let mut parts = into_items(entry).into_iter();
+            let id = parts.next().map(into_string).unwrap_or_default();
+            let mut flat = parts.next().map(into_items).unwrap_or_default().into_iter();
+            let mut fields = Vec::with_capacity(4);
+            while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
+                let v = match v {
+                    Value::BulkString(b) => b,
+                    Value::SimpleString(s) => s.into_bytes(),
+                    _ => Vec::new(),
+                };
+                fields.push((into_string(k), v));
+            }
+            RawEntry { id, fields }
+        })
+        .collect()
+}
+
+/// The entries of an `XREAD`/`XREADGROUP` reply on one stream (`[[key, entries]]`; nil when none).
+pub fn read_reply(reply: Value) -> Vec<RawEntry> {
+    let mut items = into_items(reply).into_iter();
+    let mut out = Vec::new();
+    while let Some(item) = items.next() {
+        // RESP2: each item is [key, entries]; RESP3 (flattened map): key, entries.
+        let entries = match item {
+            Value::Array(mut pair) if pair.len() == 2 => pair.pop(),
+            _ => items.next(),
+        };
+        out.extend(entries.map(entry_list).unwrap_or_default());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn replies_are_walked_without_maps_and_deleted_entries_have_no_fields() {
+        let entry = |id: &str, f: Value| Value::Array(vec![bulk(id), f]);
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("key"),
+            Value::Array(vec![
+                entry(
+                    "1-0",
+                    Value::Array(vec![bulk("v"), bulk("1"), bulk("payload"), bulk("[1]")]),
+                ),
+                entry("2-0", Value::Nil),
+            ]),
+        ])]);
+        let entries = read_reply(reply);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].id, "1-0");
+        assert_eq!(
+            entries[0].fields,
+            vec![
+                ("v".into(), b"1".to_vec()),
+                ("payload".into(), b"[1]".to_vec())
+            ]
+        );
+        assert!(entries[1].fields.is_empty());
+        assert!(read_reply(Value::Nil).is_empty());
+    }
 }

@@ -11,10 +11,9 @@
 
 use std::collections::HashMap;
 
-use model::redis_stream::decode_entry;
-use model::redis_stream::redis::streams::StreamReadReply;
 use model::redis_stream::redis::{self, aio::ConnectionLike, Value};
-use model::{dead_letter_key, DecodeError, StreamEntry, StreamId, PERSISTER_GROUP};
+use model::redis_stream::{entry_list, read_reply, RawEntry};
+use model::{dead_letter_key, DecodeError, EntryParts, StreamId, PERSISTER_GROUP};
 
 /// One entry as the group delivered it.
 #[derive(Debug)]
@@ -22,9 +21,22 @@ pub struct Delivered {
     /// The entry's id as Redis spelled it (what `XACK` takes).
     pub raw_id: String,
     pub stream_id: Result<StreamId, DecodeError>,
-    pub entry: Result<StreamEntry, DecodeError>,
+    /// The content; the payload is checked by Postgres' `json` type on insert, not parsed here.
+    pub entry: Result<EntryParts, DecodeError>,
     /// The entry's fields, kept for the dead-letter stream.
-    pub fields: HashMap<String, Value>,
+    pub fields: Vec<(String, Vec<u8>)>,
+}
+
+impl From<RawEntry> for Delivered {
+    fn from(raw: RawEntry) -> Self {
+        let (stream_id, entry) = raw.decode_parts();
+        Self {
+            raw_id: raw.id,
+            stream_id,
+            entry,
+            fields: raw.fields,
+        }
+    }
 }
 
 /// Where a read starts: this consumer's pending entries after an id, or new entries.
@@ -77,19 +89,8 @@ pub async fn read(
         }
     };
     cmd.arg("STREAMS").arg(stream_key).arg(start);
-    let reply: Option<StreamReadReply> = cmd.query_async(conn).await?;
-    let entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
-    Ok(entries
-        .map(|e| {
-            let (stream_id, entry) = decode_entry(&e);
-            Delivered {
-                raw_id: e.id,
-                stream_id,
-                entry,
-                fields: e.map,
-            }
-        })
-        .collect())
+    let reply: Value = cmd.query_async(conn).await?;
+    Ok(read_reply(reply).into_iter().map(Delivered::from).collect())
 }
 
 pub async fn ack(
@@ -114,7 +115,7 @@ pub async fn dead_letter(
     conn: &mut impl ConnectionLike,
     stream_key: &str,
     raw_id: &str,
-    fields: &HashMap<String, Value>,
+    fields: &[(String, Vec<u8>)],
     reason: &str,
 ) -> redis::RedisResult<()> {
     let mut cmd = redis::cmd("XADD");
@@ -125,9 +126,7 @@ pub async fn dead_letter(
         .arg("reason")
         .arg(reason);
     for (field, value) in fields {
-        if let Value::BulkString(bytes) = value {
-            cmd.arg(format!("entry.{field}")).arg(bytes.as_slice());
-        }
+        cmd.arg(format!("entry.{field}")).arg(value.as_slice());
     }
     cmd.query_async(conn).await
 }
@@ -143,7 +142,7 @@ pub async fn autoclaim(
     cursor: &str,
     count: usize,
 ) -> redis::RedisResult<(Vec<Delivered>, String)> {
-    let reply: redis::streams::StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+    let reply: Value = redis::cmd("XAUTOCLAIM")
         .arg(stream_key)
         .arg(PERSISTER_GROUP)
         .arg(consumer)
@@ -153,20 +152,24 @@ pub async fn autoclaim(
         .arg(count)
         .query_async(conn)
         .await?;
-    let claimed = reply
-        .claimed
-        .into_iter()
-        .map(|e| {
-            let (stream_id, entry) = decode_entry(&e);
-            Delivered {
-                raw_id: e.id,
-                stream_id,
-                entry,
-                fields: e.map,
-            }
-        })
-        .collect();
-    Ok((claimed, reply.next_stream_id))
+    // [next cursor, [[id, fields], …], [deleted ids]]
+    let mut parts = match reply {
+        Value::Array(parts) => parts.into_iter(),
+        other => {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "unexpected XAUTOCLAIM reply",
+                format!("{other:?}"),
+            )))
+        }
+    };
+    let next = match parts.next() {
+        Some(Value::BulkString(b)) => String::from_utf8(b).unwrap_or_else(|_| "0-0".into()),
+        Some(Value::SimpleString(s)) => s,
+        _ => "0-0".into(),
+    };
+    let claimed = parts.next().map(entry_list).unwrap_or_default();
+    Ok((claimed.into_iter().map(Delivered::from).collect(), next))
 }
 
 /// How many times each pending entry between `first` and `last` (inclusive) has been delivered.

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use model::redis_stream::deadpool_redis::Pool;
-use model::redis_stream::redis::{self, streams::StreamReadReply};
-use model::redis_stream::{decode_entry, parse_reply_id};
+use model::redis_stream::redis::{self, Value};
+use model::redis_stream::{parse_reply_id, read_reply, RawEntry};
 use model::StreamId;
 use tokio_util::sync::CancellationToken;
 
@@ -96,7 +96,7 @@ async fn read_after(
     after: &str,
 ) -> anyhow::Result<(Vec<Frame>, Option<String>)> {
     let mut conn = reads.get().await?;
-    let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+    let reply: Value = redis::cmd("XREAD")
         .arg("COUNT")
         .arg(READ_COUNT)
         .arg("BLOCK")
@@ -106,21 +106,17 @@ async fn read_after(
         .arg(after)
         .query_async(&mut conn)
         .await?;
-    let entries: Vec<_> = reply
-        .into_iter()
-        .flat_map(|r| r.keys)
-        .flat_map(|k| k.ids)
-        .collect();
+    let entries = read_reply(reply);
     let newest = entries.last().map(|e| e.id.clone());
-    Ok((to_frames(entries), newest))
+    Ok((to_frames(&entries), newest))
 }
 
 /// Frames for entries of an `XREAD`/`XRANGE` reply. An entry that does not decode is skipped here (the
-/// persister dead-letters it); its id still advances the reader.
-pub fn to_frames(entries: impl IntoIterator<Item = redis::streams::StreamId>) -> Vec<Frame> {
-    let mut frames = Vec::new();
+/// persister dead-letters it).
+pub fn to_frames(entries: &[RawEntry]) -> Vec<Frame> {
+    let mut frames = Vec::with_capacity(entries.len());
     for e in entries {
-        match decode_entry(&e) {
+        match e.decode() {
             (Ok(stream_id), Ok(entry)) => frames.push(frames::message(stream_id, entry)),
             (_, Err(err)) | (Err(err), _) => log::warn!("entry {} not pushed: {err}", e.id),
         }

@@ -27,6 +27,7 @@ use crate::frames;
 use crate::hub::{Refused, Subscription};
 use crate::reader::{reply_id, to_frames};
 use crate::startup::{problem, AppState};
+use model::redis_stream::entry_list;
 
 /// How often the server pings each client.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
@@ -257,7 +258,7 @@ async fn replay(
     }
     let mut last = None;
     loop {
-        let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        let page: Value = redis::cmd("XRANGE")
             .arg(key)
             .arg(&start)
             .arg("+")
@@ -266,11 +267,12 @@ async fn replay(
             .query_async(&mut redis)
             .await
             .map_err(unavailable)?;
-        let count = page.ids.len();
-        if let Some(newest) = page.ids.last().and_then(|e| reply_id(&e.id)) {
+        let page = entry_list(page);
+        let count = page.len();
+        if let Some(newest) = page.last().and_then(|e| reply_id(&e.id)) {
             start = format!("({newest}");
         }
-        for frame in to_frames(page.ids) {
+        for frame in to_frames(&page) {
             send(state, session, sub, frame.text).await?;
             state.metrics.frames_sent.inc();
             last = Some(frame.stream_id);

@@ -10,7 +10,7 @@ use diesel::pg::{Pg, PgValue};
 use diesel::prelude::*;
 use diesel::serialize::{self, IsNull, Output, ToSql};
 use diesel::sql_types::Json;
-use model::{format_received_at, StreamEntry, StreamId};
+use model::{format_received_at, EntryParts, StreamId};
 use uuid::Uuid;
 
 use crate::schema::{messages, messages_staging};
@@ -56,14 +56,15 @@ pub struct StagedMessage<'a> {
 }
 
 impl NewMessage {
-    pub fn from_entry(stream_id: StreamId, entry: StreamEntry) -> Self {
+    pub fn from_entry(stream_id: StreamId, entry: impl Into<EntryParts>) -> Self {
+        let entry = entry.into();
         let (stream_ms, stream_seq) = stream_id.as_i64_pair();
         Self {
             stream_ms,
             stream_seq,
             id: entry.id,
             received_at: entry.received_at,
-            payload: JsonText(entry.payload.get().to_owned()),
+            payload: JsonText(entry.payload),
         }
     }
 
