@@ -93,7 +93,11 @@ async fn main() -> std::process::ExitCode {
     ];
     // `--only <scenario>` (e.g. `--only drain`): one scenario, for working on it.
     let args: Vec<String> = std::env::args().collect();
-    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
     for (name, run) in all {
         if only.as_deref().is_some_and(|o| o != name) {
             continue;

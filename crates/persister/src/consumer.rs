@@ -112,71 +112,33 @@ impl Consumer {
             self.settings.consumer_name,
             model::PERSISTER_GROUP
         );
-        let mut cursor = Cursor::Pending("0-0".into());
-        while !stop.is_cancelled() {
-            let batch = tokio::select! {
+        // Reading runs one batch ahead of storing, so Redis and Postgres work at the same time. A batch
+        // read ahead is pending on this consumer until it is stored and acknowledged: if the process
+        // stops first, the next start of this replica (or a claim) picks it up.
+        let (batches, mut next) = tokio::sync::mpsc::channel(1);
+        let reader = tokio::spawn(read_ahead(
+            self.settings.clone(),
+            self.reads.clone(),
+            self.redis.clone(),
+            batches,
+            stop.clone(),
+        ));
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                biased;
                 () = stop.cancelled() => break,
-                read = self.read(&cursor) => read,
-            };
-            let batch = match batch {
-                Ok(batch) => {
-                    backoff.reset();
-                    batch
-                }
-                Err(e) => {
-                    log::warn!("reading `{key}` failed (retrying): {e:#}");
-                    if !backoff.wait(&stop).await {
-                        break;
-                    }
-                    // Redis lost the group (restarted without persistence, or the key was deleted):
-                    // create it again and start over from this consumer's pending entries.
-                    if format!("{e:#}").contains("NOGROUP") {
-                        match group::ensure_group(&mut self.redis, &key).await {
-                            Ok(()) => {
-                                log::warn!("consumer group on `{key}` was gone; created it again")
-                            }
-                            Err(e) => log::warn!("cannot re-create the consumer group: {e}"),
-                        }
-                        cursor = Cursor::Pending("0-0".into());
-                    }
-                    continue;
-                }
-            };
-            if let Cursor::Pending(_) = cursor {
-                match batch.last() {
-                    Some(last) => cursor = Cursor::Pending(last.raw_id.clone()),
-                    None => {
-                        log::info!("own pending entries drained; reading new entries");
-                        cursor = Cursor::New;
-                    }
-                }
-            }
-            if !batch.is_empty() {
-                // Entries read with `>` are on their first delivery; only re-reads can be over the limit.
-                let redelivered = cursor != Cursor::New;
-                self.handle(batch, redelivered, &stop).await;
+                batch = next.recv() => match batch {
+                    Some(Batch { entries, redelivered }) => self.handle(entries, redelivered, &stop).await,
+                    None => break,
+                },
+                _ = tick.tick() => {}
             }
             self.maintain(&stop).await;
         }
+        drop(next);
+        let _ = reader.await;
         log::info!("consumer `{}` stopped", self.settings.consumer_name);
-    }
-
-    async fn read(&mut self, cursor: &Cursor) -> anyhow::Result<Vec<Delivered>> {
-        let mut conn = self
-            .reads
-            .get()
-            .await
-            .context("getting a Redis connection")?;
-        let s = &self.settings;
-        Ok(group::read(
-            &mut conn,
-            &s.stream_key,
-            &s.consumer_name,
-            cursor,
-            s.persister_batch_size,
-            s.persister_block_ms,
-        )
-        .await?)
     }
 
     /// Claims entries other consumers left pending too long, and trims the stream; each when due.
@@ -423,4 +385,91 @@ fn store_blocking(
         }
     }
     (Some(conn), Ok((new_rows, rejected)))
+}
+
+/// A batch as read, for the storing loop.
+struct Batch {
+    entries: Vec<Delivered>,
+    /// Read again (own pending entries): delivery counts may be over `MAX_DELIVERIES`. Entries read with
+    /// `>` are on their first delivery.
+    redelivered: bool,
+}
+
+/// Reads batches for this consumer: first its own pending entries, then new ones; re-creates the group if
+/// Redis lost it. Ends when `stop` is cancelled or the storing loop is gone.
+async fn read_ahead(
+    settings: Settings,
+    reads: Pool,
+    mut redis: ConnectionManager,
+    batches: tokio::sync::mpsc::Sender<Batch>,
+    stop: CancellationToken,
+) {
+    let key = &settings.stream_key;
+    let mut backoff = Backoff::new();
+    let mut cursor = Cursor::Pending("0-0".into());
+    while !stop.is_cancelled() {
+        let read = async {
+            let mut conn = reads.get().await.context("getting a Redis connection")?;
+            let s = &settings;
+            let entries = group::read(
+                &mut conn,
+                key,
+                &s.consumer_name,
+                &cursor,
+                s.persister_batch_size,
+                s.persister_block_ms,
+            )
+            .await?;
+            anyhow::Ok(entries)
+        };
+        let entries = tokio::select! {
+            () = stop.cancelled() => break,
+            read = read => read,
+        };
+        let entries = match entries {
+            Ok(entries) => {
+                backoff.reset();
+                entries
+            }
+            Err(e) => {
+                log::warn!("reading `{key}` failed (retrying): {e:#}");
+                if !backoff.wait(&stop).await {
+                    break;
+                }
+                // Redis lost the group (restarted without persistence, or the key was deleted): create it
+                // again and start over from this consumer's pending entries.
+                if format!("{e:#}").contains("NOGROUP") {
+                    match group::ensure_group(&mut redis, key).await {
+                        Ok(()) => {
+                            log::warn!("consumer group on `{key}` was gone; created it again")
+                        }
+                        Err(e) => log::warn!("cannot re-create the consumer group: {e}"),
+                    }
+                    cursor = Cursor::Pending("0-0".into());
+                }
+                continue;
+            }
+        };
+        let redelivered = cursor != Cursor::New;
+        if redelivered {
+            match entries.last() {
+                Some(last) => cursor = Cursor::Pending(last.raw_id.clone()),
+                None => {
+                    log::info!("own pending entries drained; reading new entries");
+                    cursor = Cursor::New;
+                }
+            }
+        }
+        if !entries.is_empty()
+            && batches
+                .send(Batch {
+                    entries,
+                    redelivered,
+                })
+                .await
+                .is_err()
+        {
+            break;
+        }
+    }
 }
