@@ -17,16 +17,17 @@ use uuid::Uuid;
 
 use crate::idempotency;
 use crate::problem::ApiError;
-use crate::startup::AppState;
+use crate::startup::{AppState, WorkerRedis};
 use crate::validate::{self, BodyKind};
 
 pub async fn publish(
     req: HttpRequest,
     body: web::Payload,
     state: web::Data<AppState>,
+    worker_redis: web::Data<WorkerRedis>,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
-    let result = accept(&req, body, &state).await;
+    let result = accept(&req, body, &state, &worker_redis).await;
     match &result {
         Ok((_, accepted)) => {
             state.metrics.accepted.inc_by(accepted.len() as u64);
@@ -56,6 +57,7 @@ async fn accept(
     req: &HttpRequest,
     body: web::Payload,
     state: &AppState,
+    worker_redis: &WorkerRedis,
 ) -> Result<(BodyKind, Vec<Accepted>), ApiError> {
     let settings = &state.settings;
     crate::auth::require(req, &settings.api_keys, Scope::Publish)?;
@@ -86,7 +88,10 @@ async fn accept(
     if backlog > settings.max_backlog {
         return Err(ApiError::Backlog { backlog });
     }
-    Ok((kind, append(state, payloads, idempotency).await?))
+    Ok((
+        kind,
+        append(state, worker_redis, payloads, idempotency).await?,
+    ))
 }
 
 /// The body, or 413 as soon as it is known to be over `limit` (from `Content-Length`, or while reading).
@@ -118,6 +123,7 @@ async fn read_limited(
 /// Appends the entries and answers what each became. Waits on Redis at most `REDIS_TIMEOUT_MS`.
 async fn append(
     state: &AppState,
+    worker_redis: &WorkerRedis,
     payloads: Vec<Box<RawValue>>,
     idempotency: Option<(&str, String)>,
 ) -> Result<Vec<Accepted>, ApiError> {
@@ -131,7 +137,7 @@ async fn append(
         })
         .collect();
     let key = &state.settings.stream_key;
-    let mut redis = state.redis.clone();
+    let mut redis = worker_redis.0.clone();
     let timeout = Duration::from_millis(state.settings.redis_timeout_ms);
     if let Some((idempotency_key, fingerprint)) = idempotency {
         let once =
