@@ -703,32 +703,31 @@ pub async fn idle_sockets(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
     let gateway = env.start("push-gateway", &s, &[]);
     let addr = format!("127.0.0.1:{}", gateway.port);
     // Warm up: one connection, so allocator and runtime start-up costs are not counted per socket.
-    let warm = ws::connect(&addr).await?;
+    let mut warm = ws::connect(&addr).await?;
+    let warm = tokio::spawn(async move {
+        while let Some(Ok(_)) = futures_util::StreamExt::next(&mut warm).await {}
+    });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (before, _) = memory_kib(gateway.pid());
     progress(format!(
         "opening {} idle WebSocket connections",
         sizes.idle_sockets
     ));
-    let mut sockets = Vec::with_capacity(sizes.idle_sockets);
+    // Idle, not dead: each socket is read from the moment it opens (so pings are answered), as a browser
+    // tab's would be.
+    let mut keepers = Vec::with_capacity(sizes.idle_sockets);
     for chunk in 0..sizes.idle_sockets.div_ceil(500) {
         let batch =
             (chunk * 500..((chunk + 1) * 500).min(sizes.idle_sockets)).map(|_| ws::connect(&addr));
         for socket in futures_util::future::join_all(batch).await {
-            sockets.push(socket.context(
+            let mut socket = socket.context(
                 "opening a socket (is the open-files limit high enough? make bench raises it)",
-            )?);
+            )?;
+            keepers.push(tokio::spawn(async move {
+                while let Some(Ok(_)) = futures_util::StreamExt::next(&mut socket).await {}
+            }));
         }
     }
-    // Idle, not dead: each socket is read (so pings are answered), as a browser tab's would be.
-    let keepers: Vec<_> = sockets
-        .into_iter()
-        .map(|mut socket| {
-            tokio::spawn(async move {
-                while let Some(Ok(_)) = futures_util::StreamExt::next(&mut socket).await {}
-            })
-        })
-        .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (after, _) = memory_kib(gateway.pid());
     let ready: serde_json::Value = reqwest::get(format!("{}/readyz", gateway.url()))
@@ -742,7 +741,8 @@ pub async fn idle_sockets(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
         sizes.idle_sockets + 1
     );
     keepers.iter().for_each(tokio::task::JoinHandle::abort);
-    drop((warm, gateway));
+    warm.abort();
+    drop(gateway);
     let per = (after.saturating_sub(before)) as f64 / sizes.idle_sockets as f64;
     Ok(vec![Row::new(
         "idle sockets",

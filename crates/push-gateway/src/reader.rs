@@ -43,15 +43,19 @@ pub async fn run(
         }
     };
     log::info!("reading `{stream_key}` live after {last}");
+    // The reader keeps its connection between reads: taking it from the pool each time would add the
+    // pool's health-check round trip between an entry's arrival and the next XREAD.
+    let mut conn = None;
     hub.start_at(reply_id(&last).unwrap_or(StreamId::new(0, 0)));
     loop {
         let read = tokio::select! {
             () = stop.cancelled() => return,
-            read = read_after(&reads, &stream_key, &last) => read,
+            read = read_after(&reads, &mut conn, &stream_key, &last) => read,
         };
         let (frames, newest) = match read {
             Ok(read) => read,
             Err(e) => {
+                conn = None; // a fresh one from the pool next time
                 log::warn!("XREAD on `{stream_key}` failed (retrying): {e}");
                 if !sleep_or_stop(&mut delay, &stop).await {
                     return;
@@ -92,10 +96,14 @@ async fn newest_id(reads: &Pool, key: &str) -> anyhow::Result<String> {
 /// The frames of the entries after `after`, and the id of the newest entry read.
 async fn read_after(
     reads: &Pool,
+    held: &mut Option<model::redis_stream::deadpool_redis::Connection>,
     key: &str,
     after: &str,
 ) -> anyhow::Result<(Vec<Frame>, Option<String>)> {
-    let mut conn = reads.get().await?;
+    let conn = match held {
+        Some(conn) => conn,
+        None => held.insert(reads.get().await?),
+    };
     let reply: Value = redis::cmd("XREAD")
         .arg("COUNT")
         .arg(READ_COUNT)
@@ -104,7 +112,7 @@ async fn read_after(
         .arg("STREAMS")
         .arg(key)
         .arg(after)
-        .query_async(&mut conn)
+        .query_async(conn)
         .await?;
     let entries = read_reply(reply);
     let newest = entries.last().map(|e| e.id.clone());

@@ -71,6 +71,13 @@ impl Application {
                     problem(404, "not-found", "Not found", "no such resource".into())
                 }))
         })
+        // Frames are small and pushed unprompted: without TCP_NODELAY, Nagle's algorithm holds each one
+        // until the client's delayed ACK (up to 40 ms) whenever an earlier frame is still unacknowledged.
+        .on_connect(|io, _| {
+            if let Some(tcp) = io.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                let _ = tcp.set_nodelay(true);
+            }
+        })
         .disable_signals()
         .shutdown_timeout(5)
         .listen(listener)?

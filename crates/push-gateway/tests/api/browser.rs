@@ -192,6 +192,10 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // End the session first: that quits Chromium. Killing only chromedriver would leave it running.
+        let session = self.session.clone();
+        let _ = std::thread::spawn(move || reqwest::blocking::Client::new().delete(session).send())
+            .join();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
