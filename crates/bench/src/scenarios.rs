@@ -614,8 +614,8 @@ pub async fn fan_out(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
             let mut problem = None;
             let mut last_at = 0;
             let n = ws::read_messages(&mut socket, total, Duration::from_secs(15), |frame| {
-                let seq = ws::number_after(frame, b"\"seq\":").map_or(usize::MAX, |s| s as usize);
-                let stream_id = ws::stream_id(frame);
+                let (stream_id, seq, t) = ws::frame_fields(frame);
+                let seq = seq.map_or(usize::MAX, |s| s as usize);
                 let fresh = seen
                     .get_mut(seq)
                     .map(|slot| !std::mem::replace(slot, true))
@@ -627,7 +627,7 @@ pub async fn fan_out(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
                 }
                 previous = stream_id;
                 last_at = wall_us();
-                if let Some(t) = ws::number_after(frame, b"\"t\":") {
+                if let Some(t) = t {
                     let _ = h.record(last_at.saturating_sub(t).max(1));
                 }
             })
