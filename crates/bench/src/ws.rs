@@ -84,7 +84,7 @@ pub fn frame_fields(frame: &[u8]) -> (Option<model::StreamId>, Option<u64>, Opti
         let end = rest.iter().position(|b| *b == b'"')?;
         let stream_id = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
         let rest = rest[end..]
-            .strip_prefix(&AT[..])?
+            .strip_prefix(AT)?
             .get(27..)?
             .strip_prefix(PAYLOAD)?;
         let (seq, rest) = leading_number(rest)?;
