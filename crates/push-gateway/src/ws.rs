@@ -157,7 +157,8 @@ async fn serve(
 ) -> End {
     let mut last_sent = Some(sub.position);
     match since {
-        Some(since) => match replay(state, &mut session, &sub, since).await {
+        // Boxed: the replay's state lives on the heap while it runs, not in every idle session's future.
+        Some(since) => match Box::pin(replay(state, &mut session, &sub, since)).await {
             Ok(last) => last_sent = last.or(Some(since)),
             Err(end) => return end,
         },
@@ -186,7 +187,7 @@ async fn serve(
                 let mut next = Some(frame);
                 while let Some(frame) = next.take() {
                     if last_sent.is_none_or(|last| frame.stream_id > last) {
-                        if let Err(end) = send(state, &mut session, &sub, frame.text).await {
+                        if let Err(end) = send(state, &mut session, &sub, frame.text.clone()).await {
                             return end;
                         }
                         state.metrics.frames_sent.inc();
