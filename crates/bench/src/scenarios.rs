@@ -42,21 +42,20 @@ impl Env {
     }
 
     fn start(&self, service: &'static str, s: &Settings, extra: &[(&str, &str)]) -> Service {
-        let mut env: Vec<(&str, String)> = vec![
-            ("REDIS_URL", s.redis_url.clone()),
-            ("DATABASE_URL", s.database_url.clone()),
-            ("STREAM_KEY", s.stream_key.clone()),
-            ("CONSUMER_NAME", s.consumer_name.clone()),
-            ("INGEST_ADDR", "127.0.0.1:0".into()),
-            ("GATEWAY_ADDR", "127.0.0.1:0".into()),
-            ("PERSISTER_ADDR", "127.0.0.1:0".into()),
-            ("MAX_BACKLOG", "100000000".into()),
-            ("MAX_CONNECTIONS", "50000".into()),
+        let mut env = testkit::procs::env_for(s);
+        for (k, v) in [
+            ("PERSISTER_BLOCK_MS", "1000"),
+            ("REDIS_TIMEOUT_MS", "2000"),
+            ("MAX_BACKLOG", "100000000"),
+            ("MAX_CONNECTIONS", "50000"),
             (
                 "RUST_LOG",
-                "warn,ingest_api=info,persister=info,push_gateway=info".into(),
+                "warn,ingest_api=info,persister=info,push_gateway=info",
             ),
-        ];
+        ] {
+            env.retain(|(key, _)| *key != k);
+            env.push((k, v.to_owned()));
+        }
         for (k, v) in extra {
             env.retain(|(key, _)| key != k);
             env.push((k, (*v).to_owned()));

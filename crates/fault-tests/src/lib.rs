@@ -5,22 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use testkit::procs::{free_port, signal, wait_until, OwnPostgres, OwnRedis, Service};
-
-/// The environment for one test's services: its own stream and database, OS-chosen ports.
-pub fn env_for(settings: &model::Settings) -> Vec<(&'static str, String)> {
-    vec![
-        ("REDIS_URL", settings.redis_url.clone()),
-        ("DATABASE_URL", settings.database_url.clone()),
-        ("STREAM_KEY", settings.stream_key.clone()),
-        ("CONSUMER_NAME", settings.consumer_name.clone()),
-        ("INGEST_ADDR", "127.0.0.1:0".into()),
-        ("GATEWAY_ADDR", "127.0.0.1:0".into()),
-        ("PERSISTER_ADDR", "127.0.0.1:0".into()),
-        ("PERSISTER_BLOCK_MS", "200".into()),
-        ("REDIS_TIMEOUT_MS", "1000".into()),
-    ]
-}
+pub use testkit::procs::{env_for, free_port, signal, wait_until, OwnPostgres, OwnRedis, Service};
 
 /// Every stored message id, with how many rows each has.
 pub fn stored_ids(database_url: &str) -> std::collections::HashMap<String, i64> {

@@ -54,6 +54,18 @@ pub fn blocking_pool(
         .build()?)
 }
 
+/// Readiness: whether Redis answers a `PING` within `timeout`; the error says why not.
+pub async fn ping(
+    conn: &mut impl redis::aio::ConnectionLike,
+    timeout: Duration,
+) -> Result<(), String> {
+    match tokio::time::timeout(timeout, redis::cmd("PING").query_async::<String>(conn)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
+
 /// The `XADD` command for one entry (`*`: Redis assigns the stream id). Never with `MAXLEN`: trimming is
 /// the persister's job, below what it has stored.
 pub fn xadd_cmd(stream_key: &str, entry: &StreamEntry) -> redis::Cmd {

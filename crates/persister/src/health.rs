@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
 use diesel::RunQueryDsl;
-use model::redis_stream::redis::{self, aio::ConnectionManager};
+use model::redis_stream::redis::aio::ConnectionManager;
 use store::PgPool;
 
 use crate::metrics::Metrics;
@@ -27,16 +27,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 async fn readyz(state: web::Data<HealthState>) -> HttpResponse {
-    let mut redis = state.redis.clone();
-    let redis_ok = match tokio::time::timeout(
-        state.timeout,
-        redis::cmd("PING").query_async::<String>(&mut redis),
-    )
-    .await
-    {
-        Ok(Ok(_)) => "ok".to_owned(),
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => "no answer".to_owned(),
+    let redis_ok = match model::redis_stream::ping(&mut state.redis.clone(), state.timeout).await {
+        Ok(()) => "ok".to_owned(),
+        Err(reason) => reason,
     };
     let db = state.db.clone();
     let pg_ok = match web::block(move || -> anyhow::Result<()> {

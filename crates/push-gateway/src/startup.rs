@@ -10,7 +10,7 @@ use actix_web::dev::Server;
 use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use anyhow::Context;
-use model::redis_stream::{self, redis, redis::aio::ConnectionManager};
+use model::redis_stream::{self, redis::aio::ConnectionManager};
 use model::Settings;
 use tokio_util::sync::CancellationToken;
 
@@ -126,13 +126,14 @@ impl Application {
 }
 
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let mut conn = state.redis.clone();
     let timeout = Duration::from_millis(state.settings.redis_timeout_ms);
-    match tokio::time::timeout(timeout, redis::cmd("PING").query_async::<String>(&mut conn)).await {
-        Ok(Ok(_)) => {
+    match model::redis_stream::ping(&mut state.redis.clone(), timeout).await {
+        Ok(()) => {
             HttpResponse::Ok().json(serde_json::json!({"redis": "ok", "clients": state.hub.len()}))
         }
-        _ => HttpResponse::ServiceUnavailable().json(serde_json::json!({"redis": "unreachable"})),
+        Err(reason) => {
+            HttpResponse::ServiceUnavailable().json(serde_json::json!({"redis": reason}))
+        }
     }
 }
 

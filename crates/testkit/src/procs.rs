@@ -368,3 +368,18 @@ impl Drop for Service {
         let _ = self.child.wait();
     }
 }
+
+/// The environment for one test's (or benchmark scenario's) services: its own stream and database, OS-chosen ports.
+pub fn env_for(settings: &model::Settings) -> Vec<(&'static str, String)> {
+    vec![
+        ("REDIS_URL", settings.redis_url.clone()),
+        ("DATABASE_URL", settings.database_url.clone()),
+        ("STREAM_KEY", settings.stream_key.clone()),
+        ("CONSUMER_NAME", settings.consumer_name.clone()),
+        ("INGEST_ADDR", "127.0.0.1:0".into()),
+        ("GATEWAY_ADDR", "127.0.0.1:0".into()),
+        ("PERSISTER_ADDR", "127.0.0.1:0".into()),
+        ("PERSISTER_BLOCK_MS", "200".into()),
+        ("REDIS_TIMEOUT_MS", "1000".into()),
+    ]
+}

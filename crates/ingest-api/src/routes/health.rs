@@ -12,19 +12,12 @@ pub async fn healthz() -> HttpResponse {
 }
 
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let mut redis = state.redis.clone();
-    let ping = redis::cmd("PING");
     let timeout = Duration::from_millis(state.settings.redis_timeout_ms);
-    match tokio::time::timeout(timeout, ping.query_async::<String>(&mut redis)).await {
-        Ok(Ok(_)) => HttpResponse::Ok().json(serde_json::json!({"status": "ready", "redis": "ok"})),
-        Ok(Err(e)) => not_ready(e.to_string()),
-        Err(_) => not_ready(format!("no answer within {timeout:?}")),
+    match model::redis_stream::ping(&mut state.redis.clone(), timeout).await {
+        Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ready", "redis": "ok"})),
+        Err(reason) => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "not ready", "redis": reason})),
     }
-}
-
-fn not_ready(reason: String) -> HttpResponse {
-    HttpResponse::ServiceUnavailable()
-        .json(serde_json::json!({"status": "not ready", "redis": reason}))
 }
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {

@@ -94,3 +94,22 @@ pub fn pending(settings: &Settings) -> usize {
         .unwrap();
     reply.0
 }
+
+/// The entries of the test's dead-letter stream, once it holds `n` (or after 5 s).
+pub async fn dead_letters(settings: &Settings, n: usize) -> Vec<redis::streams::StreamId> {
+    let mut conn = testkit::redis(settings);
+    let dead_key = model::dead_letter_key(&settings.stream_key);
+    for _ in 0..100 {
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&dead_key)
+            .arg("-")
+            .arg("+")
+            .query(&mut conn)
+            .unwrap();
+        if reply.ids.len() >= n {
+            return reply.ids;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Vec::new()
+}

@@ -1,7 +1,5 @@
 //! Storing: what arrives in Postgres, and what never can.
 
-use std::time::Duration;
-
 use diesel::{Connection, PgConnection};
 use model::StreamId;
 use store::NewMessage;
@@ -65,21 +63,7 @@ async fn an_undecodable_entry_goes_to_the_dead_letter_stream_and_its_neighbours_
     xadd(&settings, &[entry("3")]);
     let persister = RunningPersister::start(settings.clone()).await;
     assert_eq!(wait_for_rows(&settings, 2).await, 2);
-    let dead_key = model::dead_letter_key(&settings.stream_key);
-    let mut dead: Vec<redis::streams::StreamId> = Vec::new();
-    for _ in 0..100 {
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(&dead_key)
-            .arg("-")
-            .arg("+")
-            .query(&mut conn)
-            .unwrap();
-        dead = reply.ids;
-        if !dead.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let dead = crate::helpers::dead_letters(&settings, 1).await;
     assert_eq!(dead.len(), 1);
     let source: String = redis::from_redis_value(dead[0].map["source_id"].clone()).unwrap();
     let reason: String = redis::from_redis_value(dead[0].map["reason"].clone()).unwrap();
@@ -119,22 +103,7 @@ async fn a_row_postgres_refuses_is_dead_lettered_and_the_rest_of_its_batch_is_st
     );
     let persister = RunningPersister::start(settings.clone()).await;
     assert_eq!(wait_for_rows(&settings, 2).await, 2);
-    let mut conn = testkit::redis(&settings);
-    let dead_key = model::dead_letter_key(&settings.stream_key);
-    let mut dead = Vec::new();
-    for _ in 0..100 {
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(&dead_key)
-            .arg("-")
-            .arg("+")
-            .query(&mut conn)
-            .unwrap();
-        dead = reply.ids;
-        if !dead.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let dead = crate::helpers::dead_letters(&settings, 1).await;
     assert_eq!(dead.len(), 1);
     let source: String = redis::from_redis_value(dead[0].map["source_id"].clone()).unwrap();
     let reason: String = redis::from_redis_value(dead[0].map["reason"].clone()).unwrap();
