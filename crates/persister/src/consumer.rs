@@ -129,7 +129,7 @@ impl Consumer {
                 biased;
                 () = stop.cancelled() => break,
                 batch = next.recv() => match batch {
-                    Some(Batch { entries, redelivered }) => self.handle(entries, redelivered, &stop).await,
+                    Some(entries) => self.handle(entries, &stop).await,
                     None => break,
                 },
                 _ = tick.tick() => {}
@@ -203,27 +203,17 @@ impl Consumer {
             batch.len()
         );
         self.metrics.claimed.inc_by(batch.len() as u64);
-        self.handle(batch, true, stop).await;
+        self.handle(batch, stop).await;
     }
 
     /// Stores what can be stored, dead-letters what never can, then acknowledges both.
-    async fn handle(&mut self, batch: Vec<Delivered>, redelivered: bool, stop: &CancellationToken) {
+    async fn handle(&mut self, batch: Vec<Delivered>, stop: &CancellationToken) {
         let key = self.settings.stream_key.clone();
-        let deliveries = if redelivered {
-            self.delivery_counts(&batch).await
-        } else {
-            Default::default()
-        };
         let mut rows = Vec::with_capacity(batch.len());
         let mut row_entries = Vec::with_capacity(batch.len());
         let mut poison = Vec::new();
         for delivered in batch {
-            let times = deliveries.get(&delivered.raw_id).copied().unwrap_or(1);
             match (delivered.stream_id, delivered.entry) {
-                _ if times > self.settings.max_deliveries => {
-                    let reason = format!("delivered {times} times without being stored");
-                    poison.push((delivered.raw_id, delivered.fields, reason));
-                }
                 (Ok(stream_id), Ok(entry)) => {
                     rows.push(NewMessage::from_entry(stream_id, entry));
                     row_entries.push((delivered.raw_id, delivered.fields));
@@ -272,30 +262,6 @@ impl Consumer {
         }
     }
 
-    /// Delivery counts of a batch's entries, for `MAX_DELIVERIES`. Only redelivered batches (own pending
-    /// entries after a restart, claimed entries) can exceed it, but the check is one cheap `XPENDING`.
-    async fn delivery_counts(
-        &mut self,
-        batch: &[Delivered],
-    ) -> std::collections::HashMap<String, u64> {
-        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
-            return Default::default();
-        };
-        let key = self.settings.stream_key.clone();
-        group::delivery_counts(
-            &mut self.redis,
-            &key,
-            &first.raw_id,
-            &last.raw_id,
-            batch.len() * 2,
-        )
-        .await
-        .unwrap_or_else(|e| {
-            log::warn!("XPENDING failed; delivery counts unknown for this batch: {e}");
-            Default::default()
-        })
-    }
-
     /// Commits `rows`, retrying with backoff while Postgres is unreachable.
     async fn store(&mut self, rows: Vec<NewMessage>, stop: &CancellationToken) -> Stored {
         if rows.is_empty() {
@@ -310,8 +276,10 @@ impl Consumer {
             let conn = self.pg.take();
             let url = store::with_timeouts(&self.settings.database_url, 5);
             let batch = Arc::clone(&rows);
+            let tries = self.settings.max_deliveries;
             let outcome =
-                tokio::task::spawn_blocking(move || store_blocking(conn, &url, &batch)).await;
+                tokio::task::spawn_blocking(move || store_blocking(conn, &url, &batch, tries))
+                    .await;
             match outcome {
                 Ok((conn, Ok((new_rows, rejected)))) => {
                     self.pg = conn;
@@ -342,6 +310,7 @@ fn store_blocking(
     conn: Option<PgConnection>,
     url: &str,
     rows: &[NewMessage],
+    tries: u64,
 ) -> (
     Option<PgConnection>,
     anyhow::Result<(usize, Vec<(usize, String)>)>,
@@ -357,10 +326,12 @@ fn store_blocking(
         Ok(n) => return (Some(conn), Ok((n, Vec::new()))),
         Err(e) => e,
     };
-    // Is it the connection or the data? A healthy connection means Postgres refused something in the batch.
-    if diesel::sql_query("SELECT 1").execute(&mut conn).is_err() {
+    // Only an error about the data itself splits the batch; anything else (connection lost, disk full,
+    // read-only after a failover, a timeout) is retried whole, with backoff, and nothing is acknowledged.
+    if !refuses_data(&whole) {
+        let usable = diesel::sql_query("SELECT 1").execute(&mut conn).is_ok();
         return (
-            None,
+            usable.then_some(conn),
             Err(anyhow::Error::new(whole).context("storing a batch")),
         );
     }
@@ -370,29 +341,55 @@ fn store_blocking(
     );
     let (mut new_rows, mut rejected) = (0, Vec::new());
     for (i, row) in rows.iter().enumerate() {
-        match store::write::store_batch(&mut conn, std::slice::from_ref(row)) {
-            Ok(n) => new_rows += n,
-            Err(e) => {
-                if diesel::sql_query("SELECT 1").execute(&mut conn).is_err() {
-                    // Lost the connection half-way: what was committed is idempotent; retry everything.
+        // Each row gets `MAX_DELIVERIES` tries before it is declared unstorable.
+        let mut last_error = None;
+        for _ in 0..tries.max(1) {
+            match store::write::store_batch(&mut conn, std::slice::from_ref(row)) {
+                Ok(n) => {
+                    new_rows += n;
+                    last_error = None;
+                    break;
+                }
+                Err(e) if refuses_data(&e) => last_error = Some(e),
+                Err(e) => {
+                    // Not the row's fault after all: what was committed is idempotent; retry everything.
+                    let usable = diesel::sql_query("SELECT 1").execute(&mut conn).is_ok();
                     return (
-                        None,
+                        usable.then_some(conn),
                         Err(anyhow::Error::new(e).context("storing a batch row by row")),
                     );
                 }
-                rejected.push((i, e.to_string()));
             }
+        }
+        if let Some(e) = last_error {
+            rejected.push((i, e.to_string()));
         }
     }
     (Some(conn), Ok((new_rows, rejected)))
 }
 
-/// A batch as read, for the storing loop.
-struct Batch {
-    entries: Vec<Delivered>,
-    /// Read again (own pending entries): delivery counts may be over `MAX_DELIVERIES`. Entries read with
-    /// `>` are on their first delivery.
-    redelivered: bool,
+/// Whether Postgres refused the rows themselves (a constraint, or a value its types reject) rather than
+/// failing for a reason that retrying can cure.
+fn refuses_data(e: &diesel::result::Error) -> bool {
+    use diesel::result::DatabaseErrorKind as Kind;
+    match e {
+        diesel::result::Error::DatabaseError(kind, info) => match kind {
+            Kind::CheckViolation
+            | Kind::NotNullViolation
+            | Kind::ForeignKeyViolation
+            | Kind::ExclusionViolation => true,
+            // SQLSTATE class 22 (data exception) arrives as `Unknown`: recognise it by its wording.
+            Kind::Unknown => {
+                let m = info.message();
+                m.starts_with("invalid input syntax")
+                    || m.starts_with("invalid byte sequence")
+                    || m.contains("out of range")
+                    || m.starts_with("unsupported Unicode escape")
+            }
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 /// Reads batches for this consumer: first its own pending entries, then new ones; re-creates the group if
@@ -401,7 +398,7 @@ async fn read_ahead(
     settings: Settings,
     reads: Pool,
     mut redis: ConnectionManager,
-    batches: tokio::sync::mpsc::Sender<Batch>,
+    batches: tokio::sync::mpsc::Sender<Vec<Delivered>>,
     stop: CancellationToken,
 ) {
     let key = &settings.stream_key;
@@ -450,8 +447,7 @@ async fn read_ahead(
                 continue;
             }
         };
-        let redelivered = cursor != Cursor::New;
-        if redelivered {
+        if cursor != Cursor::New {
             match entries.last() {
                 Some(last) => cursor = Cursor::Pending(last.raw_id.clone()),
                 None => {
@@ -460,16 +456,47 @@ async fn read_ahead(
                 }
             }
         }
-        if !entries.is_empty()
-            && batches
-                .send(Batch {
-                    entries,
-                    redelivered,
-                })
-                .await
-                .is_err()
-        {
+        if !entries.is_empty() && batches.send(entries).await.is_err() {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::result::{DatabaseErrorKind as Kind, Error};
+
+    fn db(kind: Kind, message: &str) -> Error {
+        Error::DatabaseError(kind, Box::new(message.to_owned()))
+    }
+
+    #[test]
+    fn only_errors_about_the_rows_themselves_split_a_batch() {
+        assert!(super::refuses_data(&db(
+            Kind::CheckViolation,
+            "new row violates check constraint"
+        )));
+        assert!(super::refuses_data(&db(
+            Kind::Unknown,
+            "invalid input syntax for type json"
+        )));
+        // Retried whole, never dead-lettered: they are about the server, not the data.
+        assert!(!super::refuses_data(&db(
+            Kind::ReadOnlyTransaction,
+            "cannot execute COPY in a read-only transaction"
+        )));
+        assert!(!super::refuses_data(&db(
+            Kind::Unknown,
+            "could not extend file: No space left on device"
+        )));
+        assert!(!super::refuses_data(&db(
+            Kind::Unknown,
+            "canceling statement due to statement timeout"
+        )));
+        assert!(!super::refuses_data(&db(
+            Kind::ClosedConnection,
+            "server closed the connection"
+        )));
+        assert!(!super::refuses_data(&Error::NotFound));
     }
 }

@@ -172,28 +172,6 @@ pub async fn autoclaim(
     Ok((claimed.into_iter().map(Delivered::from).collect(), next))
 }
 
-/// How many times each pending entry between `first` and `last` (inclusive) has been delivered.
-pub async fn delivery_counts(
-    conn: &mut impl ConnectionLike,
-    stream_key: &str,
-    first: &str,
-    last: &str,
-    count: usize,
-) -> redis::RedisResult<HashMap<String, u64>> {
-    let rows: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-        .arg(stream_key)
-        .arg(PERSISTER_GROUP)
-        .arg(first)
-        .arg(last)
-        .arg(count)
-        .query_async(conn)
-        .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, _consumer, _idle, deliveries)| (id, deliveries))
-        .collect())
-}
-
 /// Trims the stream below what the group has acknowledged, keeping at least `retention` entries for
 /// gateway replay. Never trims an entry that is pending or not yet delivered:
 /// - the acknowledged point is the oldest pending entry, or (none pending) just after the group's
@@ -274,31 +252,29 @@ pub async fn remove_idle_consumers(
     me: &str,
     idle_ms: u64,
 ) -> redis::RedisResult<Vec<String>> {
-    let consumers: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
-        .arg("CONSUMERS")
-        .arg(stream_key)
+    // One script, so the check and the delete are one step: a consumer that reads between a check and a
+    // separate DELCONSUMER would have those entries dropped from the group, never to be delivered again.
+    let script = redis::Script::new(
+        r"
+local removed = {}
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if f['name'] ~= ARGV[2] and f['pending'] == 0 and f['idle'] >= tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    table.insert(removed, f['name'])
+  end
+end
+return removed
+",
+    );
+    script
+        .key(stream_key)
         .arg(PERSISTER_GROUP)
-        .query_async(conn)
-        .await?;
-    let mut removed = Vec::new();
-    for c in consumers {
-        let (Some(name), Some(Value::Int(pending)), Some(Value::Int(idle))) =
-            (text(c.get("name")), c.get("pending"), c.get("idle"))
-        else {
-            continue;
-        };
-        if name != me && *pending == 0 && (*idle as u64) >= idle_ms {
-            let _: u64 = redis::cmd("XGROUP")
-                .arg("DELCONSUMER")
-                .arg(stream_key)
-                .arg(PERSISTER_GROUP)
-                .arg(&name)
-                .query_async(conn)
-                .await?;
-            removed.push(name);
-        }
-    }
-    Ok(removed)
+        .arg(me)
+        .arg(idle_ms)
+        .invoke_async(conn)
+        .await
 }
 
 fn text(v: Option<&Value>) -> Option<String> {

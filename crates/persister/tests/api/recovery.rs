@@ -115,3 +115,31 @@ async fn a_persister_recreates_its_group_when_redis_loses_it() {
     );
     persister.stop().await;
 }
+
+#[tokio::test]
+async fn only_consumers_with_nothing_pending_are_removed_as_idle() {
+    let (settings, _cleanup) = setup();
+    xadd(&settings, &[entry("1"), entry("2")]);
+    let client = redis::Client::open(settings.redis_url.as_str()).unwrap();
+    let mut conn: ConnectionManager = client.get_connection_manager().await.unwrap();
+    let key = &settings.stream_key;
+    group::ensure_group(&mut conn, key).await.unwrap();
+    // `gone` read one entry and acknowledged it; `busy` read one and did not.
+    let gone = group::read(&mut conn, key, "gone", &Cursor::New, 1, 100)
+        .await
+        .unwrap();
+    group::ack(&mut conn, key, &[gone[0].raw_id.as_str()])
+        .await
+        .unwrap();
+    group::read(&mut conn, key, "busy", &Cursor::New, 1, 100)
+        .await
+        .unwrap();
+    group::read(&mut conn, key, "me", &Cursor::New, 1, 100)
+        .await
+        .unwrap();
+    let removed = group::remove_idle_consumers(&mut conn, key, "me", 0)
+        .await
+        .unwrap();
+    assert_eq!(removed, vec!["gone".to_owned()]);
+    assert_eq!(pending(&settings), 1, "busy's entry is still pending");
+}
