@@ -51,10 +51,6 @@ fn store_deduplicated(conn: &mut PgConnection, rows: &[NewMessage]) -> QueryResu
          SELECT stream_ms, stream_seq, id, received_at, payload FROM messages_staging \
          ORDER BY stream_ms, stream_seq ON CONFLICT DO NOTHING",
     )
+    // The staging rows go with the commit (ON COMMIT DELETE ROWS): one batch per transaction.
     .execute(conn)
-    .and_then(|n| {
-        diesel::sql_query("TRUNCATE messages_staging")
-            .execute(conn)
-            .map(|_| n)
-    })
 }

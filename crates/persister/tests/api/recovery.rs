@@ -143,3 +143,84 @@ async fn only_consumers_with_nothing_pending_are_removed_as_idle() {
     assert_eq!(removed, vec!["gone".to_owned()]);
     assert_eq!(pending(&settings), 1, "busy's entry is still pending");
 }
+
+#[tokio::test]
+async fn trimming_never_drops_a_pending_or_undelivered_entry_and_keeps_the_retention() {
+    let (settings, _cleanup) = setup();
+    let ids = xadd(
+        &settings,
+        &(0..10).map(|i| entry(&i.to_string())).collect::<Vec<_>>(),
+    );
+    let client = redis::Client::open(settings.redis_url.as_str()).unwrap();
+    let mut conn: ConnectionManager = client.get_connection_manager().await.unwrap();
+    let key = &settings.stream_key;
+    let mut redis = testkit::redis(&settings);
+    let first = |redis: &mut redis::Connection| -> (usize, String) {
+        let all: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(key)
+            .arg("-")
+            .arg("+")
+            .query(redis)
+            .unwrap();
+        (
+            all.ids.len(),
+            all.ids.first().map(|e| e.id.clone()).unwrap_or_default(),
+        )
+    };
+    group::ensure_group(&mut conn, key).await.unwrap();
+    // Entries 0-5 delivered, 0-2 acknowledged (3-5 pending), 6-9 never delivered.
+    group::read(&mut conn, key, "c", &Cursor::New, 6, 100)
+        .await
+        .unwrap();
+    let acked: Vec<&str> = ids[..3].iter().map(String::as_str).collect();
+    group::ack(&mut conn, key, &acked).await.unwrap();
+
+    assert_eq!(
+        group::trim_acknowledged(&mut conn, key, 0, 1000)
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        first(&mut redis),
+        (7, ids[3].clone()),
+        "the oldest pending entry is kept"
+    );
+
+    let acked: Vec<&str> = ids[3..6].iter().map(String::as_str).collect();
+    group::ack(&mut conn, key, &acked).await.unwrap();
+    assert_eq!(
+        group::trim_acknowledged(&mut conn, key, 0, 1000)
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        first(&mut redis),
+        (4, ids[6].clone()),
+        "undelivered entries are kept"
+    );
+
+    let rest = group::read(&mut conn, key, "c", &Cursor::New, 10, 100)
+        .await
+        .unwrap();
+    let acked: Vec<&str> = rest.iter().map(|d| d.raw_id.as_str()).collect();
+    group::ack(&mut conn, key, &acked).await.unwrap();
+    assert_eq!(
+        group::trim_acknowledged(&mut conn, key, 3, 1000)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        first(&mut redis),
+        (3, ids[7].clone()),
+        "STREAM_RETENTION entries stay for replay"
+    );
+    assert_eq!(
+        group::trim_acknowledged(&mut conn, key, 3, 1000)
+            .await
+            .unwrap(),
+        0
+    );
+}
