@@ -35,6 +35,7 @@ test: check-toolchain
 lint: check-toolchain
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	scripts/lint-deploy.sh
 
 ## The load benchmark: prints its table and writes bench/results/latest.md. QUICK=1: tiny sizes, < 1 min.
 bench: check-toolchain
