@@ -12,7 +12,7 @@ fn run(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-pub fn describe(settings: &model::Settings) -> Vec<(String, String)> {
+pub fn describe(settings: &service::Settings) -> Vec<(String, String)> {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -33,7 +33,7 @@ pub fn describe(settings: &model::Settings) -> Vec<(String, String)> {
     let pg_version = run(
         "psql",
         &[
-            &settings.database_url_for("postgres"),
+            &store::url::with_database(&settings.database_url, "postgres"),
             "-tAc",
             "SHOW server_version",
         ],

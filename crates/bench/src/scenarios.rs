@@ -10,7 +10,8 @@ use anyhow::{bail, ensure, Context};
 use diesel::{Connection, PgConnection, RunQueryDsl};
 use hdrhistogram::Histogram;
 use model::redis_stream::xadd_cmd;
-use model::{now_micros, Settings, StreamEntry};
+use model::{now_micros, StreamEntry};
+use service::Settings;
 use testkit::procs::Service;
 
 use crate::report::{latency_summary, us, Row};
@@ -35,7 +36,7 @@ impl Env {
         let mut s = testkit::test_settings();
         let tag = uuid::Uuid::now_v7().simple().to_string();
         s.stream_key = format!("bench:{name}:{tag}");
-        s.database_url = s.database_url_for(&format!("relay_bench_{tag}"));
+        s.database_url = store::url::with_database(&s.database_url, &format!("relay_bench_{tag}"));
         s.consumer_name = "bench".into();
         self.used.lock().unwrap().push(s.clone());
         s
@@ -132,8 +133,12 @@ fn cpu_time(pid: u32) -> Duration {
 }
 
 fn pg(url: &str) -> anyhow::Result<PgConnection> {
-    PgConnection::establish(url)
-        .with_context(|| format!("connecting to {}", model::settings::redact_password(url)))
+    PgConnection::establish(url).with_context(|| {
+        format!(
+            "connecting to {}",
+            service::settings::mask_url_password(url)
+        )
+    })
 }
 
 #[derive(diesel::QueryableByName)]
@@ -370,7 +375,7 @@ pub async fn drain(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
             .ok()
             .and_then(|t| {
                 t.lines().find_map(|l| {
-                    l.strip_prefix("relay_persister_stored_total ")
+                    l.strip_prefix("relay_persister_rows_total ")
                         .and_then(|v| v.parse().ok())
                 })
             })

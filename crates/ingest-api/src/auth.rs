@@ -1,31 +1,15 @@
 //! API keys (`API_KEYS`): `Authorization: Bearer <key>` must carry the route's scope.
 
-use actix_web::http::header;
 use actix_web::HttpRequest;
-use model::settings::{Access, ApiKeys, Scope};
+use service::settings::{Access, ApiKeys, Caller, Scope};
 
 use crate::problem::ApiError;
 
-pub fn require(req: &HttpRequest, keys: &ApiKeys, scope: Scope) -> Result<(), ApiError> {
-    if keys.is_open() {
-        return Ok(());
-    }
-    let key = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    match keys.check(key, scope) {
-        Access::Granted => Ok(()),
+/// The caller, when its key carries `scope`; else 401 (no or unknown key) or 403 (wrong scope).
+pub fn require(req: &HttpRequest, keys: &ApiKeys, scope: Scope) -> Result<Caller, ApiError> {
+    match keys.check(service::http::bearer(req.headers()), scope) {
+        Access::Granted(caller) => Ok(caller),
         Access::Unauthenticated => Err(ApiError::Unauthenticated),
-        Access::Forbidden => Err(ApiError::Forbidden(match scope {
-            Scope::Publish => "publish",
-            Scope::Read => "read",
-            Scope::Subscribe => "subscribe",
-        })),
+        Access::Forbidden => Err(ApiError::Forbidden(scope.as_str())),
     }
 }

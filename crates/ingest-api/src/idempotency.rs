@@ -66,11 +66,12 @@ pub fn fingerprint(kind: &str, body: &[u8]) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Appends `entries` unless `key` was seen; either way answers what the first request got.
+/// Appends `entries` unless the record `record_key` (see `model::idempotency_key`) exists; either way
+/// answers what the first request got.
 pub async fn append_once(
     redis: &mut impl redis::aio::ConnectionLike,
     stream_key: &str,
-    key: &str,
+    record_key: &str,
     fingerprint: &str,
     entries: &[StreamEntry],
 ) -> Result<Result<Vec<Accepted>, ApiError>, redis::RedisError> {
@@ -85,7 +86,7 @@ pub async fn append_once(
         .join(",");
     let mut invocation = SCRIPT.key(stream_key);
     invocation
-        .key(format!("{stream_key}:idem:{key}"))
+        .key(record_key)
         .arg(fingerprint)
         .arg(KEY_TTL_SECS)
         .arg(&ids)

@@ -1,50 +1,31 @@
-//! The Prometheus metrics of one ingest-api instance.
+//! The Prometheus metrics of one ingest-api instance (HTTP request metrics come from `service::http`).
 
-use model::metrics::{prometheus, register};
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, IntCounterVec, Registry};
+use service::metrics::{counter_vec, histogram, prometheus, LATENCY_BUCKETS};
 
 pub struct Metrics {
     pub registry: Registry,
-    /// Messages accepted into the stream.
-    pub accepted: IntCounter,
-    /// `POST /messages` answered with an error, by status code.
-    pub rejected: IntCounterVec,
+    /// Messages posted, by outcome: `accepted`, or the reason they were refused.
+    pub messages: IntCounterVec,
     /// Time from request to 202, seconds.
     pub publish_seconds: Histogram,
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
+        let registry = service::metrics::registry();
         Self {
-            accepted: register(
+            messages: counter_vec(
                 &registry,
-                IntCounter::new(
-                    "relay_ingest_accepted_total",
-                    "Messages accepted into the stream",
-                ),
+                "relay_ingest_messages_total",
+                "Messages posted, by outcome (accepted, or the reason they were refused)",
+                &["outcome"],
             ),
-            rejected: register(
+            publish_seconds: histogram(
                 &registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "relay_ingest_rejected_total",
-                        "POST /messages answered with an error, by status",
-                    ),
-                    &["status"],
-                ),
-            ),
-            publish_seconds: register(
-                &registry,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "relay_ingest_publish_seconds",
-                        "POST /messages: time to the 202",
-                    )
-                    .buckets(vec![
-                        0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0,
-                    ]),
-                ),
+                "relay_ingest_publish_seconds",
+                "POST /messages: time to the 202",
+                LATENCY_BUCKETS,
             ),
             registry,
         }

@@ -1,13 +1,9 @@
 //! Every error ingest-api answers, mapped once to an RFC 9457 `application/problem+json` response. The
 //! cause chain of a 5xx goes to the log; the client gets a `detail` that says what to do, never a trace.
 
-use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use serde::Serialize;
-
-/// Seconds a client should wait before retrying a 503.
-pub const RETRY_AFTER_SECS: u32 = 1;
+use service::Problem;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -48,6 +44,11 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The problem `type`'s last segment, also the `outcome` label of a refused message.
+    pub fn slug(&self) -> &'static str {
+        self.kind().0
+    }
+
     /// The problem `type` (a relative URI: RFC 9457 allows it) and its title.
     fn kind(&self) -> (&'static str, &'static str) {
         match self {
@@ -72,14 +73,6 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
-    r#type: String,
-    title: &'a str,
-    status: u16,
-    detail: String,
-}
-
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
@@ -102,42 +95,10 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let status = self.status_code();
         if let Self::StreamUnavailable(e) | Self::StoreUnavailable(e) | Self::Internal(e) = self {
             log::error!("{self}: {e:#}");
         }
         let (slug, title) = self.kind();
-        let problem = Problem {
-            r#type: format!("/problems/{slug}"),
-            title,
-            status: status.as_u16(),
-            detail: self.to_string(),
-        };
-        let mut res = HttpResponse::build(status);
-        res.content_type("application/problem+json");
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            res.insert_header((header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS)));
-        }
-        if status == StatusCode::UNAUTHORIZED {
-            res.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
-        }
-        res.json(problem)
-    }
-}
-
-impl ApiError {
-    /// The status as a metric label.
-    pub fn status_code_str(&self) -> &'static str {
-        match self.status_code().as_u16() {
-            400 => "400",
-            401 => "401",
-            403 => "403",
-            404 => "404",
-            409 => "409",
-            413 => "413",
-            415 => "415",
-            503 => "503",
-            _ => "500",
-        }
+        Problem::new(self.status_code(), slug, title, self.to_string()).response()
     }
 }

@@ -2,16 +2,16 @@
 //! caller's shutdown future resolves.
 
 use std::future::Future;
-use std::net::TcpListener;
 use std::time::Duration;
 
 use actix_cors::Cors;
 use actix_web::dev::Server;
-use actix_web::{http, web, App, HttpServer};
+use actix_web::{http, web, App};
 use anyhow::Context;
-use model::redis_stream::{self, redis::aio::ConnectionManager};
-use model::settings::AllowedOrigins;
-use model::Settings;
+use redis::aio::ConnectionManager;
+use service::http::{Health, ServerOptions};
+use service::settings::AllowedOrigins;
+use service::Settings;
 use store::PgPool;
 
 use crate::backlog::Backlog;
@@ -49,10 +49,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 impl Application {
     /// Binds `INGEST_ADDR` and prepares the server. Neither Redis nor Postgres needs to be up yet.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(settings.ingest_addr)
-            .with_context(|| format!("binding INGEST_ADDR={}", settings.ingest_addr))?;
+        let listener = service::http::bind(settings.ingest_addr, "INGEST_ADDR")?;
         let port = listener.local_addr()?.port();
-        let redis = redis_stream::shared_connection(&settings).context("REDIS_URL")?;
+        let redis = service::redis::shared_connection(&settings).context("REDIS_URL")?;
         let db = store::connect_pool(
             &settings.database_url,
             settings.database_pool_size,
@@ -63,29 +62,37 @@ impl Application {
             listener.local_addr()?,
             settings.stream_key
         );
+        let metrics = Metrics::new();
+        let timeout = Duration::from_millis(settings.redis_timeout_ms);
+        // Ready means "can accept messages": Redis answers. Postgres is not required, since the stream
+        // buffers while it is away.
+        let health =
+            web::Data::new(Health::new(metrics.registry.clone()).redis(redis.clone(), timeout));
         let state = web::Data::new(AppState {
             settings,
             redis,
             db,
-            metrics: Metrics::new(),
+            metrics,
             backlog: Backlog::default(),
         });
         let app_state = state.clone();
-        let server = HttpServer::new(move || {
+        let options = ServerOptions {
+            workers: None,
+            shutdown_grace: SHUTDOWN_GRACE,
+        };
+        let server = service::http::serve(listener, options, move || {
             // Runs on each worker thread: the connection's I/O task is spawned on that worker's runtime.
-            let redis = redis_stream::shared_connection(&app_state.settings).unwrap_or_else(|e| {
-                unreachable!("REDIS_URL was checked when the server was built: {e}")
-            });
+            let redis =
+                service::redis::shared_connection(&app_state.settings).unwrap_or_else(|e| {
+                    unreachable!("REDIS_URL was checked when the server was built: {e}")
+                });
             App::new()
                 .wrap(cors(&app_state.settings.allowed_origins))
                 .app_data(app_state.clone())
                 .app_data(web::Data::new(WorkerRedis(redis)))
+                .configure(|cfg| service::http::health_routes(cfg, health.clone()))
                 .configure(routes::configure)
-        })
-        .disable_signals()
-        .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
-        .listen(listener)?
-        .run();
+        })?;
         Ok(Self {
             port,
             server,

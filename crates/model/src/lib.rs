@@ -1,23 +1,13 @@
 //! The wire of Relay, shared by every service: the message envelope, the stream-entry codec, the names of
-//! the stream, group and fields, and the settings. It knows nothing of actix or Diesel.
+//! the stream, group, fields and every key derived from the stream's. It knows nothing of actix or Diesel.
 
 pub mod codec;
+pub mod keys;
 pub mod message;
-pub mod metrics;
 pub mod redis_stream;
-pub mod settings;
-pub mod shutdown;
 pub mod stream_id;
 
 pub use codec::{DecodeError, EntryParts, StreamEntry, ENTRY_VERSION};
+pub use keys::{dead_letter_key, idempotency_key, PERSISTER_GROUP};
 pub use message::{format_received_at, now_micros, Accepted, Message};
-pub use settings::{Settings, SettingsError};
 pub use stream_id::{StreamId, StreamIdError};
-
-/// The consumer group through which persister replicas share the stream's work.
-pub const PERSISTER_GROUP: &str = "persister";
-
-/// The dead-letter stream of `stream_key`: entries that could not be stored, with the reason.
-pub fn dead_letter_key(stream_key: &str) -> String {
-    format!("{stream_key}:dead")
-}

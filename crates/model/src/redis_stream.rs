@@ -1,70 +1,12 @@
-//! Talking to the stream: connections with bounded waits, appending entries, and turning `XREAD` /
-//! `XREADGROUP` / `XRANGE` replies back into [`StreamEntry`]s.
-//!
-//! Two kinds of connection, on purpose:
-//! - [`shared_connection`]: one multiplexed, self-reconnecting connection that pipelines the short commands
-//!   of every concurrent request (`XADD`, `XACK`, `XINFO`). Its response timeout bounds how long any caller
-//!   waits while Redis is away.
-//! - [`blocking_pool`]: connections for `XREAD BLOCK` / `XREADGROUP BLOCK`. A blocked command holds its
-//!   connection until it answers, so it must never sit on the shared one.
+//! Stream entries on the wire of Redis: the `XADD` of an entry, and `XREAD` / `XREADGROUP` / `XRANGE`
+//! replies turned back into [`StreamEntry`]s without a map per entry (the hot path). Connections live in
+//! the `service` crate.
 
-use std::time::Duration;
+use redis::Value;
 
-use deadpool_redis::{Manager, Pool};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncConnectionConfig, Value};
+use crate::{DecodeError, EntryParts, StreamEntry, StreamId};
 
-use crate::{DecodeError, EntryParts, Settings, StreamEntry, StreamId};
-
-pub use deadpool_redis;
 pub use redis;
-
-/// The shared multiplexed connection. It connects lazily, so a service starts while Redis is down; each
-/// command then fails after `redis_timeout_ms` and the next one reconnects.
-pub fn shared_connection(settings: &Settings) -> redis::RedisResult<ConnectionManager> {
-    let timeout = Duration::from_millis(settings.redis_timeout_ms);
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_millis(500));
-    ConnectionManager::new_lazy_with_config(
-        redis::Client::open(settings.redis_url.as_str())?,
-        config,
-    )
-}
-
-/// A pool for blocking reads of up to `block`: the response timeout leaves room for the block itself.
-pub fn blocking_pool(
-    settings: &Settings,
-    block: Duration,
-    size: usize,
-) -> Result<Pool, Box<dyn std::error::Error + Send + Sync>> {
-    let timeout = Duration::from_millis(settings.redis_timeout_ms);
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(block + timeout));
-    let manager = Manager::new_with_config(settings.redis_url.as_str(), config)?;
-    Ok(Pool::builder(manager)
-        .max_size(size)
-        .wait_timeout(Some(timeout))
-        .create_timeout(Some(timeout))
-        .recycle_timeout(Some(timeout))
-        .runtime(deadpool_redis::Runtime::Tokio1)
-        .build()?)
-}
-
-/// Readiness: whether Redis answers a `PING` within `timeout`; the error says why not.
-pub async fn ping(
-    conn: &mut impl redis::aio::ConnectionLike,
-    timeout: Duration,
-) -> Result<(), String> {
-    match tokio::time::timeout(timeout, redis::cmd("PING").query_async::<String>(conn)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {timeout:?}")),
-    }
-}
 
 /// The `XADD` command for one entry (`*`: Redis assigns the stream id). Never with `MAXLEN`: trimming is
 /// the persister's job, below what it has stored.
@@ -172,6 +114,58 @@ pub fn read_reply(reply: Value) -> Vec<RawEntry> {
         out.extend(entries.map(entry_list).unwrap_or_default());
     }
     out
+}
+
+/// How far the `persister` group is behind on a stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupStats {
+    /// Entries in the stream.
+    pub length: u64,
+    /// Entries not yet delivered to the group (every entry while there is no group).
+    pub lag: u64,
+    /// Entries delivered to the group and not yet acknowledged.
+    pub pending: u64,
+}
+
+impl GroupStats {
+    /// Entries not yet stored: what `MAX_BACKLOG` bounds.
+    pub fn backlog(&self) -> u64 {
+        self.lag + self.pending
+    }
+}
+
+/// [`GroupStats`] of `stream_key` from `XLEN` and `XINFO GROUPS` (a cold path: typed replies). A missing
+/// stream has all zeros. `lag` is nil when Redis cannot compute it (after deletions in the middle of the
+/// stream); pending alone is then the best lower bound.
+pub async fn group_stats(
+    conn: &mut impl redis::aio::ConnectionLike,
+    stream_key: &str,
+) -> redis::RedisResult<GroupStats> {
+    let length: u64 = redis::cmd("XLEN").arg(stream_key).query_async(conn).await?;
+    let groups: redis::RedisResult<redis::streams::StreamInfoGroupsReply> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream_key)
+        .query_async(conn)
+        .await;
+    let groups = match groups {
+        Ok(groups) => groups.groups,
+        Err(e) if e.to_string().contains("no such key") => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    Ok(
+        match groups.iter().find(|g| g.name == crate::PERSISTER_GROUP) {
+            Some(g) => GroupStats {
+                length,
+                lag: g.lag.unwrap_or(0) as u64,
+                pending: g.pending as u64,
+            },
+            None => GroupStats {
+                length,
+                lag: length,
+                pending: 0,
+            },
+        },
+    )
 }
 
 #[cfg(test)]

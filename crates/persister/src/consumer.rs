@@ -10,16 +10,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use diesel::{Connection, PgConnection, RunQueryDsl};
-use model::redis_stream::deadpool_redis::Pool;
-use model::redis_stream::redis::aio::ConnectionManager;
-use model::{DecodeError, Settings};
+use diesel::PgConnection;
+use model::DecodeError;
+use redis::aio::ConnectionManager;
+use service::redis::deadpool_redis::Pool;
+use service::{Backoff, Settings};
 use store::NewMessage;
 use tokio_util::sync::CancellationToken;
 
-use crate::group::{self, Cursor, Delivered};
+use crate::group::{self, Delivered};
 use crate::metrics::Metrics;
+use crate::reading::read_ahead;
+use crate::storing::store_blocking;
 
 /// How often the stream is trimmed below the acknowledged point.
 const TRIM_INTERVAL: Duration = Duration::from_secs(5);
@@ -41,32 +43,6 @@ pub struct Consumer {
     claim_cursor: String,
     next_claim: Instant,
     next_trim: Instant,
-}
-
-/// Exponential backoff between retries, capped.
-struct Backoff(Duration);
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(5);
-
-    fn new() -> Self {
-        Self(Self::FIRST)
-    }
-
-    fn reset(&mut self) {
-        self.0 = Self::FIRST;
-    }
-
-    /// Sleeps for the current delay (or until `stop`) and doubles it. Returns false when stopped.
-    async fn wait(&mut self, stop: &CancellationToken) -> bool {
-        let delay = self.0;
-        self.0 = (self.0 * 2).min(Self::MAX);
-        tokio::select! {
-            () = stop.cancelled() => false,
-            () = tokio::time::sleep(delay) => true,
-        }
-    }
 }
 
 /// The result of storing a batch.
@@ -245,7 +221,7 @@ impl Consumer {
             match group::dead_letter(&mut self.redis, &key, &raw_id, &fields, &reason).await {
                 Ok(()) => {
                     log::warn!("entry {raw_id} moved to the dead-letter stream: {reason}");
-                    self.metrics.dead_lettered.inc();
+                    self.metrics.dead_letters.inc();
                     done.push(raw_id);
                 }
                 Err(e) => log::warn!("cannot dead-letter entry {raw_id} (it stays pending): {e}"),
@@ -283,7 +259,7 @@ impl Consumer {
             match outcome {
                 Ok((conn, Ok((new_rows, rejected)))) => {
                     self.pg = conn;
-                    self.metrics.stored.inc_by(new_rows as u64);
+                    self.metrics.rows.inc_by(new_rows as u64);
                     self.metrics
                         .batch_seconds
                         .observe(started.elapsed().as_secs_f64());
@@ -300,203 +276,5 @@ impl Consumer {
                 return Stored::Stopped;
             }
         }
-    }
-}
-
-/// On the blocking pool: store the batch in one transaction; if Postgres is fine but refuses it, store
-/// row by row and report the rows it refuses. Returns the connection when it is still usable.
-#[allow(clippy::type_complexity)]
-fn store_blocking(
-    conn: Option<PgConnection>,
-    url: &str,
-    rows: &[NewMessage],
-    tries: u64,
-) -> (
-    Option<PgConnection>,
-    anyhow::Result<(usize, Vec<(usize, String)>)>,
-) {
-    let mut conn = match conn {
-        Some(conn) => conn,
-        None => match PgConnection::establish(url).context("connecting to Postgres") {
-            Ok(conn) => conn,
-            Err(e) => return (None, Err(e)),
-        },
-    };
-    let whole = match store::write::store_batch(&mut conn, rows) {
-        Ok(n) => return (Some(conn), Ok((n, Vec::new()))),
-        Err(e) => e,
-    };
-    // Only an error about the data itself splits the batch; anything else (connection lost, disk full,
-    // read-only after a failover, a timeout) is retried whole, with backoff, and nothing is acknowledged.
-    if !refuses_data(&whole) {
-        let usable = diesel::sql_query("SELECT 1").execute(&mut conn).is_ok();
-        return (
-            usable.then_some(conn),
-            Err(anyhow::Error::new(whole).context("storing a batch")),
-        );
-    }
-    log::warn!(
-        "Postgres refused a batch of {} ({whole}); storing it row by row",
-        rows.len()
-    );
-    let (mut new_rows, mut rejected) = (0, Vec::new());
-    for (i, row) in rows.iter().enumerate() {
-        // Each row gets `MAX_DELIVERIES` tries before it is declared unstorable.
-        let mut last_error = None;
-        for _ in 0..tries.max(1) {
-            match store::write::store_batch(&mut conn, std::slice::from_ref(row)) {
-                Ok(n) => {
-                    new_rows += n;
-                    last_error = None;
-                    break;
-                }
-                Err(e) if refuses_data(&e) => last_error = Some(e),
-                Err(e) => {
-                    // Not the row's fault after all: what was committed is idempotent; retry everything.
-                    let usable = diesel::sql_query("SELECT 1").execute(&mut conn).is_ok();
-                    return (
-                        usable.then_some(conn),
-                        Err(anyhow::Error::new(e).context("storing a batch row by row")),
-                    );
-                }
-            }
-        }
-        if let Some(e) = last_error {
-            rejected.push((i, e.to_string()));
-        }
-    }
-    (Some(conn), Ok((new_rows, rejected)))
-}
-
-/// Whether Postgres refused the rows themselves (a constraint, or a value its types reject) rather than
-/// failing for a reason that retrying can cure.
-fn refuses_data(e: &diesel::result::Error) -> bool {
-    use diesel::result::DatabaseErrorKind as Kind;
-    match e {
-        diesel::result::Error::DatabaseError(kind, info) => match kind {
-            Kind::CheckViolation
-            | Kind::NotNullViolation
-            | Kind::ForeignKeyViolation
-            | Kind::ExclusionViolation => true,
-            // SQLSTATE class 22 (data exception) arrives as `Unknown`: recognise it by its wording.
-            Kind::Unknown => {
-                let m = info.message();
-                m.starts_with("invalid input syntax")
-                    || m.starts_with("invalid byte sequence")
-                    || m.contains("out of range")
-                    || m.starts_with("unsupported Unicode escape")
-            }
-            _ => false,
-        },
-        _ => false,
-    }
-}
-
-/// Reads batches for this consumer: first its own pending entries, then new ones; re-creates the group if
-/// Redis lost it. Ends when `stop` is cancelled or the storing loop is gone.
-async fn read_ahead(
-    settings: Settings,
-    reads: Pool,
-    mut redis: ConnectionManager,
-    batches: tokio::sync::mpsc::Sender<Vec<Delivered>>,
-    stop: CancellationToken,
-) {
-    let key = &settings.stream_key;
-    let mut backoff = Backoff::new();
-    let mut cursor = Cursor::Pending("0-0".into());
-    while !stop.is_cancelled() {
-        let read = async {
-            let mut conn = reads.get().await.context("getting a Redis connection")?;
-            let s = &settings;
-            let entries = group::read(
-                &mut conn,
-                key,
-                &s.consumer_name,
-                &cursor,
-                s.persister_batch_size,
-                s.persister_block_ms,
-            )
-            .await?;
-            anyhow::Ok(entries)
-        };
-        let entries = tokio::select! {
-            () = stop.cancelled() => break,
-            read = read => read,
-        };
-        let entries = match entries {
-            Ok(entries) => {
-                backoff.reset();
-                entries
-            }
-            Err(e) => {
-                log::warn!("reading `{key}` failed (retrying): {e:#}");
-                if !backoff.wait(&stop).await {
-                    break;
-                }
-                // Redis lost the group (restarted without persistence, or the key was deleted): create it
-                // again and start over from this consumer's pending entries.
-                if format!("{e:#}").contains("NOGROUP") {
-                    match group::ensure_group(&mut redis, key).await {
-                        Ok(()) => {
-                            log::warn!("consumer group on `{key}` was gone; created it again")
-                        }
-                        Err(e) => log::warn!("cannot re-create the consumer group: {e}"),
-                    }
-                    cursor = Cursor::Pending("0-0".into());
-                }
-                continue;
-            }
-        };
-        if cursor != Cursor::New {
-            match entries.last() {
-                Some(last) => cursor = Cursor::Pending(last.raw_id.clone()),
-                None => {
-                    log::info!("own pending entries drained; reading new entries");
-                    cursor = Cursor::New;
-                }
-            }
-        }
-        if !entries.is_empty() && batches.send(entries).await.is_err() {
-            break;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use diesel::result::{DatabaseErrorKind as Kind, Error};
-
-    fn db(kind: Kind, message: &str) -> Error {
-        Error::DatabaseError(kind, Box::new(message.to_owned()))
-    }
-
-    #[test]
-    fn only_errors_about_the_rows_themselves_split_a_batch() {
-        assert!(super::refuses_data(&db(
-            Kind::CheckViolation,
-            "new row violates check constraint"
-        )));
-        assert!(super::refuses_data(&db(
-            Kind::Unknown,
-            "invalid input syntax for type json"
-        )));
-        // Retried whole, never dead-lettered: they are about the server, not the data.
-        assert!(!super::refuses_data(&db(
-            Kind::ReadOnlyTransaction,
-            "cannot execute COPY in a read-only transaction"
-        )));
-        assert!(!super::refuses_data(&db(
-            Kind::Unknown,
-            "could not extend file: No space left on device"
-        )));
-        assert!(!super::refuses_data(&db(
-            Kind::Unknown,
-            "canceling statement due to statement timeout"
-        )));
-        assert!(!super::refuses_data(&db(
-            Kind::ClosedConnection,
-            "server closed the connection"
-        )));
-        assert!(!super::refuses_data(&Error::NotFound));
     }
 }

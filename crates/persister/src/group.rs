@@ -9,11 +9,10 @@
 //! - `XACK` is sent only after the rows are committed. An entry that is stored but not acknowledged is
 //!   delivered again; the store ignores rows it already has, so the result is still one row.
 
-use std::collections::HashMap;
-
-use model::redis_stream::redis::{self, aio::ConnectionLike, Value};
-use model::redis_stream::{entry_list, read_reply, RawEntry};
+use model::redis_stream::{read_reply, RawEntry};
 use model::{dead_letter_key, DecodeError, EntryParts, StreamId, PERSISTER_GROUP};
+use redis::streams::{StreamAutoClaimReply, StreamInfoGroupsReply, StreamPendingReply};
+use redis::{aio::ConnectionLike, Value};
 
 /// One entry as the group delivered it.
 #[derive(Debug)]
@@ -142,7 +141,7 @@ pub async fn autoclaim(
     cursor: &str,
     count: usize,
 ) -> redis::RedisResult<(Vec<Delivered>, String)> {
-    let reply: Value = redis::cmd("XAUTOCLAIM")
+    let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
         .arg(stream_key)
         .arg(PERSISTER_GROUP)
         .arg(consumer)
@@ -152,24 +151,29 @@ pub async fn autoclaim(
         .arg(count)
         .query_async(conn)
         .await?;
-    // [next cursor, [[id, fields], …], [deleted ids]]
-    let mut parts = match reply {
-        Value::Array(parts) => parts.into_iter(),
-        other => {
-            return Err(redis::RedisError::from((
-                redis::ErrorKind::Parse,
-                "unexpected XAUTOCLAIM reply",
-                format!("{other:?}"),
-            )))
-        }
-    };
-    let next = match parts.next() {
-        Some(Value::BulkString(b)) => String::from_utf8(b).unwrap_or_else(|_| "0-0".into()),
-        Some(Value::SimpleString(s)) => s,
-        _ => "0-0".into(),
-    };
-    let claimed = parts.next().map(entry_list).unwrap_or_default();
-    Ok((claimed.into_iter().map(Delivered::from).collect(), next))
+    let claimed = reply
+        .claimed
+        .into_iter()
+        .map(|entry| {
+            let fields = entry
+                .map
+                .into_iter()
+                .map(|(field, value)| {
+                    let bytes = match value {
+                        Value::BulkString(b) => b,
+                        Value::SimpleString(s) => s.into_bytes(),
+                        _ => Vec::new(),
+                    };
+                    (field, bytes)
+                })
+                .collect();
+            Delivered::from(RawEntry {
+                id: entry.id,
+                fields,
+            })
+        })
+        .collect();
+    Ok((claimed, reply.next_stream_id))
 }
 
 /// Trims the stream below what the group has acknowledged, keeping at least `retention` entries for
@@ -191,31 +195,29 @@ pub async fn trim_acknowledged(
         return Ok(0);
     }
     let excess = (length - retention).min(max_step);
-    let groups: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
+    let groups: StreamInfoGroupsReply = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(stream_key)
         .query_async(conn)
         .await?;
-    let Some(group) = groups
-        .iter()
-        .find(|g| text(g.get("name")).as_deref() == Some(PERSISTER_GROUP))
-    else {
+    let Some(group) = groups.groups.iter().find(|g| g.name == PERSISTER_GROUP) else {
         return Ok(0); // no persister yet: nothing is acknowledged
     };
-    let Some(last_delivered) =
-        text(group.get("last-delivered-id")).and_then(|id| id.parse::<StreamId>().ok())
-    else {
+    let Ok(last_delivered) = group.last_delivered_id.parse::<StreamId>() else {
         return Ok(0);
     };
-    // XPENDING summary: [count, smallest id, greatest id, consumers].
-    let summary: (u64, Option<String>, Option<String>, Value) = redis::cmd("XPENDING")
+    let pending: StreamPendingReply = redis::cmd("XPENDING")
         .arg(stream_key)
         .arg(PERSISTER_GROUP)
         .query_async(conn)
         .await?;
-    let acknowledged_below = match summary.1.and_then(|id| id.parse::<StreamId>().ok()) {
-        Some(oldest_pending) => oldest_pending,
-        None => StreamId::new(last_delivered.ms, last_delivered.seq.saturating_add(1)),
+    let acknowledged_below = match pending {
+        StreamPendingReply::Data(data) => match data.start_id.parse::<StreamId>() {
+            Ok(oldest_pending) => oldest_pending,
+            Err(_) => return Ok(0),
+        },
+        // Nothing pending (the reply type is non-exhaustive: anything else reads as empty too).
+        _ => StreamId::new(last_delivered.ms, last_delivered.seq.saturating_add(1)),
     };
     let oldest_excess: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(stream_key)
@@ -275,12 +277,4 @@ return removed
         .arg(idle_ms)
         .invoke_async(conn)
         .await
-}
-
-fn text(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
 }

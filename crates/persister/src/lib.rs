@@ -3,8 +3,9 @@
 
 pub mod consumer;
 pub mod group;
-pub mod health;
 pub mod metrics;
+mod reading;
 pub mod startup;
+mod storing;
 
 pub use startup::Application;

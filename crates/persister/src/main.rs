@@ -1,17 +1,15 @@
 //! The persister process: settings from the environment, stop on SIGINT/SIGTERM.
 
-use model::shutdown;
 use persister::Application;
 
-// mimalloc: the services allocate many small, short-lived buffers per message (reply parsing, frames,
-// rows); glibc's malloc showed as ~25% of the persister's profile while draining.
+// See ingest-api's main: mimalloc for the many small per-message buffers.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    shutdown::run_service("persister", Application::build, |app| {
-        app.run_until_stopped(shutdown::signal())
+    service::run_service("persister", service::PERSISTER, Application::build, |app| {
+        app.run_until_stopped(service::run::signal())
     })
     .await
 }

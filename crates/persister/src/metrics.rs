@@ -1,67 +1,76 @@
 //! The Prometheus metrics of one persister instance.
 
-use model::metrics::{prometheus, register};
-use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
+use prometheus::{Histogram, IntCounter, IntGauge, Registry};
+use service::metrics::{counter, gauge, histogram, prometheus};
 
 pub struct Metrics {
     pub registry: Registry,
     /// Rows written (new rows only; redelivered entries that were already stored do not count).
-    pub stored: IntCounter,
+    pub rows: IntCounter,
     /// Entries acknowledged to the group.
     pub acked: IntCounter,
+    /// Entries delivered again: this replica's own pending entries re-read after a restart, and claims.
+    pub redeliveries: IntCounter,
     /// Entries moved to the dead-letter stream.
-    pub dead_lettered: IntCounter,
+    pub dead_letters: IntCounter,
     /// Entries claimed from consumers that left them pending.
     pub claimed: IntCounter,
     /// Failed attempts to store a batch (each is retried).
     pub store_errors: IntCounter,
     /// Time to store one batch, seconds.
     pub batch_seconds: Histogram,
+    /// Entries in the stream, sampled.
+    pub stream_length: IntGauge,
+    /// Entries the `persister` group has not been delivered yet, sampled.
+    pub stream_lag: IntGauge,
+    /// Entries delivered to the group and not yet acknowledged, sampled.
+    pub stream_pending: IntGauge,
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
+        let r = service::metrics::registry();
         Self {
-            stored: register(
-                &registry,
-                IntCounter::new("relay_persister_stored_total", "Rows written to Postgres"),
+            rows: counter(&r, "relay_persister_rows_total", "Rows written to Postgres"),
+            acked: counter(&r, "relay_persister_acked_total", "Entries acknowledged"),
+            redeliveries: counter(
+                &r,
+                "relay_persister_redeliveries_total",
+                "Entries delivered more than once (re-read after a restart, or claimed)",
             ),
-            acked: register(
-                &registry,
-                IntCounter::new("relay_persister_acked_total", "Entries acknowledged"),
+            dead_letters: counter(
+                &r,
+                "relay_persister_dead_letters_total",
+                "Entries moved to the dead-letter stream",
             ),
-            dead_lettered: register(
-                &registry,
-                IntCounter::new(
-                    "relay_persister_dead_lettered_total",
-                    "Entries moved to the dead-letter stream",
-                ),
+            claimed: counter(
+                &r,
+                "relay_persister_claimed_total",
+                "Entries claimed from other consumers",
             ),
-            claimed: register(
-                &registry,
-                IntCounter::new(
-                    "relay_persister_claimed_total",
-                    "Entries claimed from other consumers",
-                ),
+            store_errors: counter(
+                &r,
+                "relay_persister_store_errors_total",
+                "Failed attempts to store a batch",
             ),
-            store_errors: register(
-                &registry,
-                IntCounter::new(
-                    "relay_persister_store_errors_total",
-                    "Failed attempts to store a batch",
-                ),
+            batch_seconds: histogram(
+                &r,
+                "relay_persister_batch_seconds",
+                "Time to store one batch",
+                &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0],
             ),
-            batch_seconds: register(
-                &registry,
-                Histogram::with_opts(
-                    HistogramOpts::new("relay_persister_batch_seconds", "Time to store one batch")
-                        .buckets(vec![
-                            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-                        ]),
-                ),
+            stream_length: gauge(&r, "relay_stream_length", "Entries in the stream"),
+            stream_lag: gauge(
+                &r,
+                "relay_stream_lag",
+                "Entries not yet delivered to the persister group",
             ),
-            registry,
+            stream_pending: gauge(
+                &r,
+                "relay_stream_pending",
+                "Entries delivered to the persister group and not yet acknowledged",
+            ),
+            registry: r,
         }
     }
 }

@@ -2,19 +2,18 @@
 //! and on the stop signal let the consumer finish its batch before exiting.
 
 use std::future::Future;
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, App};
 use anyhow::Context;
-use model::redis_stream;
-use model::Settings;
+use diesel::RunQueryDsl;
+use service::http::{Health, ServerOptions};
+use service::Settings;
 use tokio_util::sync::CancellationToken;
 
 use crate::consumer::Consumer;
-use crate::health::{self, HealthState};
 use crate::metrics::Metrics;
 
 pub struct Application {
@@ -33,33 +32,47 @@ impl Application {
             .context("migration task")?
             .context("preparing the database (DATABASE_URL)")?;
         let timeout = Duration::from_millis(settings.redis_timeout_ms);
-        let redis = redis_stream::shared_connection(&settings).context("REDIS_URL")?;
-        let reads = redis_stream::blocking_pool(
+        let redis = service::redis::shared_connection(&settings).context("REDIS_URL")?;
+        let reads = service::redis::blocking_pool(
             &settings,
             Duration::from_millis(settings.persister_block_ms),
             2,
-        )
-        .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
+        )?;
         let metrics = Arc::new(Metrics::new());
-        let listener = TcpListener::bind(settings.persister_addr)
-            .with_context(|| format!("binding PERSISTER_ADDR={}", settings.persister_addr))?;
+        let listener = service::http::bind(settings.persister_addr, "PERSISTER_ADDR")?;
         let port = listener.local_addr()?.port();
         log::info!("persister health on {}", listener.local_addr()?);
-        let health = web::Data::new(HealthState {
-            redis: redis.clone(),
-            db: store::connect_pool(&settings.database_url, 1, timeout),
-            metrics: Arc::clone(&metrics),
-            timeout,
-        });
-        let server = HttpServer::new(move || {
+        // Ready means "can store": Redis and Postgres both answer.
+        let db = store::connect_pool(&settings.database_url, 1, timeout);
+        let health = web::Data::new(
+            Health::new(metrics.registry.clone())
+                .redis(redis.clone(), timeout)
+                .check(
+                    "postgres",
+                    Arc::new(move || {
+                        let db = db.clone();
+                        Box::pin(async move {
+                            let ping = move || -> anyhow::Result<()> {
+                                diesel::sql_query("SELECT 1").execute(&mut db.get()?)?;
+                                Ok(())
+                            };
+                            match tokio::task::spawn_blocking(ping).await {
+                                Ok(result) => result.map_err(|e| e.to_string()),
+                                Err(e) => Err(e.to_string()),
+                            }
+                        })
+                    }),
+                ),
+        );
+        let options = ServerOptions {
+            workers: Some(1),
+            shutdown_grace: Duration::from_secs(5),
+        };
+        let server = service::http::serve(listener, options, move || {
             App::new()
-                .app_data(health.clone())
-                .configure(health::configure)
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)?
-        .run();
+                .configure(|cfg| service::http::health_routes(cfg, health.clone()))
+                .default_service(web::to(service::problem::not_found))
+        })?;
         let consumer = Consumer::new(settings, reads, redis, metrics);
         Ok(Self {
             port,

@@ -29,6 +29,7 @@ pub fn message(stream_id: StreamId, entry: StreamEntry) -> Frame {
     };
     Frame {
         stream_id,
+        received_at_us: message.received_at.timestamp_micros(),
         text: encode(&Outgoing::Message { data: &message }),
     }
 }

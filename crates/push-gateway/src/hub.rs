@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone)]
 pub struct Frame {
     pub stream_id: StreamId,
+    /// The message's `received_at` (Unix microseconds), for the delivery-delay histogram.
+    pub received_at_us: i64,
     pub text: ByteString,
 }
 
@@ -156,6 +158,7 @@ mod tests {
     fn frame(ms: u64) -> Arc<Frame> {
         Arc::new(Frame {
             stream_id: StreamId::new(ms, 0),
+            received_at_us: 0,
             text: ByteString::from(format!("{ms}")),
         })
     }

@@ -1,6 +1,5 @@
 //! The push-gateway process: settings from the environment, stop on SIGINT/SIGTERM.
 
-use model::shutdown;
 use push_gateway::Application;
 
 // The system allocator here, not mimalloc as in the other services: the gateway's cost that matters most
@@ -9,8 +8,11 @@ use push_gateway::Application;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    shutdown::run_service("push-gateway", Application::build, |app| {
-        app.run_until_stopped(shutdown::signal())
-    })
+    service::run_service(
+        "push-gateway",
+        service::GATEWAY,
+        Application::build,
+        |app| app.run_until_stopped(service::run::signal()),
+    )
     .await
 }

@@ -1,48 +1,53 @@
-//! The Prometheus metrics of one push-gateway instance.
+//! The Prometheus metrics of one push-gateway instance (HTTP request metrics come from `service::http`).
 
-use model::metrics::{prometheus, register};
-use prometheus::{IntCounter, IntGauge, Registry};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
+use service::metrics::{counter, counter_vec, gauge, histogram, prometheus, LATENCY_BUCKETS};
 
 pub struct Metrics {
     pub registry: Registry,
     pub connections: IntGauge,
     pub entries_read: IntCounter,
-    pub frames_sent: IntCounter,
+    /// Frames written to clients, by kind: `live`, `replay`, `gap`.
+    pub frames: IntCounterVec,
     pub slow_clients: IntCounter,
     pub refused: IntCounter,
+    /// From a message's `received_at` to its frame written to a client.
+    pub delivery_delay: Histogram,
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
+        let r = service::metrics::registry();
         Self {
-            connections: register(
-                &registry,
-                IntGauge::new("relay_gateway_connections", "Open WebSocket clients"),
+            connections: gauge(&r, "relay_gateway_connections", "Open WebSocket clients"),
+            entries_read: counter(
+                &r,
+                "relay_gateway_entries_read_total",
+                "Stream entries read",
             ),
-            entries_read: register(
-                &registry,
-                IntCounter::new("relay_gateway_entries_read_total", "Stream entries read"),
+            frames: counter_vec(
+                &r,
+                "relay_gateway_frames_total",
+                "Frames written to clients, by kind",
+                &["kind"],
             ),
-            frames_sent: register(
-                &registry,
-                IntCounter::new("relay_gateway_frames_sent_total", "Frames sent to clients"),
+            slow_clients: counter(
+                &r,
+                "relay_gateway_slow_clients_total",
+                "Clients closed with 1013 for falling behind",
             ),
-            slow_clients: register(
-                &registry,
-                IntCounter::new(
-                    "relay_gateway_slow_clients_total",
-                    "Clients closed with 1013 for falling behind",
-                ),
+            refused: counter(
+                &r,
+                "relay_gateway_refused_total",
+                "Connections refused at MAX_CONNECTIONS",
             ),
-            refused: register(
-                &registry,
-                IntCounter::new(
-                    "relay_gateway_refused_total",
-                    "Connections refused at MAX_CONNECTIONS",
-                ),
+            delivery_delay: histogram(
+                &r,
+                "relay_gateway_delivery_delay_seconds",
+                "From a message's received_at to its frame written to a client",
+                LATENCY_BUCKETS,
             ),
-            registry,
+            registry: r,
         }
     }
 }

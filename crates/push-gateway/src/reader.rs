@@ -8,10 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use model::redis_stream::deadpool_redis::Pool;
-use model::redis_stream::redis::{self, Value};
 use model::redis_stream::{parse_reply_id, read_reply, RawEntry};
 use model::StreamId;
+use redis::Value;
+use service::redis::deadpool_redis::Pool;
+use service::Backoff;
 use tokio_util::sync::CancellationToken;
 
 use crate::frames;
@@ -30,13 +31,13 @@ pub async fn run(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new();
     let mut last = loop {
         match newest_id(&reads, &stream_key).await {
             Ok(id) => break id,
             Err(e) => {
                 log::warn!("cannot read `{stream_key}` yet (retrying): {e}");
-                if !sleep_or_stop(&mut delay, &stop).await {
+                if !backoff.wait(&stop).await {
                     return;
                 }
             }
@@ -57,13 +58,13 @@ pub async fn run(
             Err(e) => {
                 conn = None; // a fresh one from the pool next time
                 log::warn!("XREAD on `{stream_key}` failed (retrying): {e}");
-                if !sleep_or_stop(&mut delay, &stop).await {
+                if !backoff.wait(&stop).await {
                     return;
                 }
                 continue;
             }
         };
-        delay = Duration::from_millis(100);
+        backoff.reset();
         // Advance past every entry read, including ones that did not decode (else they are read again).
         if let Some(newest) = newest {
             last = newest;
@@ -96,7 +97,7 @@ async fn newest_id(reads: &Pool, key: &str) -> anyhow::Result<String> {
 /// The frames of the entries after `after`, and the id of the newest entry read.
 async fn read_after(
     reads: &Pool,
-    held: &mut Option<model::redis_stream::deadpool_redis::Connection>,
+    held: &mut Option<service::redis::deadpool_redis::Connection>,
     key: &str,
     after: &str,
 ) -> anyhow::Result<(Vec<Arc<Frame>>, Option<String>)> {
@@ -138,13 +139,4 @@ pub fn to_frames(entries: &[RawEntry]) -> Vec<Frame> {
 /// The stream id of a reply entry (Redis only returns well-formed ones).
 pub fn reply_id(id: &str) -> Option<StreamId> {
     parse_reply_id(id).ok()
-}
-
-async fn sleep_or_stop(delay: &mut Duration, stop: &CancellationToken) -> bool {
-    let d = *delay;
-    *delay = (*delay * 2).min(Duration::from_secs(5));
-    tokio::select! {
-        () = stop.cancelled() => false,
-        () = tokio::time::sleep(d) => true,
-    }
 }

@@ -2,17 +2,17 @@
 //! every socket with 1001 before the server goes.
 
 use std::future::Future;
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
-use actix_web::http::StatusCode;
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App};
 use anyhow::Context;
-use model::redis_stream::{self, redis::aio::ConnectionManager};
-use model::Settings;
+use redis::aio::ConnectionManager;
+use service::http::{Health, ServerOptions};
+use service::Settings;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -28,60 +28,50 @@ pub struct AppState {
     pub page: String,
     /// Cancelled at shutdown: every session closes with 1001.
     pub stop: CancellationToken,
+    /// Every session task: shutdown waits for them to have sent their close frames.
+    pub sessions: TaskTracker,
 }
 
 pub struct Application {
     port: u16,
     server: Server,
     state: web::Data<AppState>,
-    reads: redis_stream::deadpool_redis::Pool,
+    reads: service::redis::deadpool_redis::Pool,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(settings.gateway_addr)
-            .with_context(|| format!("binding GATEWAY_ADDR={}", settings.gateway_addr))?;
+        let listener = service::http::bind(settings.gateway_addr, "GATEWAY_ADDR")?;
         let port = listener.local_addr()?.port();
-        let reads = redis_stream::blocking_pool(&settings, reader::READ_BLOCK, 1)
-            .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
+        let reads = service::redis::blocking_pool(&settings, reader::READ_BLOCK, 1)?;
+        let redis = service::redis::shared_connection(&settings).context("REDIS_URL")?;
+        let metrics = Arc::new(Metrics::new());
+        let timeout = Duration::from_millis(settings.redis_timeout_ms);
+        let health =
+            web::Data::new(Health::new(metrics.registry.clone()).redis(redis.clone(), timeout));
         let state = web::Data::new(AppState {
             hub: Arc::new(Hub::new(settings.ws_send_queue, settings.max_connections)),
-            redis: redis_stream::shared_connection(&settings).context("REDIS_URL")?,
-            metrics: Arc::new(Metrics::new()),
+            redis,
+            metrics,
             page: page::render_index(&settings.ingest_public_url),
             stop: CancellationToken::new(),
+            sessions: TaskTracker::new(),
             settings,
         });
         log::info!("push-gateway listening on {}", listener.local_addr()?);
         let app_state = state.clone();
-        let server = HttpServer::new(move || {
+        let options = ServerOptions {
+            workers: None,
+            shutdown_grace: Duration::from_secs(5),
+        };
+        let server = service::http::serve(listener, options, move || {
             App::new()
                 .app_data(app_state.clone())
                 .configure(page::configure)
                 .route("/ws", web::get().to(ws::ws))
-                .route(
-                    "/healthz",
-                    web::get().to(|| async {
-                        HttpResponse::Ok().content_type("text/plain").body("ok\n")
-                    }),
-                )
-                .route("/readyz", web::get().to(readyz))
-                .route("/metrics", web::get().to(metrics))
-                .default_service(web::to(|| async {
-                    problem(404, "not-found", "Not found", "no such resource".into())
-                }))
-        })
-        // Frames are small and pushed unprompted: without TCP_NODELAY, Nagle's algorithm holds each one
-        // until the client's delayed ACK (up to 40 ms) whenever an earlier frame is still unacknowledged.
-        .on_connect(|io, _| {
-            if let Some(tcp) = io.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                let _ = tcp.set_nodelay(true);
-            }
-        })
-        .disable_signals()
-        .shutdown_timeout(5)
-        .listen(listener)?
-        .run();
+                .configure(|cfg| service::http::health_routes(cfg, health.clone()))
+                .default_service(web::to(service::problem::not_found))
+        })?;
         Ok(Self {
             port,
             server,
@@ -113,46 +103,12 @@ impl Application {
             shutdown.await;
             state.stop.cancel();
             // Give sessions a moment to send their close frames before the server drops connections.
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-            while !state.hub.is_empty() && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            state.sessions.close();
+            let _ = tokio::time::timeout(Duration::from_secs(2), state.sessions.wait()).await;
             handle.stop(true).await;
         });
         let served = self.server.await;
         let _ = reader.await;
         served
     }
-}
-
-async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let timeout = Duration::from_millis(state.settings.redis_timeout_ms);
-    match model::redis_stream::ping(&mut state.redis.clone(), timeout).await {
-        Ok(()) => {
-            HttpResponse::Ok().json(serde_json::json!({"redis": "ok", "clients": state.hub.len()}))
-        }
-        Err(reason) => {
-            HttpResponse::ServiceUnavailable().json(serde_json::json!({"redis": reason}))
-        }
-    }
-}
-
-async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(model::metrics::render(&state.metrics.registry))
-}
-
-/// An RFC 9457 problem response.
-pub fn problem(status: u16, slug: &str, title: &str, detail: String) -> HttpResponse {
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut res = HttpResponse::build(status);
-    res.content_type("application/problem+json");
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        res.insert_header(("retry-after", "1"));
-    }
-    res.body(
-        serde_json::json!({"type": format!("/problems/{slug}"), "title": title, "status": status.as_u16(), "detail": detail})
-            .to_string(),
-    )
 }

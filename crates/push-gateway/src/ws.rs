@@ -18,15 +18,15 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
 use futures_util::StreamExt;
-use model::redis_stream::redis::{self, Value};
-use model::settings::{Access, Scope};
 use model::StreamId;
+use redis::Value;
 use serde::Deserialize;
+use service::settings::{Access, Scope};
 
 use crate::frames;
-use crate::hub::{Refused, Subscription};
+use crate::hub::{Frame, Refused, Subscription};
 use crate::reader::{reply_id, to_frames};
-use crate::startup::{problem, AppState};
+use crate::startup::AppState;
 use model::redis_stream::entry_list;
 
 /// How often the server pings each client.
@@ -53,12 +53,7 @@ pub async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>
             "bad query string".into(),
         );
     };
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or(query.access_token.as_deref());
+    let bearer = service::http::bearer(req.headers()).or(query.access_token.as_deref());
     // Origin first: a page on a foreign origin is refused whatever key it presents.
     if let Some(origin) = req
         .headers()
@@ -75,7 +70,7 @@ pub async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>
         }
     }
     match state.settings.api_keys.check(bearer, Scope::Subscribe) {
-        Access::Granted => {}
+        Access::Granted(_) => {}
         Access::Unauthenticated => {
             return problem(401, "unauthenticated", "Unauthenticated", "send a key with the `subscribe` scope as `Authorization: Bearer <key>` or `?access_token=<key>`".into())
         }
@@ -126,7 +121,8 @@ pub async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>
         }
     };
     state.metrics.connections.inc();
-    actix_web::rt::spawn(async move {
+    let sessions = state.sessions.clone();
+    actix_web::rt::spawn(sessions.track_future(async move {
         let id = subscription.id;
         let reason = serve(&state, session.clone(), messages, subscription, since).await;
         state.hub.unsubscribe(id);
@@ -134,7 +130,7 @@ pub async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>
         if let Some(reason) = reason {
             let _ = tokio::time::timeout(CLOSE_GRACE, session.close(Some(reason))).await;
         }
-    });
+    }));
     response
 }
 
@@ -168,6 +164,7 @@ async fn serve(
             }
         }
     }
+    let live = state.metrics.frames.with_label_values(&["live"]);
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
     let mut last_heard = Instant::now();
     // Made once, not per loop turn: at a thousand frames a second per client, re-creating these
@@ -190,7 +187,8 @@ async fn serve(
                         if let Err(end) = send(state, &mut session, &sub, frame.text.clone()).await {
                             return end;
                         }
-                        state.metrics.frames_sent.inc();
+                        live.inc();
+                        delivered(state, &frame);
                         last_sent = Some(frame.stream_id);
                     } // else: already sent during the replay
                     next = sub.frames.try_recv().ok();
@@ -213,6 +211,15 @@ async fn serve(
             }
         }
     }
+}
+
+/// Observes how long after its acceptance a message frame was written.
+fn delivered(state: &AppState, frame: &Frame) {
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    let delay = (now_us - frame.received_at_us).max(0) as f64 / 1e6;
+    state.metrics.delivery_delay.observe(delay);
 }
 
 fn too_slow() -> End {
@@ -271,6 +278,7 @@ async fn replay(
     ));
     if info.entries_added > info.length && since < oldest && since < info.last_generated {
         send(state, session, sub, frames::gap(since, oldest)).await?;
+        state.metrics.frames.with_label_values(&["gap"]).inc();
         start = oldest.to_string();
     }
     let mut last = None;
@@ -290,8 +298,9 @@ async fn replay(
             start = format!("({newest}");
         }
         for frame in to_frames(&page) {
-            send(state, session, sub, frame.text).await?;
-            state.metrics.frames_sent.inc();
+            send(state, session, sub, frame.text.clone()).await?;
+            state.metrics.frames.with_label_values(&["replay"]).inc();
+            delivered(state, &frame);
             last = Some(frame.stream_id);
         }
         if count < REPLAY_PAGE {
@@ -347,4 +356,11 @@ async fn stream_info(
         length: int_of(map.get("length")),
         entries_added: int_of(map.get("entries-added")),
     })
+}
+
+/// A refused upgrade, as the one problem response of every service.
+fn problem(status: u16, slug: &str, title: &'static str, detail: String) -> HttpResponse {
+    let status = actix_web::http::StatusCode::from_u16(status)
+        .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
+    service::Problem::new(status, slug, title, detail).response()
 }

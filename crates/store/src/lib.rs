@@ -6,7 +6,9 @@ pub mod read;
 pub mod rows;
 pub mod schema;
 pub mod setup;
+pub mod url;
 pub mod write;
 
 pub use rows::{JsonText, MessageRow, NewMessage};
-pub use setup::{connect_pool, prepare_database, with_timeouts, PgPool};
+pub use setup::{connect_pool, prepare_database, PgPool};
+pub use url::with_timeouts;

@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
+use crate::url::{database_name, with_database, with_timeouts};
 use anyhow::Context;
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
-use model::settings::{database_name, replace_database};
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations");
 
@@ -41,7 +41,7 @@ pub fn prepare_database(url: &str) -> anyhow::Result<()> {
 
 fn create_database(url: &str) -> anyhow::Result<()> {
     let name = database_name(url).context("DATABASE_URL names no database")?;
-    let mut admin = PgConnection::establish(&replace_database(url, "postgres"))
+    let mut admin = PgConnection::establish(&with_database(url, "postgres"))
         .context("connecting to the `postgres` database to create the missing one")?;
     let quoted = format!("\"{}\"", name.replace('"', "\"\""));
     match diesel::sql_query(format!("CREATE DATABASE {quoted}")).execute(&mut admin) {
@@ -71,40 +71,4 @@ pub fn connect_pool(url: &str, size: u32, timeout: Duration) -> PgPool {
             url,
             timeout.as_secs(),
         )))
-}
-
-/// `url` with libpq's `connect_timeout` (seconds) and TCP keepalives added unless it sets them: a
-/// Postgres host that stops answering then fails a connection attempt in bounded time, and a dead
-/// connection is noticed, instead of a request or the persister waiting on it indefinitely.
-pub fn with_timeouts(url: &str, connect_timeout_secs: u64) -> String {
-    let mut out = url.to_owned();
-    let mut add = |key: &str, value: String| {
-        if !url.contains(&format!("{key}=")) {
-            out.push(if out.contains('?') { '&' } else { '?' });
-            out.push_str(&format!("{key}={value}"));
-        }
-    };
-    add("connect_timeout", connect_timeout_secs.max(2).to_string());
-    add("keepalives_idle", "10".into());
-    add("keepalives_interval", "5".into());
-    add("keepalives_count", "3".into());
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::with_timeouts;
-
-    #[test]
-    fn timeouts_are_added_once_and_never_override_the_url() {
-        assert_eq!(
-            with_timeouts("postgres://h/db", 5),
-            "postgres://h/db?connect_timeout=5&keepalives_idle=10&keepalives_interval=5&keepalives_count=3"
-        );
-        let own = with_timeouts("postgres://h/db?connect_timeout=9&sslmode=disable", 5);
-        assert!(
-            own.starts_with("postgres://h/db?connect_timeout=9&sslmode=disable&keepalives_idle=10")
-        );
-        assert_eq!(own.matches("connect_timeout").count(), 1);
-    }
 }

@@ -5,7 +5,7 @@
 pub mod procs;
 
 use diesel::{Connection, PgConnection, RunQueryDsl};
-use model::Settings;
+use service::Settings;
 use uuid::Uuid;
 
 /// Settings for one test: database `relay_test_<uuid>`, stream `test:<uuid>`, OS-chosen ports, and a
@@ -19,7 +19,7 @@ pub fn test_settings() -> Settings {
     if let Ok(url) = std::env::var("REDIS_URL") {
         s.redis_url = url;
     }
-    s.database_url = s.database_url_for(&format!("relay_test_{tag}"));
+    s.database_url = store::url::with_database(&s.database_url, &format!("relay_test_{tag}"));
     s.stream_key = format!("test:{tag}");
     s.consumer_name = format!("test-{tag}");
     let any_port = "127.0.0.1:0".parse().expect("a valid address");
@@ -54,10 +54,10 @@ pub fn redis(settings: &Settings) -> redis::Connection {
 /// Drops the test's database and its stream keys. Runs on a plain thread, since it may be called from
 /// `Drop` inside an async runtime.
 pub fn cleanup(settings: &Settings) {
-    let Some(db) = model::settings::database_name(&settings.database_url).map(str::to_owned) else {
+    let Some(db) = store::url::database_name(&settings.database_url) else {
         return;
     };
-    let admin = settings.database_url_for("postgres");
+    let admin = store::url::with_database(&settings.database_url, "postgres");
     let redis_url = settings.redis_url.clone();
     let key = settings.stream_key.clone();
     let _ = std::thread::spawn(move || {

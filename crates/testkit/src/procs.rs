@@ -370,7 +370,7 @@ impl Drop for Service {
 }
 
 /// The environment for one test's (or benchmark scenario's) services: its own stream and database, OS-chosen ports.
-pub fn env_for(settings: &model::Settings) -> Vec<(&'static str, String)> {
+pub fn env_for(settings: &service::Settings) -> Vec<(&'static str, String)> {
     vec![
         ("REDIS_URL", settings.redis_url.clone()),
         ("DATABASE_URL", settings.database_url.clone()),

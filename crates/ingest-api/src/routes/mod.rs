@@ -1,6 +1,5 @@
-//! The routes of ingest-api.
+//! The routes of ingest-api (health, readiness and metrics come from `service::http`).
 
-mod health;
 mod publish;
 mod read;
 
@@ -12,9 +11,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/messages", web::post().to(publish::publish))
         .route("/messages", web::get().to(read::list))
         .route("/messages/{id}", web::get().to(read::one))
-        .route("/healthz", web::get().to(health::healthz))
-        .route("/readyz", web::get().to(health::readyz))
-        .route("/metrics", web::get().to(health::metrics))
         .route("/openapi.json", web::get().to(openapi))
         .route("/docs", web::get().to(docs))
         .default_service(web::to(|| async {

@@ -10,9 +10,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use model::redis_stream::{parse_reply_id, xadd_cmd};
-use model::settings::Scope;
 use model::{now_micros, Accepted, StreamEntry};
 use serde_json::value::RawValue;
+use service::settings::Scope;
 use uuid::Uuid;
 
 use crate::idempotency;
@@ -30,17 +30,17 @@ pub async fn publish(
     let result = accept(&req, body, &state, &worker_redis).await;
     match &result {
         Ok((_, accepted)) => {
-            state.metrics.accepted.inc_by(accepted.len() as u64);
+            state
+                .metrics
+                .messages
+                .with_label_values(&["accepted"])
+                .inc_by(accepted.len() as u64);
             state
                 .metrics
                 .publish_seconds
                 .observe(started.elapsed().as_secs_f64());
         }
-        Err(e) => state
-            .metrics
-            .rejected
-            .with_label_values(&[e.status_code_str()])
-            .inc(),
+        Err(e) => state.metrics.messages.with_label_values(&[e.slug()]).inc(),
     }
     let (kind, accepted) = result?;
     let mut res = HttpResponse::Accepted();
@@ -60,7 +60,7 @@ async fn accept(
     worker_redis: &WorkerRedis,
 ) -> Result<(BodyKind, Vec<Accepted>), ApiError> {
     let settings = &state.settings;
-    crate::auth::require(req, &settings.api_keys, Scope::Publish)?;
+    let caller = crate::auth::require(req, &settings.api_keys, Scope::Publish)?;
     let kind = validate::body_kind(req)?;
     let limit = match kind {
         BodyKind::Single => settings.max_body_bytes,
@@ -80,7 +80,9 @@ async fn accept(
             } else {
                 "json"
             };
-            Some((key, idempotency::fingerprint(kind_tag, &body)))
+            // A key belongs to the API key that sent it: another caller's same key is another record.
+            let record = model::idempotency_key(&settings.stream_key, caller.0.as_deref(), key);
+            Some((record, idempotency::fingerprint(kind_tag, &body)))
         }
         None => None,
     };
@@ -125,7 +127,7 @@ async fn append(
     state: &AppState,
     worker_redis: &WorkerRedis,
     payloads: Vec<Box<RawValue>>,
-    idempotency: Option<(&str, String)>,
+    idempotency: Option<(String, String)>,
 ) -> Result<Vec<Accepted>, ApiError> {
     let received_at = now_micros();
     let entries: Vec<StreamEntry> = payloads
@@ -139,9 +141,8 @@ async fn append(
     let key = &state.settings.stream_key;
     let mut redis = worker_redis.0.clone();
     let timeout = Duration::from_millis(state.settings.redis_timeout_ms);
-    if let Some((idempotency_key, fingerprint)) = idempotency {
-        let once =
-            idempotency::append_once(&mut redis, key, idempotency_key, &fingerprint, &entries);
+    if let Some((record, fingerprint)) = idempotency {
+        let once = idempotency::append_once(&mut redis, key, &record, &fingerprint, &entries);
         return bounded(timeout, once).await?;
     }
     let ids: Vec<String> = if let [entry] = entries.as_slice() {

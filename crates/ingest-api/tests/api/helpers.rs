@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use model::Settings;
+use service::Settings;
 use tokio::task::JoinHandle;
 
 pub struct TestApp {

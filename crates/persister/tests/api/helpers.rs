@@ -3,8 +3,9 @@
 use std::time::{Duration, Instant};
 
 use model::redis_stream::xadd_cmd;
-use model::{now_micros, Settings, StreamEntry};
+use model::{now_micros, StreamEntry};
 use serde_json::value::RawValue;
+use service::Settings;
 use testkit::Cleanup;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;

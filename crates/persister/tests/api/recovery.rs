@@ -1,8 +1,8 @@
 //! Recovery: a persister that dies between commit and `XACK` leaves pending entries that the next run of
 //! the same replica stores again — as no-ops.
 
-use model::redis_stream::redis::aio::ConnectionManager;
 use persister::group::{self, Cursor};
+use redis::aio::ConnectionManager;
 use store::NewMessage;
 
 use crate::helpers::{entry, pending, setup, wait_for_rows, xadd, RunningPersister};

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use model::Settings;
+use service::Settings;
 use testkit::Cleanup;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;

@@ -1,0 +1,79 @@
+//! The read side of a persister replica: batches from the consumer group, one ahead of storing.
+
+use anyhow::Context;
+use redis::aio::ConnectionManager;
+use service::redis::deadpool_redis::Pool;
+use service::{Backoff, Settings};
+use tokio_util::sync::CancellationToken;
+
+use crate::group::{self, Cursor, Delivered};
+
+/// Reads batches for this consumer: first its own pending entries, then new ones; re-creates the group if
+/// Redis lost it. Ends when `stop` is cancelled or the storing loop is gone.
+pub async fn read_ahead(
+    settings: Settings,
+    reads: Pool,
+    mut redis: ConnectionManager,
+    batches: tokio::sync::mpsc::Sender<Vec<Delivered>>,
+    stop: CancellationToken,
+) {
+    let key = &settings.stream_key;
+    let mut backoff = Backoff::new();
+    let mut cursor = Cursor::Pending("0-0".into());
+    while !stop.is_cancelled() {
+        let read = async {
+            let mut conn = reads.get().await.context("getting a Redis connection")?;
+            let s = &settings;
+            let entries = group::read(
+                &mut conn,
+                key,
+                &s.consumer_name,
+                &cursor,
+                s.persister_batch_size,
+                s.persister_block_ms,
+            )
+            .await?;
+            anyhow::Ok(entries)
+        };
+        let entries = tokio::select! {
+            () = stop.cancelled() => break,
+            read = read => read,
+        };
+        let entries = match entries {
+            Ok(entries) => {
+                backoff.reset();
+                entries
+            }
+            Err(e) => {
+                log::warn!("reading `{key}` failed (retrying): {e:#}");
+                if !backoff.wait(&stop).await {
+                    break;
+                }
+                // Redis lost the group (restarted without persistence, or the key was deleted): create it
+                // again and start over from this consumer's pending entries.
+                if format!("{e:#}").contains("NOGROUP") {
+                    match group::ensure_group(&mut redis, key).await {
+                        Ok(()) => {
+                            log::warn!("consumer group on `{key}` was gone; created it again")
+                        }
+                        Err(e) => log::warn!("cannot re-create the consumer group: {e}"),
+                    }
+                    cursor = Cursor::Pending("0-0".into());
+                }
+                continue;
+            }
+        };
+        if cursor != Cursor::New {
+            match entries.last() {
+                Some(last) => cursor = Cursor::Pending(last.raw_id.clone()),
+                None => {
+                    log::info!("own pending entries drained; reading new entries");
+                    cursor = Cursor::New;
+                }
+            }
+        }
+        if !entries.is_empty() && batches.send(entries).await.is_err() {
+            break;
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The whole `main` of a service: `--help`, logging, settings, build, and running until the first SIGINT
+//! (Ctrl-C) or SIGTERM. Services take their stop signal as a future from the caller, so tests can stop
+//! them without signals; `main` passes [`signal`].
+
+use std::future::Future;
+use std::io::Write;
+use std::process::ExitCode;
+
+use crate::settings::defs::{UsedBy, DEFS};
+use crate::Settings;
+
+/// Resolves on the first SIGINT or SIGTERM.
+pub async fn signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            log::error!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                log::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => log::info!("SIGINT received, shutting down"),
+        () = term => log::info!("SIGTERM received, shutting down"),
+    }
+}
+
+/// Logging as every Relay binary does it: `RUST_LOG` (default `info`); `LOG_FORMAT=json` writes one JSON
+/// object per line.
+pub fn init_logging() {
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        builder.format(|buf, record| {
+            let line = serde_json::json!({
+                "ts": buf.timestamp_micros().to_string(),
+                "level": record.level().as_str(),
+                "target": record.target(),
+                "msg": record.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    }
+    // A second init (several services in one test process) keeps the first logger.
+    let _ = builder.try_init();
+}
+
+/// The settings `binary` reads, as `--help` prints them.
+pub fn help(binary: &str, used_by: UsedBy) -> String {
+    let mut out = format!(
+        "{binary}: part of Relay. Settings come from the environment (or a TOML file named by RELAY_CONFIG);\n\
+         a malformed value stops it at start with exit code 2.\n\nSettings:\n"
+    );
+    for d in DEFS.iter().filter(|d| d.used_by & used_by != 0) {
+        let default = if d.default.is_empty() {
+            "(empty)"
+        } else {
+            d.default
+        };
+        out.push_str(&format!(
+            "  {:<22} default {default}\n      {}\n",
+            d.name, d.meaning
+        ));
+    }
+    out.push_str("  RELAY_CONFIG           default (none)\n      A TOML file setting any of the keys above; the environment wins over it.\n");
+    out.push_str(
+        "  LOG_FORMAT             default text\n      `json`: one JSON object per log line.\n",
+    );
+    out
+}
+
+/// Runs a service binary: `--help` prints its settings and exits 0 without binding anything; otherwise a
+/// bad setting exits 2 with one line naming it, any other start-up failure exits 1 with its cause.
+pub async fn run_service<A, B, R, E1, E2>(
+    binary: &str,
+    used_by: UsedBy,
+    build: impl FnOnce(Settings) -> B,
+    run: impl FnOnce(A) -> R,
+) -> ExitCode
+where
+    B: Future<Output = Result<A, E1>>,
+    R: Future<Output = Result<(), E2>>,
+    E1: std::fmt::Display,
+    E2: std::fmt::Display,
+{
+    if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
+        // Writing the help to a closed stdout is not worth a panic.
+        let _ = std::io::stdout().write_all(help(binary, used_by).as_bytes());
+        return ExitCode::SUCCESS;
+    }
+    init_logging();
+    let settings = match Settings::load() {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("{binary} cannot start: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    log::info!("{binary} settings: {}", settings.describe(used_by));
+    if settings.api_keys.is_open() && used_by & crate::settings::defs::PERSISTER == 0 {
+        log::warn!(
+            "{binary} is open: API_KEYS is empty, so anyone who reaches it may use it (set API_KEYS before exposing it)"
+        );
+    }
+    let app = match build(settings).await {
+        Ok(app) => app,
+        Err(e) => {
+            log::error!("{binary} cannot start: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(app).await {
+        Ok(()) => {
+            log::info!("{binary} stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            log::error!("{binary} stopped with an error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

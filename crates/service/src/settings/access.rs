@@ -1,0 +1,262 @@
+//! Who may do what: `API_KEYS` (keys and their scopes) and `ALLOWED_ORIGINS` (browser origins).
+
+use std::fmt;
+use std::str::FromStr;
+
+use sha2::{Digest, Sha256};
+
+/// `ALLOWED_ORIGINS`: `*`, or a comma-separated list of origins such as `https://relay.example.com`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedOrigins {
+    Any,
+    List(Vec<String>),
+}
+
+impl AllowedOrigins {
+    pub fn allows(&self, origin: &str) -> bool {
+        match self {
+            Self::Any => true,
+            Self::List(list) => list.iter().any(|o| o.eq_ignore_ascii_case(origin)),
+        }
+    }
+}
+
+impl FromStr for AllowedOrigins {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let items: Vec<String> = s
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if items.is_empty() || items.iter().any(|o| o == "*") {
+            return Ok(Self::Any);
+        }
+        for o in &items {
+            let is_origin = url::Url::parse(o).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.origin().ascii_serialization() == o.to_ascii_lowercase()
+            });
+            if !is_origin {
+                return Err(format!("`{o}` is not an origin like https://example.com"));
+            }
+        }
+        Ok(Self::List(items))
+    }
+}
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    Publish,
+    Read,
+    Subscribe,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Publish => "publish",
+            Self::Read => "read",
+            Self::Subscribe => "subscribe",
+        }
+    }
+}
+
+impl FromStr for Scope {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "publish" => Ok(Self::Publish),
+            "read" => Ok(Self::Read),
+            "subscribe" => Ok(Self::Subscribe),
+            other => Err(format!(
+                "unknown scope `{other}` (publish, read, subscribe)"
+            )),
+        }
+    }
+}
+
+/// Who made a request, as far as keys tell: the identity of its API key, or `None` when Relay runs open.
+/// The identity is a digest prefix, so it can name the key in stored records without revealing it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Caller(pub Option<String>);
+
+/// The outcome of checking a presented key against [`ApiKeys`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    Granted(Caller),
+    /// No key, or a key that is not configured: 401.
+    Unauthenticated,
+    /// A known key without the scope: 403.
+    Forbidden,
+}
+
+/// `API_KEYS`: `key:scope+scope,…`, or `@path` naming a file that holds the same list (a mounted
+/// secret). Only digests of the keys are kept; `Debug` shows how many there are, never a key.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ApiKeys(Vec<([u8; 32], Vec<Scope>)>);
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+impl ApiKeys {
+    /// No keys configured: every request is allowed.
+    pub fn is_open(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Looks `key` up among the configured keys. Every configured key is compared, each in constant time,
+    /// so the answer's timing does not tell how much of a key was right.
+    pub fn check(&self, key: Option<&str>, scope: Scope) -> Access {
+        if self.is_open() {
+            return Access::Granted(Caller(None));
+        }
+        let Some(key) = key else {
+            return Access::Unauthenticated;
+        };
+        let presented = digest(key);
+        let mut found: Option<&([u8; 32], Vec<Scope>)> = None;
+        for entry in &self.0 {
+            let differs = entry
+                .0
+                .iter()
+                .zip(presented.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            if differs == 0 {
+                found = Some(entry);
+            }
+        }
+        match found {
+            None => Access::Unauthenticated,
+            Some((d, scopes)) if scopes.contains(&scope) => {
+                let id: String = d[..8].iter().map(|b| format!("{b:02x}")).collect();
+                Access::Granted(Caller(Some(id)))
+            }
+            Some(_) => Access::Forbidden,
+        }
+    }
+
+    fn parse_list(s: &str) -> Result<Self, String> {
+        let mut keys = Vec::new();
+        for (i, item) in s
+            .split([',', '\n'])
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+            .enumerate()
+        {
+            // The error never repeats the key itself: settings errors are logged.
+            let (key, scopes) = item
+                .rsplit_once(':')
+                .ok_or_else(|| format!("entry {} is not key:scope+scope", i + 1))?;
+            if key.is_empty() {
+                return Err(format!("entry {} has an empty key", i + 1));
+            }
+            let scopes = scopes
+                .split('+')
+                .map(str::parse)
+                .collect::<Result<Vec<Scope>, _>>()
+                .map_err(|e| format!("entry {}: {e}", i + 1))?;
+            keys.push((digest(key), scopes));
+        }
+        Ok(Self(keys))
+    }
+}
+
+impl fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiKeys({} keys)", self.0.len())
+    }
+}
+
+impl FromStr for ApiKeys {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().strip_prefix('@') {
+            Some(path) => {
+                let list = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read the key file {path}: {e}"))?;
+                Self::parse_list(&list).map_err(|e| format!("in {path}: {e}"))
+            }
+            None => Self::parse_list(s),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_grant_by_scope_and_never_print_a_key() {
+        let keys: ApiKeys = "k1:publish+read, k2:subscribe".parse().unwrap();
+        assert!(matches!(
+            keys.check(Some("k1"), Scope::Read),
+            Access::Granted(Caller(Some(_)))
+        ));
+        assert_eq!(keys.check(Some("k2"), Scope::Publish), Access::Forbidden);
+        assert_eq!(
+            keys.check(Some("nope"), Scope::Read),
+            Access::Unauthenticated
+        );
+        assert_eq!(keys.check(Some("k"), Scope::Read), Access::Unauthenticated);
+        assert_eq!(keys.check(None, Scope::Read), Access::Unauthenticated);
+        assert!(!format!("{keys:?}").contains("k1"));
+        assert_eq!(
+            ApiKeys::default().check(None, Scope::Publish),
+            Access::Granted(Caller(None))
+        );
+    }
+
+    #[test]
+    fn two_keys_are_two_callers() {
+        let keys: ApiKeys = "a:publish,b:publish".parse().unwrap();
+        let (Access::Granted(a), Access::Granted(b)) = (
+            keys.check(Some("a"), Scope::Publish),
+            keys.check(Some("b"), Scope::Publish),
+        ) else {
+            panic!("both keys are valid");
+        };
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn api_keys_can_come_from_a_file() {
+        let path = std::env::temp_dir().join(format!("relay-keys-{}", std::process::id()));
+        std::fs::write(&path, "filekey:read\nother:publish\n").unwrap();
+        let keys: ApiKeys = format!("@{}", path.display()).parse().unwrap();
+        std::fs::remove_file(&path).ok();
+        assert!(matches!(
+            keys.check(Some("filekey"), Scope::Read),
+            Access::Granted(_)
+        ));
+        assert!(matches!(
+            keys.check(Some("other"), Scope::Publish),
+            Access::Granted(_)
+        ));
+        let missing = "@/nonexistent/relay-keys".parse::<ApiKeys>().unwrap_err();
+        assert!(missing.contains("/nonexistent/relay-keys"), "{missing}");
+    }
+
+    #[test]
+    fn origins_are_checked_as_urls() {
+        assert_eq!("*".parse::<AllowedOrigins>(), Ok(AllowedOrigins::Any));
+        assert!("https://a.example, http://localhost:8081"
+            .parse::<AllowedOrigins>()
+            .is_ok());
+        for bad in [
+            "example.com",
+            "https://a.example/",
+            "ftp://a.example",
+            "https://a.example/x",
+        ] {
+            assert!(bad.parse::<AllowedOrigins>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Every setting Relay reads: its name, default, meaning and which binaries use it. The loader takes its
+//! defaults from here, `--help` prints this table, and a test checks the README's table against it, so the
+//! three cannot drift apart.
+
+/// Which binaries read a setting (a bit set of [`INGEST`], [`PERSISTER`], [`GATEWAY`]).
+pub type UsedBy = u8;
+pub const INGEST: UsedBy = 1;
+pub const PERSISTER: UsedBy = 2;
+pub const GATEWAY: UsedBy = 4;
+pub const ALL: UsedBy = INGEST | PERSISTER | GATEWAY;
+
+/// How a value is shown in logs and errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secret {
+    /// Shown as it is.
+    No,
+    /// A URL whose password is masked.
+    UrlPassword,
+    /// Never shown (only whether it is set).
+    Whole,
+}
+
+#[derive(Debug)]
+pub struct Def {
+    /// The environment variable (a settings file may use it in lower case too).
+    pub name: &'static str,
+    /// The default as text; empty means "derived" or "off", as `meaning` says.
+    pub default: &'static str,
+    pub meaning: &'static str,
+    pub used_by: UsedBy,
+    pub secret: Secret,
+}
+
+const fn def(
+    name: &'static str,
+    default: &'static str,
+    used_by: UsedBy,
+    meaning: &'static str,
+) -> Def {
+    Def {
+        name,
+        default,
+        meaning,
+        used_by,
+        secret: Secret::No,
+    }
+}
+
+const fn secret(mut d: Def, how: Secret) -> Def {
+    d.secret = how;
+    d
+}
+
+/// The settings, in the order `--help` and the README list them.
+pub const DEFS: &[Def] = &[
+    secret(
+        def("REDIS_URL", "redis://127.0.0.1:6379", ALL, "The Redis server holding the stream."),
+        Secret::UrlPassword,
+    ),
+    secret(
+        def(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/relay",
+            INGEST | PERSISTER,
+            "The Postgres database of persisted messages (created by the persister when missing).",
+        ),
+        Secret::UrlPassword,
+    ),
+    def("STREAM_KEY", "messages", ALL, "The Redis Stream of accepted messages."),
+    def("INGEST_ADDR", "127.0.0.1:8080", INGEST, "Where ingest-api listens."),
+    def("GATEWAY_ADDR", "127.0.0.1:8081", GATEWAY, "Where push-gateway listens."),
+    def(
+        "PERSISTER_ADDR",
+        "127.0.0.1:8082",
+        PERSISTER,
+        "Where the persister serves health and metrics.",
+    ),
+    def(
+        "INGEST_PUBLIC_URL",
+        "",
+        GATEWAY,
+        "The ingest API as a browser reaches it, where the live page's form posts (empty: http:// + INGEST_ADDR).",
+    ),
+    def(
+        "ALLOWED_ORIGINS",
+        "*",
+        INGEST | GATEWAY,
+        "Comma-separated browser origins allowed to call ingest-api (CORS) and open /ws; * is any.",
+    ),
+    secret(
+        def(
+            "API_KEYS",
+            "",
+            INGEST | GATEWAY,
+            "key:scope+scope,… (scopes publish, read, subscribe), or @path to read that list from a file; empty: no authentication.",
+        ),
+        Secret::Whole,
+    ),
+    def(
+        "CONSUMER_NAME",
+        "",
+        PERSISTER,
+        "This replica's name in the consumer group, stable across its restarts (empty: the host name).",
+    ),
+    def(
+        "CLAIM_IDLE_MS",
+        "15000",
+        PERSISTER,
+        "An entry pending this long on another consumer is claimed.",
+    ),
+    def(
+        "MAX_DELIVERIES",
+        "5",
+        PERSISTER,
+        "Tries after which an entry that cannot be stored goes to <STREAM_KEY>:dead.",
+    ),
+    def(
+        "STREAM_RETENTION",
+        "100000",
+        PERSISTER,
+        "Stored entries kept in the stream for replay.",
+    ),
+    def(
+        "PERSISTER_BATCH_SIZE",
+        "2000",
+        PERSISTER,
+        "Entries read, and written in one transaction, at a time.",
+    ),
+    def(
+        "PERSISTER_BLOCK_MS",
+        "1000",
+        PERSISTER,
+        "How long one XREADGROUP waits for new entries.",
+    ),
+    def(
+        "WS_SEND_QUEUE",
+        "1024",
+        GATEWAY,
+        "Frames waiting for one WebSocket client before it is closed with 1013.",
+    ),
+    def(
+        "MAX_CONNECTIONS",
+        "10000",
+        GATEWAY,
+        "WebSocket clients one gateway serves at once; more are refused with 503.",
+    ),
+    def(
+        "MAX_BODY_BYTES",
+        "1048576",
+        INGEST,
+        "The size limit of one JSON message (and of each NDJSON line).",
+    ),
+    def(
+        "MAX_BATCH_LINES",
+        "10000",
+        INGEST,
+        "The line limit of one NDJSON batch.",
+    ),
+    def(
+        "MAX_BATCH_BYTES",
+        "16777216",
+        INGEST,
+        "The size limit of one NDJSON batch.",
+    ),
+    def(
+        "MAX_BACKLOG",
+        "1000000",
+        INGEST,
+        "Persister lag (entries) above which POST /messages answers 503.",
+    ),
+    def(
+        "REDIS_TIMEOUT_MS",
+        "2000",
+        ALL,
+        "The longest a request waits on Redis before answering 503.",
+    ),
+    def(
+        "DATABASE_POOL_SIZE",
+        "8",
+        INGEST,
+        "Postgres connections of one ingest-api process.",
+    ),
+    def(
+        "RUST_LOG",
+        "info",
+        ALL,
+        "Log levels (env_logger syntax).",
+    ),
+];
+
+/// The definition named `name` (upper case).
+pub fn find(name: &str) -> Option<&'static Def> {
+    DEFS.iter().find(|d| d.name.eq_ignore_ascii_case(name))
+}
