@@ -322,6 +322,11 @@ impl Service {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// A blocking `GET` of `path` on the service.
+    pub fn get(&self, path: &str) -> reqwest::blocking::Response {
+        reqwest::blocking::get(format!("{}{path}", self.url())).unwrap()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
