@@ -1,12 +1,27 @@
-//! Test helpers for every service crate: settings that give a test its own database and stream key, and
-//! the clean-up that removes them. Tests run against the real Redis and Postgres named by `REDIS_URL` and
-//! `DATABASE_URL` (default: the local ones).
+//! Relay's one test harness, shared by every crate's `tests/`, the fault tests and the benchmark:
+//! settings that give a test its own database and stream key and the clean-up that removes them
+//! ([`test_settings`], [`Cleanup`]); the three services in-process ([`app`]) or as processes ([`procs`]);
+//! the stores as a test sees them ([`db`], [`stream`]); a WebSocket client ([`ws`]). Tests run against the
+//! real Redis and Postgres named by `REDIS_URL` and `DATABASE_URL` (default: the local ones).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod app;
+pub mod db;
 pub mod procs;
+pub mod stream;
+pub mod ws;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use diesel::{Connection, PgConnection, RunQueryDsl};
 use model::Settings;
 use uuid::Uuid;
+
+pub use app::{spawn_gateway, spawn_ingest, spawn_persister, spawn_relay, Relay, Running};
+pub use db::{count_rows, wait_for_rows};
+pub use stream::{dead_letters, entry, pending, stream_len, xadd};
+pub use ws::{Seen, Ws};
 
 /// Settings for one test: database `relay_test_<uuid>`, stream `test:<uuid>`, OS-chosen ports, and a
 /// short persister block so tests stop quickly.
@@ -30,18 +45,10 @@ pub fn test_settings() -> Settings {
     s
 }
 
-/// Rows in the `messages` table of `database_url`.
-pub fn count_rows(database_url: &str) -> i64 {
-    #[derive(diesel::QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    let mut conn = PgConnection::establish(database_url).expect("connect to the test database");
-    diesel::sql_query("SELECT count(*) AS n FROM messages")
-        .get_result::<Count>(&mut conn)
-        .expect("count rows")
-        .n
+/// A test's settings and the guard that removes its database and stream when the test ends.
+pub fn setup() -> (Settings, Cleanup) {
+    let settings = test_settings();
+    (settings.clone(), Cleanup(settings))
 }
 
 /// A synchronous Redis connection for test set-up and checks.
@@ -49,6 +56,26 @@ pub fn redis(settings: &Settings) -> redis::Connection {
     redis::Client::open(settings.redis_url.as_str())
         .and_then(|c| c.get_connection())
         .expect("connect to Redis")
+}
+
+/// Calls `fetch` every 50 ms until `done` holds for its value or `limit` passes; returns the last value,
+/// so the caller's assertion shows what was there at the deadline.
+pub async fn poll_until<T, Fut>(
+    limit: Duration,
+    mut fetch: impl FnMut() -> Fut,
+    done: impl Fn(&T) -> bool,
+) -> T
+where
+    Fut: Future<Output = T>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        let value = fetch().await;
+        if done(&value) || Instant::now() > deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Drops the test's database and its stream keys. Runs on a plain thread, since it may be called from

@@ -156,6 +156,23 @@ fn as_postgres(program: &Path) -> Command {
     }
 }
 
+/// A Postgres tool (`initdb`, `pg_ctl`) on the cluster in `dir`.
+fn pg_tool(bin: &Path, tool: &str, dir: &Path) -> Command {
+    let mut cmd = as_postgres(&bin.join(tool));
+    cmd.arg("-D").arg(dir.join("data"));
+    cmd
+}
+
+/// Runs `cmd` to its end; fails the test with its stderr unless it succeeded.
+fn run_ok(what: &str, cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 impl OwnPostgres {
     pub fn start() -> Self {
         let dir = temp_dir("pg");
@@ -167,16 +184,9 @@ impl OwnPostgres {
                 .unwrap();
         }
         let bin = pg_bin();
-        let out = as_postgres(&bin.join("initdb"))
-            .arg("-D")
-            .arg(dir.join("data"))
-            .args(["-U", "postgres", "--auth=trust", "--no-sync"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            "initdb",
+            pg_tool(&bin, "initdb", &dir).args(["-U", "postgres", "--auth=trust", "--no-sync"]),
         );
         let pg = Self {
             port: free_port(),
@@ -192,32 +202,24 @@ impl OwnPostgres {
     }
 
     pub fn restart(&self) {
-        let out = as_postgres(&self.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(self.dir.join("data"))
-            .arg("-l")
-            .arg(self.dir.join("log"))
-            .args(["-w", "-t", "30", "-o"])
-            .arg(format!(
-                "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
-                self.port,
-                self.dir.display()
-            ))
-            .arg("start")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg_ctl start: {}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            "pg_ctl start",
+            pg_tool(&self.bin, "pg_ctl", &self.dir)
+                .arg("-l")
+                .arg(self.dir.join("log"))
+                .args(["-w", "-t", "30", "-o"])
+                .arg(format!(
+                    "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+                    self.port,
+                    self.dir.display()
+                ))
+                .arg("start"),
         );
     }
 
     /// A fast shutdown: clients are disconnected, the server goes away.
     pub fn stop(&self) {
-        let _ = as_postgres(&self.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(self.dir.join("data"))
+        let _ = pg_tool(&self.bin, "pg_ctl", &self.dir)
             .args(["-m", "fast", "-w", "stop"])
             .output();
     }
@@ -264,9 +266,15 @@ pub struct Service {
 }
 
 impl Service {
-    /// Starts `name` with `env` and waits until it logs its address.
+    /// Starts the binary `name` from [`bin_dir`] with `env` and waits until it logs its address and is
+    /// ready.
     pub fn start(name: &'static str, env: &[(&str, String)]) -> Self {
-        let mut cmd = Command::new(bin_path(name));
+        Self::start_program(name, &bin_path(name), env)
+    }
+
+    /// [`Service::start`] with the binary at `program` (e.g. a test's `CARGO_BIN_EXE_<name>`).
+    pub fn start_program(name: &'static str, program: &Path, env: &[(&str, String)]) -> Self {
+        let mut cmd = Command::new(program);
         cmd.env_clear()
             .env("RUST_LOG", "info")
             .env("PATH", std::env::var("PATH").unwrap_or_default());
@@ -312,6 +320,11 @@ impl Service {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A blocking `GET` of `path` on the service.
+    pub fn get(&self, path: &str) -> reqwest::blocking::Response {
+        reqwest::blocking::get(format!("{}{path}", self.url())).unwrap()
     }
 
     pub fn pid(&self) -> u32 {
@@ -367,6 +380,32 @@ impl Drop for Service {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `env` with each of `extra` set, replacing a value `env` already has.
+pub fn with_env<'a>(
+    env: &[(&'a str, String)],
+    extra: &[(&'a str, &str)],
+) -> Vec<(&'a str, String)> {
+    let mut env = env.to_vec();
+    for (k, v) in extra {
+        env.retain(|(key, _)| key != k);
+        env.push((*k, (*v).to_owned()));
+    }
+    env
+}
+
+/// Resident and peak resident memory (`VmRSS`, `VmHWM`) of a process in KiB; zeros once it is gone.
+pub fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }
 
 /// The environment for one test's (or benchmark scenario's) services: its own stream and database, OS-chosen ports.

@@ -1,7 +1,6 @@
 //! ingest-api against real Redis and Postgres: each test gets its own database and stream key.
 #![allow(clippy::unwrap_used)]
 
-mod helpers;
 mod publish;
 mod read;
 mod round_trip;

@@ -1,6 +1,6 @@
 //! `POST /messages`: what is accepted, and every bad input of the contract.
 
-use crate::helpers::{spawn_app, spawn_with, test_settings};
+use testkit::{test_settings, Relay};
 
 async fn assert_problem(res: reqwest::Response, status: u16) -> serde_json::Value {
     assert_eq!(res.status(), status);
@@ -18,7 +18,7 @@ async fn assert_problem(res: reqwest::Response, status: u16) -> serde_json::Valu
 
 #[tokio::test]
 async fn a_json_message_is_accepted_with_202_location_and_its_ids() {
-    let app = spawn_app().await;
+    let app = Relay::ingest_only(test_settings()).await;
     let res = app.post_json(r#"{"hello":"world"}"#).await;
     assert_eq!(res.status(), 202);
     let location = res.headers()["location"].to_str().unwrap().to_owned();
@@ -41,15 +41,10 @@ async fn a_json_message_is_accepted_with_202_location_and_its_ids() {
 
 #[tokio::test]
 async fn a_charset_utf8_parameter_is_allowed() {
-    let app = spawn_app().await;
+    let app = Relay::ingest_only(test_settings()).await;
     let res = app
-        .client
-        .post(format!("{}/messages", app.address))
-        .header("content-type", "application/json; charset=UTF-8")
-        .body("[1,2]")
-        .send()
-        .await
-        .unwrap();
+        .post_as("application/json; charset=UTF-8", "[1,2]")
+        .await;
     assert_eq!(res.status(), 202);
 }
 
@@ -57,7 +52,7 @@ async fn a_charset_utf8_parameter_is_allowed() {
 async fn every_bad_input_answers_its_problem_and_writes_nothing() {
     let mut settings = test_settings();
     settings.max_body_bytes = 1024;
-    let app = spawn_with(settings, false).await;
+    let app = Relay::ingest_only(settings).await;
     let deep = format!("{}{}", "[".repeat(129), "]".repeat(129));
     let cases: Vec<(&str, Option<&str>, Vec<u8>, u16)> = vec![
         (
@@ -107,10 +102,7 @@ async fn every_bad_input_answers_its_problem_and_writes_nothing() {
         ),
     ];
     for (what, content_type, body, status) in cases {
-        let mut req = app
-            .client
-            .post(format!("{}/messages", app.address))
-            .body(body);
+        let mut req = app.post().body(body);
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
         }
@@ -131,7 +123,7 @@ async fn every_bad_input_answers_its_problem_and_writes_nothing() {
 
 #[tokio::test]
 async fn nesting_of_exactly_128_levels_is_accepted() {
-    let app = spawn_app().await;
+    let app = Relay::ingest_only(test_settings()).await;
     let res = app
         .post_json(format!("{}{}", "[".repeat(128), "]".repeat(128)))
         .await;
@@ -140,15 +132,8 @@ async fn nesting_of_exactly_128_levels_is_accepted() {
 
 #[tokio::test]
 async fn an_ndjson_batch_is_accepted_in_line_order() {
-    let app = spawn_app().await;
-    let res = app
-        .client
-        .post(format!("{}/messages", app.address))
-        .header("content-type", "application/x-ndjson")
-        .body("{\"n\":1}\n\n[2]\r\n\"three\"\n")
-        .send()
-        .await
-        .unwrap();
+    let app = Relay::ingest_only(test_settings()).await;
+    let res = app.post_ndjson("{\"n\":1}\n\n[2]\r\n\"three\"\n").await;
     assert_eq!(res.status(), 202);
     let accepted: Vec<model::Accepted> = res.json().await.unwrap();
     assert_eq!(accepted.len(), 3);
@@ -160,15 +145,8 @@ async fn an_ndjson_batch_is_accepted_in_line_order() {
 async fn a_batch_over_the_line_limit_is_refused_whole() {
     let mut settings = test_settings();
     settings.max_batch_lines = 3;
-    let app = spawn_with(settings, false).await;
-    let res = app
-        .client
-        .post(format!("{}/messages", app.address))
-        .header("content-type", "application/x-ndjson")
-        .body("1\n2\n3\n4\n")
-        .send()
-        .await
-        .unwrap();
+    let app = Relay::ingest_only(settings).await;
+    let res = app.post_ndjson("1\n2\n3\n4\n").await;
     assert_problem(res, 413).await;
     assert_eq!(app.stream_len().await, 0);
 }
@@ -177,14 +155,10 @@ async fn a_batch_over_the_line_limit_is_refused_whole() {
 async fn redis_unreachable_is_a_503_with_retry_after_not_a_hang() {
     let mut settings = test_settings();
     // A port where nothing listens.
-    let free = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let free = testkit::procs::free_port();
     settings.redis_url = format!("redis://127.0.0.1:{free}");
     settings.redis_timeout_ms = 500;
-    let app = spawn_with(settings, false).await;
+    let app = Relay::ingest_only(settings).await;
     let started = std::time::Instant::now();
     let res = app.post_json("{}").await;
     assert!(started.elapsed() < std::time::Duration::from_secs(3));
@@ -198,11 +172,10 @@ async fn redis_unreachable_is_a_503_with_retry_after_not_a_hang() {
 async fn api_keys_guard_publish_and_read_by_scope() {
     let mut settings = test_settings();
     settings.api_keys = "pub-key:publish,read-key:read".parse().unwrap();
-    let app = spawn_with(settings, false).await;
+    let app = Relay::ingest_only(settings).await;
     let post = |key: Option<&'static str>| {
         let mut req = app
-            .client
-            .post(format!("{}/messages", app.address))
+            .post()
             .header("content-type", "application/json")
             .body("{}");
         if let Some(k) = key {
@@ -216,7 +189,7 @@ async fn api_keys_guard_publish_and_read_by_scope() {
     assert_eq!(post(Some("pub-key")).await.unwrap().status(), 202);
     let read = |key: &'static str| {
         app.client
-            .get(format!("{}/messages", app.address))
+            .get(format!("{}/messages", app.ingest_url()))
             .bearer_auth(key)
             .send()
     };
@@ -228,12 +201,11 @@ async fn api_keys_guard_publish_and_read_by_scope() {
 
 #[tokio::test]
 async fn concurrent_repeats_of_one_idempotency_key_store_one_message_and_answer_one_id() {
-    let app = std::sync::Arc::new(crate::helpers::spawn_pipeline().await);
+    let app = std::sync::Arc::new(Relay::pipeline(test_settings()).await);
     let post = |key: &'static str, body: &'static str| {
         let app = std::sync::Arc::clone(&app);
         async move {
-            app.client
-                .post(format!("{}/messages", app.address))
+            app.post()
                 .header("content-type", "application/json")
                 .header("idempotency-key", key)
                 .body(body)
@@ -269,8 +241,7 @@ async fn concurrent_repeats_of_one_idempotency_key_store_one_message_and_answer_
     assert_eq!(app.row_count(), 2, "one row per key");
 
     let bad = app
-        .client
-        .post(format!("{}/messages", app.address))
+        .post()
         .header("content-type", "application/json")
         .header("idempotency-key", "")
         .body("1")
@@ -282,10 +253,9 @@ async fn concurrent_repeats_of_one_idempotency_key_store_one_message_and_answer_
 
 #[tokio::test]
 async fn a_repeated_batch_with_its_idempotency_key_answers_the_first_array() {
-    let app = spawn_app().await;
+    let app = Relay::ingest_only(test_settings()).await;
     let send = || {
-        app.client
-            .post(format!("{}/messages", app.address))
+        app.post()
             .header("content-type", "application/x-ndjson")
             .header("idempotency-key", "batch-1")
             .body("1\n2\n3\n")
@@ -302,7 +272,7 @@ async fn a_repeated_batch_with_its_idempotency_key_answers_the_first_array() {
 async fn posts_get_503_while_the_backlog_is_over_max_backlog_and_202_once_drained() {
     let mut settings = test_settings();
     settings.max_backlog = 5;
-    let mut app = spawn_with(settings.clone(), false).await;
+    let mut app = Relay::ingest_only(settings).await;
     for i in 0..8 {
         assert_eq!(app.post_json(i.to_string()).await.status(), 202);
     }
@@ -316,7 +286,7 @@ async fn posts_get_503_while_the_backlog_is_over_max_backlog_and_202_once_draine
     );
     assert_eq!(app.stream_len().await, 8, "nothing written while refused");
 
-    app.start_persister(settings).await;
+    app.start_persister().await;
     assert_eq!(app.wait_for_messages(8).await.len(), 8);
     tokio::time::sleep(ingest_api::backlog::REFRESH * 3).await;
     assert_eq!(app.post_json("10").await.status(), 202);

@@ -1,19 +1,20 @@
 //! `GET /messages` and `GET /messages/{id}`: paging, bad parameters, and reading a large table in
 //! bounded memory.
 
-use diesel::{Connection, PgConnection, RunQueryDsl};
+use diesel::{PgConnection, RunQueryDsl};
 
-use crate::helpers::spawn_app;
+use testkit::db::{pg, with_connection};
+use testkit::procs::{free_port, memory_kib, Service};
+use testkit::{test_settings, Relay};
 
 /// Inserts `n` rows straight into the test's table: `payload_bytes` of JSON each, stream ids 1-0 … n-0.
-fn insert_rows(database_url: &str, n: i64, payload_bytes: usize) {
-    let mut conn = PgConnection::establish(database_url).unwrap();
+fn insert_rows(conn: &mut PgConnection, n: i64, payload_bytes: usize) {
     diesel::sql_query(format!(
         "INSERT INTO messages (stream_ms, stream_seq, id, received_at, payload) \
          SELECT i, 0, gen_random_uuid(), now(), json_build_object('i', i, 'pad', repeat('x', {payload_bytes})) \
          FROM generate_series(1, {n}) AS i"
     ))
-    .execute(&mut conn)
+    .execute(conn)
     .unwrap();
 }
 
@@ -25,11 +26,8 @@ fn next_link(res: &reqwest::Response) -> Option<String> {
 
 #[tokio::test]
 async fn paging_walks_the_link_chain_to_exactly_the_full_set() {
-    let app = spawn_app().await;
-    let url = app.settings.database_url.clone();
-    tokio::task::spawn_blocking(move || insert_rows(&url, 2345, 10))
-        .await
-        .unwrap();
+    let app = Relay::ingest_only(test_settings()).await;
+    with_connection(&app.settings, |conn| insert_rows(conn, 2345, 10)).await;
     let mut next = Some("/messages?limit=1000".to_owned());
     let (mut seen, mut pages) = (Vec::new(), 0);
     while let Some(path) = next {
@@ -54,11 +52,8 @@ async fn paging_walks_the_link_chain_to_exactly_the_full_set() {
 
 #[tokio::test]
 async fn after_is_exclusive_and_compares_stream_ids_numerically() {
-    let app = spawn_app().await;
-    let url = app.settings.database_url.clone();
-    tokio::task::spawn_blocking(move || insert_rows(&url, 12, 1))
-        .await
-        .unwrap();
+    let app = Relay::ingest_only(test_settings()).await;
+    with_connection(&app.settings, |conn| insert_rows(conn, 12, 1)).await;
     // "9-0" < "10-0" numerically, though not as strings.
     let page: Vec<serde_json::Value> = app
         .get("/messages?after=9-0&limit=10")
@@ -77,7 +72,7 @@ async fn after_is_exclusive_and_compares_stream_ids_numerically() {
 
 #[tokio::test]
 async fn bad_after_or_limit_is_a_400_problem() {
-    let app = spawn_app().await;
+    let app = Relay::ingest_only(test_settings()).await;
     for q in [
         "after=abc",
         "after=1-",
@@ -99,12 +94,9 @@ async fn bad_after_or_limit_is_a_400_problem() {
 
 #[tokio::test]
 async fn one_message_by_id_or_404_or_400() {
-    let app = spawn_app().await;
-    let url = app.settings.database_url.clone();
-    tokio::task::spawn_blocking(move || insert_rows(&url, 3, 1))
-        .await
-        .unwrap();
-    let all = app.all_messages().await;
+    let app = Relay::ingest_only(test_settings()).await;
+    with_connection(&app.settings, |conn| insert_rows(conn, 3, 1)).await;
+    let all = app.get_messages().await;
     let id = all[1]["id"].as_str().unwrap();
     let res = app.get(&format!("/messages/{id}")).await;
     assert_eq!(res.status(), 200);
@@ -122,7 +114,7 @@ async fn one_message_by_id_or_404_or_400() {
 
 #[tokio::test]
 async fn an_empty_table_reads_as_an_empty_array() {
-    let app = spawn_app().await;
+    let app = Relay::ingest_only(test_settings()).await;
     assert_eq!(app.get("/messages").await.text().await.unwrap(), "[]");
     assert_eq!(
         app.get("/messages?limit=5").await.text().await.unwrap(),
@@ -132,19 +124,14 @@ async fn an_empty_table_reads_as_an_empty_array() {
 
 #[tokio::test]
 async fn postgres_unreachable_makes_reads_a_503_while_posts_still_succeed() {
-    let mut settings = crate::helpers::test_settings();
-    let free = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let app = crate::helpers::spawn_with(settings.clone(), false).await;
+    let mut settings = test_settings();
+    let free = free_port();
+    let app = Relay::ingest_only(settings.clone()).await;
     // A second instance of ingest-api on the same stream whose database is a port where nothing listens.
     settings.database_url = format!("postgres://postgres@127.0.0.1:{free}/nowhere");
     settings.redis_timeout_ms = 500;
-    let broken = ingest_api::Application::build(settings).await.unwrap();
-    let address = format!("http://127.0.0.1:{}", broken.port());
-    tokio::spawn(broken.run_until_stopped(std::future::pending()));
+    let broken = testkit::spawn_ingest(settings).await;
+    let address = broken.url();
     for path in [
         "/messages",
         "/messages?limit=10",
@@ -181,26 +168,20 @@ async fn postgres_unreachable_makes_reads_a_503_while_posts_still_succeed() {
 /// resident memory: a server that buffered the response would grow by the body's size.
 #[test]
 fn reading_100000_rows_streams_in_bounded_memory() {
-    let settings = crate::helpers::test_settings();
+    let settings = test_settings();
     store::prepare_database(&settings.database_url).unwrap();
-    insert_rows(&settings.database_url, 100_000, 1000);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ingest-api"))
-        .env("DATABASE_URL", &settings.database_url)
-        .env("REDIS_URL", &settings.redis_url)
-        .env("INGEST_ADDR", "127.0.0.1:0")
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let port = listening_port(child.stderr.take().unwrap());
-    let pid = child.id();
-    let baseline = rss_kib(pid);
+    insert_rows(&mut pg(&settings.database_url).unwrap(), 100_000, 1000);
+    let ingest = Service::start_program(
+        "ingest-api",
+        std::path::Path::new(env!("CARGO_BIN_EXE_ingest-api")),
+        &testkit::procs::env_for(&settings),
+    );
+    let pid = ingest.pid();
+    let baseline = memory_kib(pid).0;
     let sampler = std::thread::spawn(move || {
         let mut peak = 0;
-        while let Some(rss) = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .map(|_| rss_kib(pid))
-        {
+        loop {
+            let rss = memory_kib(pid).0;
             peak = peak.max(rss);
             if rss == 0 {
                 break;
@@ -213,7 +194,7 @@ fn reading_100000_rows_streams_in_bounded_memory() {
         .timeout(None)
         .build()
         .unwrap()
-        .get(format!("http://127.0.0.1:{port}/messages"))
+        .get(format!("{}/messages", ingest.url()))
         .send()
         .unwrap();
     assert_eq!(res.status(), 200);
@@ -221,10 +202,9 @@ fn reading_100000_rows_streams_in_bounded_memory() {
     let reader = std::io::BufReader::new(res);
     let items: Vec<serde::de::IgnoredAny> = serde_json::from_reader(reader).unwrap();
     assert_eq!(items.len(), 100_000);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    ingest.kill();
     let peak = sampler.join().unwrap();
-    crate::helpers::cleanup(&settings);
+    testkit::cleanup(&settings);
     let grown_mib = peak.saturating_sub(baseline) / 1024;
     eprintln!(
         "ingest-api RSS: baseline {} KiB, peak {peak} KiB (+{grown_mib} MiB) for ~100 MiB of JSON",
@@ -237,36 +217,9 @@ fn reading_100000_rows_streams_in_bounded_memory() {
     );
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// The port from the binary's "listening on 127.0.0.1:PORT" log line.
-fn listening_port(stderr: std::process::ChildStderr) -> u16 {
-    use std::io::BufRead;
-    let mut lines = std::io::BufReader::new(stderr).lines();
-    let port = loop {
-        let line = lines
-            .next()
-            .expect("ingest-api exited before listening")
-            .unwrap();
-        if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    // Keep draining the log so the child never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    port
-}
-
 #[tokio::test]
 async fn unknown_routes_are_problem_404s() {
-    let app = spawn_app().await;
+    let app = Relay::ingest_only(test_settings()).await;
     let res = app.get("/nope").await;
     assert_eq!(res.status(), 404);
     assert_eq!(res.headers()["content-type"], "application/problem+json");
@@ -274,7 +227,7 @@ async fn unknown_routes_are_problem_404s() {
 
 #[tokio::test]
 async fn the_openapi_document_describes_every_route_and_docs_render_it_locally() {
-    let app = spawn_app().await;
+    let app = Relay::ingest_only(test_settings()).await;
     let res = app.get("/openapi.json").await;
     assert_eq!(res.status(), 200);
     let doc: serde_json::Value = res.json().await.unwrap();

@@ -1,10 +1,10 @@
 //! The whole write path: POST → stream → persister → Postgres → GET, byte for byte.
 
-use crate::helpers::spawn_pipeline;
+use testkit::{test_settings, Relay};
 
 #[tokio::test]
 async fn a_varied_set_round_trips_exactly_in_order_with_the_ids_of_the_202s() {
-    let app = spawn_pipeline().await;
+    let app = Relay::pipeline(test_settings()).await;
     let payloads = [
         r#"{"hello":"world"}"#,
         r#"{"z":1,"a":2,"m":{"nested":[1,2,{"deep":true}]}}"#,
@@ -49,16 +49,9 @@ async fn a_varied_set_round_trips_exactly_in_order_with_the_ids_of_the_202s() {
 
 #[tokio::test]
 async fn a_batch_round_trips_in_line_order() {
-    let app = spawn_pipeline().await;
+    let app = Relay::pipeline(test_settings()).await;
     let lines: Vec<String> = (0..500).map(|i| format!("{{\"line\":{i}}}")).collect();
-    let res = app
-        .client
-        .post(format!("{}/messages", app.address))
-        .header("content-type", "application/x-ndjson")
-        .body(lines.join("\n"))
-        .send()
-        .await
-        .unwrap();
+    let res = app.post_ndjson(lines.join("\n")).await;
     assert_eq!(res.status(), 202);
     let accepted: Vec<serde_json::Value> = res.json().await.unwrap();
     let stored = app.wait_for_messages(500).await;

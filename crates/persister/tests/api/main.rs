@@ -1,6 +1,5 @@
 //! The persister against real Redis and Postgres: each test gets its own database and stream key.
 #![allow(clippy::unwrap_used)]
 
-mod helpers;
 mod recovery;
 mod storing;

@@ -5,16 +5,12 @@ use model::redis_stream::redis::aio::ConnectionManager;
 use persister::group::{self, Cursor};
 use store::NewMessage;
 
-use crate::helpers::{entry, pending, setup, wait_for_rows, xadd, RunningPersister};
+use testkit::{entry, pending, setup, spawn_persister, wait_for_rows, xadd};
 
 #[tokio::test]
 async fn a_persister_killed_between_commit_and_ack_loses_and_duplicates_nothing() {
     let (settings, _cleanup) = setup();
-    let url = settings.database_url.clone();
-    tokio::task::spawn_blocking(move || store::prepare_database(&url))
-        .await
-        .unwrap()
-        .unwrap();
+    testkit::db::prepare_database(&settings).await;
     xadd(
         &settings,
         &(0..300)
@@ -57,7 +53,7 @@ async fn a_persister_killed_between_commit_and_ack_loses_and_duplicates_nothing(
     assert_eq!(testkit::count_rows(&settings.database_url), 200);
 
     // The replica restarts under the same name: it drains its own pending entries, then the rest.
-    let persister = RunningPersister::start(settings.clone()).await;
+    let persister = spawn_persister(settings.clone()).await;
     assert_eq!(wait_for_rows(&settings, 300).await, 300);
     persister.stop().await;
     assert_eq!(
@@ -79,7 +75,7 @@ async fn a_stopped_persister_resumes_where_it_left_off() {
         &settings,
         &(0..100).map(|i| entry(&i.to_string())).collect::<Vec<_>>(),
     );
-    let first = RunningPersister::start(settings.clone()).await;
+    let first = spawn_persister(settings.clone()).await;
     assert_eq!(wait_for_rows(&settings, 100).await, 100);
     first.stop().await;
     xadd(
@@ -88,7 +84,7 @@ async fn a_stopped_persister_resumes_where_it_left_off() {
             .map(|i| entry(&i.to_string()))
             .collect::<Vec<_>>(),
     );
-    let second = RunningPersister::start(settings.clone()).await;
+    let second = spawn_persister(settings.clone()).await;
     assert_eq!(wait_for_rows(&settings, 250).await, 250);
     second.stop().await;
     assert_eq!(testkit::count_rows(&settings.database_url), 250);
@@ -99,7 +95,7 @@ async fn a_stopped_persister_resumes_where_it_left_off() {
 async fn a_persister_recreates_its_group_when_redis_loses_it() {
     let (settings, _cleanup) = setup();
     xadd(&settings, &[entry("1")]);
-    let persister = RunningPersister::start(settings.clone()).await;
+    let persister = spawn_persister(settings.clone()).await;
     assert_eq!(wait_for_rows(&settings, 1).await, 1);
     // What a Redis restart without persistence looks like to the persister: the stream and group are gone.
     let mut conn = testkit::redis(&settings);
@@ -175,12 +171,7 @@ async fn trimming_never_drops_a_pending_or_undelivered_entry_and_keeps_the_reten
     let acked: Vec<&str> = ids[..3].iter().map(String::as_str).collect();
     group::ack(&mut conn, key, &acked).await.unwrap();
 
-    assert_eq!(
-        group::trim_acknowledged(&mut conn, key, 0, 1000)
-            .await
-            .unwrap(),
-        3
-    );
+    assert_eq!(trim(&mut conn, key, 0).await, 3);
     assert_eq!(
         first(&mut redis),
         (7, ids[3].clone()),
@@ -189,12 +180,7 @@ async fn trimming_never_drops_a_pending_or_undelivered_entry_and_keeps_the_reten
 
     let acked: Vec<&str> = ids[3..6].iter().map(String::as_str).collect();
     group::ack(&mut conn, key, &acked).await.unwrap();
-    assert_eq!(
-        group::trim_acknowledged(&mut conn, key, 0, 1000)
-            .await
-            .unwrap(),
-        3
-    );
+    assert_eq!(trim(&mut conn, key, 0).await, 3);
     assert_eq!(
         first(&mut redis),
         (4, ids[6].clone()),
@@ -206,21 +192,18 @@ async fn trimming_never_drops_a_pending_or_undelivered_entry_and_keeps_the_reten
         .unwrap();
     let acked: Vec<&str> = rest.iter().map(|d| d.raw_id.as_str()).collect();
     group::ack(&mut conn, key, &acked).await.unwrap();
-    assert_eq!(
-        group::trim_acknowledged(&mut conn, key, 3, 1000)
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(trim(&mut conn, key, 3).await, 1);
     assert_eq!(
         first(&mut redis),
         (3, ids[7].clone()),
         "STREAM_RETENTION entries stay for replay"
     );
-    assert_eq!(
-        group::trim_acknowledged(&mut conn, key, 3, 1000)
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(trim(&mut conn, key, 3).await, 0);
+}
+
+/// One trim as the persister runs it, 1000 entries at the most; how many it removed.
+async fn trim(conn: &mut ConnectionManager, key: &str, retention: u64) -> u64 {
+    group::trim_acknowledged(conn, key, retention, 1000)
+        .await
+        .unwrap()
 }

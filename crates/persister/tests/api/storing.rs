@@ -1,10 +1,9 @@
 //! Storing: what arrives in Postgres, and what never can.
 
-use diesel::{Connection, PgConnection};
-use model::StreamId;
+use model::{Settings, StreamId};
 use store::NewMessage;
-
-use crate::helpers::{entry, pending, setup, wait_for_rows, xadd, RunningPersister};
+use testkit::db::with_connection;
+use testkit::{entry, pending, setup, spawn_persister, wait_for_rows, xadd};
 
 #[tokio::test]
 async fn the_persister_creates_its_database_and_stores_what_was_posted_before_it_started() {
@@ -16,9 +15,9 @@ async fn the_persister_creates_its_database_and_stores_what_was_posted_before_it
             .map(|i| entry(&format!("{{\"i\":{i}}}")))
             .collect::<Vec<_>>(),
     );
-    let persister = RunningPersister::start(settings.clone()).await;
+    let persister = spawn_persister(settings.clone()).await;
     assert_eq!(wait_for_rows(&settings, 50).await, 50);
-    let ready = reqwest::get(format!("http://127.0.0.1:{}/readyz", persister.port))
+    let ready = reqwest::get(format!("{}/readyz", persister.url()))
         .await
         .unwrap();
     assert_eq!(ready.status(), 200);
@@ -29,21 +28,19 @@ async fn the_persister_creates_its_database_and_stores_what_was_posted_before_it
 #[tokio::test]
 async fn the_same_batch_stored_twice_leaves_one_row_each() {
     let (settings, _cleanup) = setup();
+    testkit::db::prepare_database(&settings).await;
     let url = settings.database_url.clone();
-    tokio::task::spawn_blocking(move || {
-        store::prepare_database(&url).unwrap();
-        let mut conn = PgConnection::establish(&url).unwrap();
+    with_connection(&settings, move |conn| {
         let rows: Vec<NewMessage> = (1..=10)
             .map(|i| NewMessage::from_entry(StreamId::new(i, 0), entry(&i.to_string())))
             .collect();
-        assert_eq!(store::write::store_batch(&mut conn, &rows[..6]).unwrap(), 6);
+        assert_eq!(store::write::store_batch(conn, &rows[..6]).unwrap(), 6);
         // A redelivery that overlaps: 4 rows already there, 4 new ones.
-        assert_eq!(store::write::store_batch(&mut conn, &rows[2..]).unwrap(), 4);
-        assert_eq!(store::write::store_batch(&mut conn, &rows).unwrap(), 0);
+        assert_eq!(store::write::store_batch(conn, &rows[2..]).unwrap(), 4);
+        assert_eq!(store::write::store_batch(conn, &rows).unwrap(), 0);
         assert_eq!(testkit::count_rows(&url), 10);
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test]
@@ -61,12 +58,9 @@ async fn an_undecodable_entry_goes_to_the_dead_letter_stream_and_its_neighbours_
         .query(&mut conn)
         .unwrap();
     xadd(&settings, &[entry("3")]);
-    let persister = RunningPersister::start(settings.clone()).await;
+    let persister = spawn_persister(settings.clone()).await;
     assert_eq!(wait_for_rows(&settings, 2).await, 2);
-    let dead = crate::helpers::dead_letters(&settings, 1).await;
-    assert_eq!(dead.len(), 1);
-    let source: String = redis::from_redis_value(dead[0].map["source_id"].clone()).unwrap();
-    let reason: String = redis::from_redis_value(dead[0].map["reason"].clone()).unwrap();
+    let (source, reason) = the_dead_letter(&settings).await;
     assert_eq!(source, poison);
     assert!(reason.contains("id"), "{reason}");
     persister.stop().await;
@@ -80,19 +74,16 @@ async fn an_undecodable_entry_goes_to_the_dead_letter_stream_and_its_neighbours_
 #[tokio::test]
 async fn a_row_postgres_refuses_is_dead_lettered_and_the_rest_of_its_batch_is_stored() {
     let (settings, _cleanup) = setup();
-    let url = settings.database_url.clone();
     // Sabotage the database: a constraint that refuses one particular payload.
-    tokio::task::spawn_blocking(move || {
-        store::prepare_database(&url).unwrap();
-        let mut conn = PgConnection::establish(&url).unwrap();
+    testkit::db::prepare_database(&settings).await;
+    with_connection(&settings, |conn| {
         diesel::RunQueryDsl::execute(
             diesel::sql_query("ALTER TABLE messages ADD CONSTRAINT no_poison CHECK (payload::text NOT LIKE '%poison%')"),
-            &mut conn,
+            conn,
         )
         .unwrap();
     })
-    .await
-    .unwrap();
+    .await;
     let ids = xadd(
         &settings,
         &[
@@ -101,12 +92,9 @@ async fn a_row_postgres_refuses_is_dead_lettered_and_the_rest_of_its_batch_is_st
             entry("\"fine 2\""),
         ],
     );
-    let persister = RunningPersister::start(settings.clone()).await;
+    let persister = spawn_persister(settings.clone()).await;
     assert_eq!(wait_for_rows(&settings, 2).await, 2);
-    let dead = crate::helpers::dead_letters(&settings, 1).await;
-    assert_eq!(dead.len(), 1);
-    let source: String = redis::from_redis_value(dead[0].map["source_id"].clone()).unwrap();
-    let reason: String = redis::from_redis_value(dead[0].map["reason"].clone()).unwrap();
+    let (source, reason) = the_dead_letter(&settings).await;
     assert_eq!(source, ids[1]);
     assert!(
         reason.contains("rejected by Postgres") && reason.contains("no_poison"),
@@ -115,4 +103,13 @@ async fn a_row_postgres_refuses_is_dead_lettered_and_the_rest_of_its_batch_is_st
     persister.stop().await;
     assert_eq!(pending(&settings), 0);
     assert_eq!(testkit::count_rows(&settings.database_url), 2);
+}
+
+/// The one entry of the test's dead-letter stream: the id of the entry it stands for, and why.
+async fn the_dead_letter(settings: &Settings) -> (String, String) {
+    let dead = testkit::dead_letters(settings, 1).await;
+    assert_eq!(dead.len(), 1);
+    let field =
+        |name: &str| -> String { redis::from_redis_value(dead[0].map[name].clone()).unwrap() };
+    (field("source_id"), field("reason"))
 }

@@ -6,11 +6,11 @@
 //! fails with the install command, unless `RELAY_SKIP_BROWSER=1` is set explicitly (CI never sets it).
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::spawn;
+use testkit::{spawn_relay, test_settings};
 
 const CHROME_FLAGS: &[&str] = &[
     "--headless",
@@ -60,11 +60,7 @@ impl Browser {
                  (make test installs them when it can; RELAY_SKIP_BROWSER=1 opts out explicitly)"
             );
         };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = testkit::procs::free_port();
         let driver = Command::new(driver)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -85,15 +81,7 @@ impl Browser {
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": chromium, "args": args}
         }}});
-        let res: Value = http
-            .post(format!("{base}/session"))
-            .json(&caps)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let res = answer(http.post(format!("{base}/session")).json(&caps)).await;
         let session = res["value"]["sessionId"]
             .as_str()
             .unwrap_or_else(|| panic!("no session: {res}"))
@@ -107,16 +95,12 @@ impl Browser {
     }
 
     async fn cmd(&self, path: &str, body: Value) -> Value {
-        let res: Value = self
-            .http
-            .post(format!("{}{path}", self.session))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let res = answer(
+            self.http
+                .post(format!("{}{path}", self.session))
+                .json(&body),
+        )
+        .await;
         assert!(
             res["value"].get("error").is_none(),
             "WebDriver {path}: {res}"
@@ -150,15 +134,7 @@ impl Browser {
     }
 
     async fn screenshot(&self) -> Vec<u8> {
-        let res: Value = self
-            .http
-            .get(format!("{}/screenshot", self.session))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let res = answer(self.http.get(format!("{}/screenshot", self.session))).await;
         use std::io::Read;
         let b64 = res["value"].as_str().unwrap();
         base64_decode(b64.as_bytes())
@@ -201,6 +177,11 @@ impl Drop for Browser {
     }
 }
 
+/// A WebDriver command's JSON answer.
+async fn answer(req: reqwest::RequestBuilder) -> Value {
+    req.send().await.unwrap().json().await.unwrap()
+}
+
 fn base64_decode(input: &[u8]) -> std::io::Cursor<Vec<u8>> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = Vec::with_capacity(input.len() * 3 / 4);
@@ -220,21 +201,18 @@ fn base64_decode(input: &[u8]) -> std::io::Cursor<Vec<u8>> {
     std::io::Cursor::new(out)
 }
 
-async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
+async fn wait_until<F, Fut>(what: &str, limit: Duration, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let done = testkit::poll_until(limit, check, |done| *done).await;
+    assert!(done, "timed out waiting for {what}");
 }
 
 #[tokio::test]
 async fn the_live_page_shows_posted_messages_and_resumes_after_a_gateway_restart() {
-    let mut relay = spawn(testkit::test_settings(), true).await;
+    let mut relay = spawn_relay(test_settings()).await;
     let Some(browser) = Browser::start().await else {
         return;
     };
@@ -247,7 +225,7 @@ async fn the_live_page_shows_posted_messages_and_resumes_after_a_gateway_restart
 
     // Posted over HTTP → on the page.
     let posted = relay
-        .post(
+        .publish(
             r#"{"from":"curl","html":"<b>not bold</b>","big":123456789012345678901234567890}"#
                 .into(),
         )
@@ -296,7 +274,7 @@ async fn the_live_page_shows_posted_messages_and_resumes_after_a_gateway_restart
     })
     .await;
     let during = relay
-        .post_batch(
+        .publish_batch(
             &(0..10)
                 .map(|i| format!(r#"{{"during_restart":{i}}}"#))
                 .collect::<Vec<_>>(),

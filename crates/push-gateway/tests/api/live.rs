@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{spawn, Seen};
+use testkit::{test_settings, Relay, Seen};
 
 fn ids(accepted: &[serde_json::Value]) -> Vec<String> {
     accepted
@@ -24,13 +24,13 @@ fn stream_ids(messages: &[serde_json::Value]) -> Vec<String> {
 
 #[tokio::test]
 async fn every_posted_message_reaches_a_socket_in_order_with_its_payload() {
-    let relay = spawn(testkit::test_settings(), false).await;
-    let mut ws = relay.connect("").await;
+    let relay = Relay::live(test_settings()).await;
+    let mut ws = relay.ws_connect("").await;
     let mut accepted = Vec::new();
     for i in 0..200 {
         accepted.push(
             relay
-                .post(format!(
+                .publish(format!(
                     r#"{{"i":{i},"big":123456789012345678901234567890}}"#
                 ))
                 .await,
@@ -45,7 +45,7 @@ async fn every_posted_message_reaches_a_socket_in_order_with_its_payload() {
     }
     // The payload text itself is unchanged (no float rounding of the big number).
     relay
-        .post(r#"{"n":123456789012345678901234567890}"#.into())
+        .publish(r#"{"n":123456789012345678901234567890}"#.into())
         .await;
     let raw = match ws.0.next().await.unwrap().unwrap() {
         Message::Text(t) => t.to_string(),
@@ -60,11 +60,11 @@ async fn every_posted_message_reaches_a_socket_in_order_with_its_payload() {
 #[tokio::test]
 async fn a_reconnect_with_since_gets_exactly_the_missing_messages_then_live_ones_while_posts_continue(
 ) {
-    let relay = std::sync::Arc::new(spawn(testkit::test_settings(), false).await);
-    let mut ws = relay.connect("").await;
+    let relay = std::sync::Arc::new(Relay::live(test_settings()).await);
+    let mut ws = relay.ws_connect("").await;
     let mut accepted = Vec::new();
     for i in 0..50 {
-        accepted.push(relay.post(format!("{i}")).await);
+        accepted.push(relay.publish(format!("{i}")).await);
     }
     let first = ws.messages(50).await;
     let since = first.last().unwrap()["stream_id"]
@@ -74,7 +74,7 @@ async fn a_reconnect_with_since_gets_exactly_the_missing_messages_then_live_ones
     ws.close().await;
 
     for i in 50..100 {
-        accepted.push(relay.post(format!("{i}")).await);
+        accepted.push(relay.publish(format!("{i}")).await);
     }
     // Keep posting while the client reconnects and replays, so live frames and the replay overlap.
     let poster = {
@@ -82,13 +82,13 @@ async fn a_reconnect_with_since_gets_exactly_the_missing_messages_then_live_ones
         tokio::spawn(async move {
             let mut more = Vec::new();
             for i in 100..400 {
-                more.push(relay.post(format!("{i}")).await);
+                more.push(relay.publish(format!("{i}")).await);
             }
             more
         })
     };
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let mut ws = relay.connect(&format!("?since={since}")).await;
+    let mut ws = relay.ws_connect(&format!("?since={since}")).await;
     accepted.extend(poster.await.unwrap());
     let rest = ws.messages(350).await;
     assert_eq!(
@@ -101,9 +101,9 @@ async fn a_reconnect_with_since_gets_exactly_the_missing_messages_then_live_ones
 
 #[tokio::test]
 async fn since_older_than_the_stream_starts_with_a_gap_frame() {
-    let relay = spawn(testkit::test_settings(), false).await;
+    let relay = Relay::live(test_settings()).await;
     let accepted = relay
-        .post_batch(&(0..20).map(|i| i.to_string()).collect::<Vec<_>>())
+        .publish_batch(&(0..20).map(|i| i.to_string()).collect::<Vec<_>>())
         .await;
     let ids = ids(&accepted);
     // Trim the first ten entries, as retention would.
@@ -115,7 +115,7 @@ async fn since_older_than_the_stream_starts_with_a_gap_frame() {
         .query(&mut redis)
         .unwrap();
 
-    let mut ws = relay.connect(&format!("?since={}", ids[2])).await;
+    let mut ws = relay.ws_connect(&format!("?since={}", ids[2])).await;
     let gap = ws.frame().await;
     assert_eq!(
         gap,
@@ -125,14 +125,14 @@ async fn since_older_than_the_stream_starts_with_a_gap_frame() {
     assert_eq!(stream_ids(&replayed), ids[10..]);
 
     // A `since` inside what the stream still holds needs no gap.
-    let mut ws = relay.connect(&format!("?since={}", ids[15])).await;
+    let mut ws = relay.ws_connect(&format!("?since={}", ids[15])).await;
     assert_eq!(stream_ids(&ws.messages(4).await), ids[16..]);
     // Nor does any `since` on a stream that was never trimmed.
-    let relay = spawn(testkit::test_settings(), false).await;
+    let relay = Relay::live(test_settings()).await;
     let accepted = relay
-        .post_batch(&(0..3).map(|i| i.to_string()).collect::<Vec<_>>())
+        .publish_batch(&(0..3).map(|i| i.to_string()).collect::<Vec<_>>())
         .await;
-    let mut ws = relay.connect("?since=0-0").await;
+    let mut ws = relay.ws_connect("?since=0-0").await;
     assert_eq!(
         stream_ids(&ws.messages(3).await),
         crate::live::ids(&accepted)
@@ -141,25 +141,25 @@ async fn since_older_than_the_stream_starts_with_a_gap_frame() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_closed_with_1013_and_others_get_everything() {
-    let mut settings = testkit::test_settings();
+    let mut settings = test_settings();
     // Each batch below is published to the hub at once, so the queue must hold one batch: the fast client
     // drains it before the next; the slow one never does.
     settings.ws_send_queue = 600;
-    let relay = spawn(settings, false).await;
+    let relay = Relay::live(settings).await;
     // The slow client: a tiny receive buffer, and it reads nothing until the end.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket
-        .connect(relay.gateway.parse().unwrap())
+        .connect(relay.gateway_addr().parse().unwrap())
         .await
         .unwrap();
     let (mut slow, _) = tokio_tungstenite::client_async(
-        format!("ws://{}/ws", relay.gateway),
+        format!("ws://{}/ws", relay.gateway_addr()),
         tokio_tungstenite::MaybeTlsStream::Plain(stream),
     )
     .await
     .unwrap();
-    let mut fast = relay.connect("").await;
+    let mut fast = relay.ws_connect("").await;
 
     // 20 × 500 messages of 1 KB: far more than the slow client's socket buffers and queue can hold.
     let pad = "x".repeat(1000);
@@ -168,7 +168,7 @@ async fn a_client_that_stops_reading_is_closed_with_1013_and_others_get_everythi
         let lines: Vec<String> = (0..500)
             .map(|i| format!(r#"{{"n":{},"pad":"{pad}"}}"#, chunk * 500 + i))
             .collect();
-        accepted.extend(relay.post_batch(&lines).await);
+        accepted.extend(relay.publish_batch(&lines).await);
         got.extend(fast.messages(500).await);
     }
     assert_eq!(
@@ -201,12 +201,12 @@ async fn a_client_that_stops_reading_is_closed_with_1013_and_others_get_everythi
 
 #[tokio::test]
 async fn refusals_bad_since_foreign_origin_missing_key_and_the_connection_cap() {
-    let mut settings = testkit::test_settings();
+    let mut settings = test_settings();
     settings.allowed_origins = "http://allowed.example".parse().unwrap();
     settings.api_keys = "sub:subscribe,pub:publish".parse().unwrap();
     settings.max_connections = 1;
-    let relay = spawn(settings, false).await;
-    let base = format!("http://{}/ws", relay.gateway);
+    let relay = Relay::live(settings).await;
+    let base = format!("http://{}/ws", relay.gateway_addr());
     let handshake = |url: String, origin: Option<&'static str>| {
         let mut req = relay
             .client
@@ -218,20 +218,18 @@ async fn refusals_bad_since_foreign_origin_missing_key_and_the_connection_cap() 
         if let Some(o) = origin {
             req = req.header("origin", o);
         }
-        req.send()
+        async move { req.send().await.unwrap() }
     };
-    assert_eq!(handshake(base.clone(), None).await.unwrap().status(), 401);
+    assert_eq!(handshake(base.clone(), None).await.status(), 401);
     assert_eq!(
         handshake(format!("{base}?access_token=pub"), None)
             .await
-            .unwrap()
             .status(),
         403
     );
     assert_eq!(
         handshake(format!("{base}?access_token=sub&since=nope"), None)
             .await
-            .unwrap()
             .status(),
         400
     );
@@ -239,25 +237,22 @@ async fn refusals_bad_since_foreign_origin_missing_key_and_the_connection_cap() 
         format!("{base}?access_token=sub"),
         Some("http://evil.example"),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(foreign.status(), 403);
     assert_eq!(
         foreign.headers()["content-type"],
         "application/problem+json"
     );
 
-    let mut first = relay.connect("?access_token=sub").await;
+    let mut first = relay.ws_connect("?access_token=sub").await;
     let refused = handshake(
         format!("{base}?access_token=sub"),
         Some("http://allowed.example"),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(refused.status(), 503, "over MAX_CONNECTIONS");
     let posted = relay
-        .client
-        .post(format!("{}/messages", relay.ingest))
+        .post()
         .bearer_auth("pub")
         .header("content-type", "application/json")
         .body("1")
@@ -269,7 +264,7 @@ async fn refusals_bad_since_foreign_origin_missing_key_and_the_connection_cap() 
     assert_eq!(
         relay
             .client
-            .get(format!("http://{}/healthz", relay.gateway))
+            .get(format!("http://{}/healthz", relay.gateway_addr()))
             .send()
             .await
             .unwrap()
@@ -280,9 +275,9 @@ async fn refusals_bad_since_foreign_origin_missing_key_and_the_connection_cap() 
 
 #[tokio::test]
 async fn a_gateway_restart_closes_clients_with_1001_and_they_resume_with_since() {
-    let mut relay = spawn(testkit::test_settings(), false).await;
-    let mut ws = relay.connect("").await;
-    let first = relay.post("1".into()).await;
+    let mut relay = Relay::live(test_settings()).await;
+    let mut ws = relay.ws_connect("").await;
+    let first = relay.publish("1".into()).await;
     assert_eq!(ws.messages(1).await[0]["stream_id"], first["stream_id"]);
     let port = relay.gateway_port();
     relay.stop_gateway().await;
@@ -291,11 +286,11 @@ async fn a_gateway_restart_closes_clients_with_1001_and_they_resume_with_since()
         other => panic!("expected a 1001 close, got {other:?}"),
     }
     let during: Vec<_> = relay
-        .post_batch(&(0..10).map(|i| i.to_string()).collect::<Vec<_>>())
+        .publish_batch(&(0..10).map(|i| i.to_string()).collect::<Vec<_>>())
         .await;
     relay.start_gateway(Some(port)).await;
     let mut ws = relay
-        .connect(&format!("?since={}", first["stream_id"].as_str().unwrap()))
+        .ws_connect(&format!("?since={}", first["stream_id"].as_str().unwrap()))
         .await;
     assert_eq!(stream_ids(&ws.messages(10).await), ids(&during));
     ws.assert_quiet(Duration::from_millis(200)).await;
@@ -303,10 +298,10 @@ async fn a_gateway_restart_closes_clients_with_1001_and_they_resume_with_since()
 
 #[tokio::test]
 async fn a_client_that_saw_no_message_resumes_from_the_hello_position() {
-    let relay = spawn(testkit::test_settings(), false).await;
-    relay.post("\"before\"".into()).await;
+    let relay = Relay::live(test_settings()).await;
+    relay.publish("\"before\"".into()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut ws = relay.connect("").await;
+    let mut ws = relay.ws_connect("").await;
     let hello = match ws.next_any().await {
         Seen::Frame(f) => f,
         other => panic!("{other:?}"),
@@ -314,8 +309,8 @@ async fn a_client_that_saw_no_message_resumes_from_the_hello_position() {
     assert_eq!(hello["type"], "hello");
     let position = hello["position"].as_str().unwrap().to_owned();
     ws.close().await;
-    let missed = relay.post("\"while away\"".into()).await;
-    let mut ws = relay.connect(&format!("?since={position}")).await;
+    let missed = relay.publish("\"while away\"".into()).await;
+    let mut ws = relay.ws_connect(&format!("?since={position}")).await;
     let got = ws.messages(1).await;
     assert_eq!(
         got[0]["id"], missed["id"],

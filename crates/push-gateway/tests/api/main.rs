@@ -2,5 +2,4 @@
 #![allow(clippy::unwrap_used)]
 
 mod browser;
-mod helpers;
 mod live;

@@ -1,0 +1,75 @@
+//! Postgres as a test sees it: connections, row counts, and waiting for rows to arrive.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use diesel::{Connection, PgConnection, RunQueryDsl};
+use model::Settings;
+
+/// A connection to `url`; the error names the database (without its password).
+pub fn pg(url: &str) -> anyhow::Result<PgConnection> {
+    PgConnection::establish(url)
+        .with_context(|| format!("connecting to {}", model::settings::redact_password(url)))
+}
+
+/// Rows in `table`.
+pub fn count(conn: &mut PgConnection, table: &str) -> anyhow::Result<i64> {
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    Ok(
+        diesel::sql_query(format!("SELECT count(*) AS n FROM {table}"))
+            .get_result::<Count>(conn)?
+            .n,
+    )
+}
+
+/// Rows in the `messages` table of `database_url`, or why they could not be counted.
+pub fn try_count_rows(database_url: &str) -> anyhow::Result<i64> {
+    count(&mut pg(database_url)?, "messages")
+}
+
+/// Rows in the `messages` table of `database_url`.
+pub fn count_rows(database_url: &str) -> i64 {
+    try_count_rows(database_url).expect("count the test's rows")
+}
+
+/// Polls the row count until it reaches `n` or 20 s pass; returns the last count.
+pub async fn wait_for_rows(settings: &Settings, n: i64) -> i64 {
+    let url = &settings.database_url;
+    crate::poll_until(
+        Duration::from_secs(20),
+        || {
+            let url = url.clone();
+            async move {
+                tokio::task::spawn_blocking(move || count_rows(&url))
+                    .await
+                    .unwrap()
+            }
+        },
+        |count| *count >= n,
+    )
+    .await
+}
+
+/// Creates and migrates the test's database, off the async runtime.
+pub async fn prepare_database(settings: &Settings) {
+    let url = settings.database_url.clone();
+    tokio::task::spawn_blocking(move || store::prepare_database(&url))
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// Runs `f` on a connection to the test's database, on the blocking pool (Diesel blocks).
+pub async fn with_connection<T: Send + 'static>(
+    settings: &Settings,
+    f: impl FnOnce(&mut PgConnection) -> T + Send + 'static,
+) -> T {
+    let url = settings.database_url.clone();
+    tokio::task::spawn_blocking(move || f(&mut pg(&url).unwrap()))
+        .await
+        .unwrap()
+}

@@ -1,0 +1,65 @@
+//! The test's Redis stream: appending entries the way ingest-api does, and reading what the persister left
+//! (pending entries, dead letters).
+
+use std::time::Duration;
+
+use model::redis_stream::xadd_cmd;
+use model::{now_micros, Settings, StreamEntry};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+/// A stream entry of `payload` (JSON text), received now.
+pub fn entry(payload: &str) -> StreamEntry {
+    StreamEntry {
+        id: Uuid::now_v7(),
+        received_at: now_micros(),
+        payload: RawValue::from_string(payload.into()).unwrap(),
+    }
+}
+
+/// Appends entries the way ingest-api does; returns their stream ids.
+pub fn xadd(settings: &Settings, entries: &[StreamEntry]) -> Vec<String> {
+    let mut conn = crate::redis(settings);
+    entries
+        .iter()
+        .map(|e| xadd_cmd(&settings.stream_key, e).query(&mut conn).unwrap())
+        .collect()
+}
+
+/// Entries in the test's stream.
+pub fn stream_len(settings: &Settings) -> usize {
+    redis::cmd("XLEN")
+        .arg(&settings.stream_key)
+        .query(&mut crate::redis(settings))
+        .unwrap()
+}
+
+/// Entries pending in the persister group (delivered, not acknowledged).
+pub fn pending(settings: &Settings) -> usize {
+    let reply: (usize, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+        .arg(&settings.stream_key)
+        .arg(model::PERSISTER_GROUP)
+        .query(&mut crate::redis(settings))
+        .unwrap();
+    reply.0
+}
+
+/// The entries of the test's dead-letter stream, once it holds `n` (or what it holds after 5 s).
+pub async fn dead_letters(settings: &Settings, n: usize) -> Vec<redis::streams::StreamId> {
+    let mut conn = crate::redis(settings);
+    let dead_key = model::dead_letter_key(&settings.stream_key);
+    crate::poll_until(
+        Duration::from_secs(5),
+        || {
+            let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&dead_key)
+                .arg("-")
+                .arg("+")
+                .query(&mut conn)
+                .unwrap();
+            std::future::ready(reply.ids)
+        },
+        |ids| ids.len() >= n,
+    )
+    .await
+}
