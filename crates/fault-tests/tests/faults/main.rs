@@ -6,22 +6,23 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use diesel::{Connection, PgConnection, RunQueryDsl};
-use fault_tests::{
-    assert_exactly_once, env_for, wait_until, OwnPostgres, OwnRedis, Poster, Service,
-};
+use testkit::procs::{env_for, wait_until, with_env, OwnPostgres, OwnRedis, Service};
 use testkit::Cleanup;
 
-fn with(
-    env: &[(&'static str, String)],
-    extra: &[(&'static str, &str)],
-) -> Vec<(&'static str, String)> {
-    let mut env = env.to_vec();
-    for (k, v) in extra {
-        env.retain(|(key, _)| key != k);
-        env.push((k, v.to_string()));
-    }
-    env
+mod load;
+
+use load::{assert_exactly_once, post_to, Poster};
+
+/// A persister, then an ingest-api, on `settings`; and the environment they were started with.
+fn start_write_path(settings: &model::Settings) -> (Vec<(&'static str, String)>, Service, Service) {
+    let env = env_for(settings);
+    let persister = Service::start("persister", &env);
+    let ingest = Service::start("ingest-api", &env);
+    (env, persister, ingest)
 }
+
+/// How long the persister gets to store what was accepted, once the fault is over.
+const DRAIN: Duration = Duration::from_secs(30);
 
 fn shared_url(url: &str) -> Arc<Mutex<String>> {
     Arc::new(Mutex::new(url.to_owned()))
@@ -29,13 +30,9 @@ fn shared_url(url: &str) -> Arc<Mutex<String>> {
 
 #[test]
 fn a_persister_sigkilled_twice_under_steady_load_stores_every_accepted_message_once() {
-    let settings = testkit::test_settings();
-    let _cleanup = Cleanup(settings.clone());
-    let env = env_for(&settings);
-    let mut persister = Service::start("persister", &env);
-    let ingest = Service::start("ingest-api", &env);
-    let url = ingest.url();
-    let poster = Poster::start(move || url.clone(), 5000, 1000, 4);
+    let (settings, _cleanup) = testkit::setup();
+    let (env, mut persister, ingest) = start_write_path(&settings);
+    let poster = post_to(&ingest, 5000, 1000, 4);
     for _ in 0..2 {
         std::thread::sleep(Duration::from_millis(1500));
         persister.kill();
@@ -48,24 +45,21 @@ fn a_persister_sigkilled_twice_under_steady_load_stores_every_accepted_message_o
         log.failed.first()
     );
     assert_eq!(log.accepted.len(), 5000);
-    assert_exactly_once(
-        &settings.database_url,
-        &log.accepted,
-        true,
-        Duration::from_secs(30),
-    );
+    assert_exactly_once(&settings.database_url, &log.accepted, true, DRAIN);
     drop(persister);
 }
 
 #[test]
 fn entries_pending_on_a_sigkilled_replica_are_claimed_and_stored_by_the_other() {
-    let settings = testkit::test_settings();
-    let _cleanup = Cleanup(settings.clone());
-    let env = with(
+    let (settings, _cleanup) = testkit::setup();
+    let env = with_env(
         &env_for(&settings),
         &[("CLAIM_IDLE_MS", "1000"), ("PERSISTER_BATCH_SIZE", "200")],
     );
-    let replica_a = Service::start("persister", &with(&env, &[("CONSUMER_NAME", "replica-a")]));
+    let replica_a = Service::start(
+        "persister",
+        &with_env(&env, &[("CONSUMER_NAME", "replica-a")]),
+    );
     // Hold a lock on the table: replica A reads a batch (now pending on it) and blocks on its COPY.
     let mut blocker = PgConnection::establish(&settings.database_url).unwrap();
     diesel::sql_query("BEGIN").execute(&mut blocker).unwrap();
@@ -73,8 +67,7 @@ fn entries_pending_on_a_sigkilled_replica_are_claimed_and_stored_by_the_other() 
         .execute(&mut blocker)
         .unwrap();
     let ingest = Service::start("ingest-api", &env);
-    let url = ingest.url();
-    let log = Poster::start(move || url.clone(), 150, 2000, 2).finish(false);
+    let log = post_to(&ingest, 150, 2000, 2).finish(false);
     assert_eq!(log.accepted.len(), 150);
     let pending_on = |consumer: &str| -> usize {
         let mut redis = testkit::redis(&settings);
@@ -105,13 +98,11 @@ fn entries_pending_on_a_sigkilled_replica_are_claimed_and_stored_by_the_other() 
     let stranded = pending_on("replica-a");
     assert!(stranded > 0);
 
-    let replica_b = Service::start("persister", &with(&env, &[("CONSUMER_NAME", "replica-b")]));
-    assert_exactly_once(
-        &settings.database_url,
-        &log.accepted,
-        true,
-        Duration::from_secs(30),
+    let replica_b = Service::start(
+        "persister",
+        &with_env(&env, &[("CONSUMER_NAME", "replica-b")]),
     );
+    assert_exactly_once(&settings.database_url, &log.accepted, true, DRAIN);
     wait_until(
         "replica A's entries to be claimed",
         Duration::from_secs(10),
@@ -126,31 +117,18 @@ fn with_postgres_stopped_for_10_seconds_posts_keep_answering_202_and_all_arrive_
     let mut settings = testkit::test_settings();
     settings.database_url = pg.url("relay");
     let _cleanup = Cleanup(settings.clone());
-    let env = env_for(&settings);
-    let persister = Service::start("persister", &env);
-    let ingest = Service::start("ingest-api", &env);
-    let url = ingest.url();
-    let poster = Poster::start(move || url.clone(), 3000, 200, 2);
+    let (_, persister, ingest) = start_write_path(&settings);
+    let poster = post_to(&ingest, 3000, 200, 2);
     std::thread::sleep(Duration::from_secs(2));
     pg.stop();
     let stopped = Instant::now();
     // While it is down: reads are a clean 503, writes are still accepted.
     std::thread::sleep(Duration::from_secs(1));
-    let read = reqwest::blocking::get(format!("{}/messages", ingest.url())).unwrap();
+    let read = ingest.get("/messages");
     assert_eq!(read.status(), 503);
     assert!(read.headers().contains_key("retry-after"));
-    assert_eq!(
-        reqwest::blocking::get(format!("{}/readyz", ingest.url()))
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        reqwest::blocking::get(format!("{}/readyz", persister.url()))
-            .unwrap()
-            .status(),
-        503
-    );
+    assert_eq!(ingest.get("/readyz").status(), 200);
+    assert_eq!(persister.get("/readyz").status(), 503);
     std::thread::sleep(Duration::from_secs(10).saturating_sub(stopped.elapsed()));
     pg.restart();
     let log = poster.finish(true);
@@ -179,11 +157,8 @@ fn a_redis_crash_and_restart_loses_no_accepted_post_and_no_post_hangs() {
     let mut settings = testkit::test_settings();
     settings.redis_url = redis_server.url();
     let _cleanup = Cleanup(settings.clone());
-    let env = env_for(&settings);
-    let persister = Service::start("persister", &env);
-    let ingest = Service::start("ingest-api", &env);
-    let url = ingest.url();
-    let poster = Poster::start(move || url.clone(), 100_000, 300, 3);
+    let (_, persister, ingest) = start_write_path(&settings);
+    let poster = post_to(&ingest, 100_000, 300, 3);
     std::thread::sleep(Duration::from_secs(2));
     redis_server.crash();
     std::thread::sleep(Duration::from_secs(2));
@@ -195,12 +170,7 @@ fn a_redis_crash_and_restart_loses_no_accepted_post_and_no_post_hangs() {
         .unwrap();
     assert_eq!(down.status(), 503);
     assert!(down.headers().contains_key("retry-after"));
-    assert_eq!(
-        reqwest::blocking::get(format!("{}/readyz", ingest.url()))
-            .unwrap()
-            .status(),
-        503
-    );
+    assert_eq!(ingest.get("/readyz").status(), 503);
     redis_server.restart();
     std::thread::sleep(Duration::from_secs(3));
     let log = poster.finish(true);
@@ -217,16 +187,7 @@ fn a_redis_crash_and_restart_loses_no_accepted_post_and_no_post_hangs() {
     );
     // Posts accepted after the restart prove ingest reconnected by itself.
     let before = log.accepted.len();
-    let after = Poster::start(
-        {
-            let url = ingest.url();
-            move || url.clone()
-        },
-        50,
-        500,
-        1,
-    )
-    .finish(false);
+    let after = post_to(&ingest, 50, 500, 1).finish(false);
     assert_eq!(
         after.accepted.len(),
         50,
@@ -235,22 +196,14 @@ fn a_redis_crash_and_restart_loses_no_accepted_post_and_no_post_hangs() {
     );
     let accepted: Vec<String> = log.accepted.into_iter().chain(after.accepted).collect();
     assert!(before > 0);
-    assert_exactly_once(
-        &settings.database_url,
-        &accepted,
-        false,
-        Duration::from_secs(30),
-    );
+    assert_exactly_once(&settings.database_url, &accepted, false, DRAIN);
     drop(persister);
 }
 
 #[test]
 fn sigterm_to_each_service_under_load_exits_0_and_loses_nothing() {
-    let settings = testkit::test_settings();
-    let _cleanup = Cleanup(settings.clone());
-    let env = env_for(&settings);
-    let persister = Service::start("persister", &env);
-    let ingest = Service::start("ingest-api", &env);
+    let (settings, _cleanup) = testkit::setup();
+    let (env, persister, ingest) = start_write_path(&settings);
     let gateway = Service::start("push-gateway", &env);
     let current = shared_url(&ingest.url());
     let url = Arc::clone(&current);
@@ -290,12 +243,7 @@ fn sigterm_to_each_service_under_load_exits_0_and_loses_nothing() {
         log.failed
     );
     assert!(log.accepted.len() > 1000);
-    assert_exactly_once(
-        &settings.database_url,
-        &log.accepted,
-        true,
-        Duration::from_secs(30),
-    );
+    assert_exactly_once(&settings.database_url, &log.accepted, true, DRAIN);
     assert_eq!(persister.terminate(Duration::from_secs(15)), Some(0));
     assert_eq!(replacement.terminate(Duration::from_secs(15)), Some(0));
 }

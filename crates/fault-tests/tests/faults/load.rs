@@ -1,0 +1,168 @@
+//! The fault tests' load and its check: a steady poster, and the exactly-once check of what it got
+//! accepted.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Every stored message id, with how many rows each has.
+pub fn stored_ids(database_url: &str) -> std::collections::HashMap<String, i64> {
+    use diesel::{Connection, PgConnection, RunQueryDsl};
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        id: String,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = PgConnection::establish(database_url).unwrap();
+    diesel::sql_query("SELECT id::text AS id, count(*) AS n FROM messages GROUP BY id")
+        .load::<Row>(&mut conn)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.id, r.n))
+        .collect()
+}
+
+/// Asserts that Postgres holds each of `accepted` exactly once, waiting up to `limit` for the persister to
+/// drain. With `only`, nothing else either (without it, rows may exist for requests that got a 503 after a
+/// timeout although their entry reached the stream, which the contract allows).
+pub fn assert_exactly_once(database_url: &str, accepted: &[String], only: bool, limit: Duration) {
+    let expected: std::collections::HashSet<&str> = accepted.iter().map(String::as_str).collect();
+    assert_eq!(
+        expected.len(),
+        accepted.len(),
+        "ingest answered the same id twice"
+    );
+    let deadline = Instant::now() + limit;
+    loop {
+        let stored = stored_ids(database_url);
+        let missing = expected
+            .iter()
+            .filter(|id| !stored.contains_key(**id))
+            .count();
+        let doubled: Vec<_> = stored.iter().filter(|(_, n)| **n > 1).collect();
+        let unknown = stored
+            .keys()
+            .filter(|id| !expected.contains(id.as_str()))
+            .count();
+        assert!(doubled.is_empty(), "duplicated rows: {doubled:?}");
+        assert!(
+            !only || unknown == 0,
+            "{unknown} rows for messages that were never accepted"
+        );
+        if missing == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} accepted messages never arrived",
+            accepted.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A [`Poster`] to `ingest`'s `POST /messages`.
+pub fn post_to(
+    ingest: &testkit::procs::Service,
+    total: usize,
+    rate: u32,
+    workers: usize,
+) -> Poster {
+    let url = ingest.url();
+    Poster::start(move || url.clone(), total, rate, workers)
+}
+
+/// What a steady poster saw.
+#[derive(Debug, Default)]
+pub struct PostLog {
+    /// Ids of the 202s, in the order they were answered per worker.
+    pub accepted: Vec<String>,
+    /// 503s that carried `Retry-After`.
+    pub refused: usize,
+    /// Anything else: connection errors (a service being restarted), other statuses.
+    pub failed: Vec<String>,
+    /// The slowest answer.
+    pub slowest: Duration,
+}
+
+/// Posts `{"n":…}` messages to `url` from `workers` threads at about `rate` per second in total, until
+/// `total` were attempted or `stop` is set.
+pub struct Poster {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    workers: Vec<std::thread::JoinHandle<PostLog>>,
+}
+
+impl Poster {
+    pub fn start(
+        url: impl Fn() -> String + Send + Sync + 'static,
+        total: usize,
+        rate: u32,
+        workers: usize,
+    ) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let url = Arc::new(url);
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let interval = Duration::from_secs_f64(workers as f64 / f64::from(rate));
+        let workers = (0..workers)
+            .map(|_| {
+                let (stop, url, next) = (Arc::clone(&stop), Arc::clone(&url), Arc::clone(&next));
+                std::thread::spawn(move || {
+                    let client = reqwest::blocking::Client::builder()
+                        .timeout(Duration::from_secs(10))
+                        .build()
+                        .unwrap();
+                    let mut log = PostLog::default();
+                    let mut due = Instant::now();
+                    loop {
+                        let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if n >= total || stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            return log;
+                        }
+                        due += interval;
+                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                        let started = Instant::now();
+                        let res = client
+                            .post(format!("{}/messages", url()))
+                            .header("content-type", "application/json")
+                            .body(format!("{{\"n\":{n}}}"))
+                            .send();
+                        log.slowest = log.slowest.max(started.elapsed());
+                        match res {
+                            Ok(r) if r.status() == 202 => {
+                                let body: serde_json::Value = r.json().unwrap();
+                                log.accepted.push(body["id"].as_str().unwrap().to_owned());
+                            }
+                            Ok(r)
+                                if r.status() == 503 && r.headers().contains_key("retry-after") =>
+                            {
+                                log.refused += 1
+                            }
+                            Ok(r) => log.failed.push(format!("status {}", r.status())),
+                            Err(e) => log.failed.push(e.to_string()),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self { stop, workers }
+    }
+
+    /// Waits for the workers (after asking them to stop, when `stop`) and merges their logs.
+    pub fn finish(self, stop: bool) -> PostLog {
+        if stop {
+            self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let mut all = PostLog::default();
+        for w in self.workers {
+            let log = w.join().unwrap();
+            all.accepted.extend(log.accepted);
+            all.refused += log.refused;
+            all.failed.extend(log.failed);
+            all.slowest = all.slowest.max(log.slowest);
+        }
+        all
+    }
+}
