@@ -23,12 +23,10 @@ pub fn stream_id(text: &[u8]) -> Option<model::StreamId> {
     std::str::from_utf8(&text[at..at + len]).ok()?.parse().ok()
 }
 
-pub type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub use testkit::ws::Socket;
 
 pub async fn connect(addr: &str) -> anyhow::Result<Socket> {
-    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await?;
-    Ok(ws)
+    Ok(testkit::ws::connect(addr, "").await?)
 }
 
 /// Reads message frames until `expected` arrived or `idle` passes without one; calls `each` with every

@@ -151,54 +151,54 @@ async fn trimming_never_drops_a_pending_or_undelivered_entry_and_keeps_the_reten
     let mut conn: ConnectionManager = client.get_connection_manager().await.unwrap();
     let key = &settings.stream_key;
     let mut redis = testkit::redis(&settings);
-    let first = |redis: &mut redis::Connection| -> (usize, String) {
-        let all: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(key)
-            .arg("-")
-            .arg("+")
-            .query(redis)
-            .unwrap();
-        (
-            all.ids.len(),
-            all.ids.first().map(|e| e.id.clone()).unwrap_or_default(),
-        )
-    };
     group::ensure_group(&mut conn, key).await.unwrap();
     // Entries 0-5 delivered, 0-2 acknowledged (3-5 pending), 6-9 never delivered.
     group::read(&mut conn, key, "c", &Cursor::New, 6, 100)
         .await
         .unwrap();
-    let acked: Vec<&str> = ids[..3].iter().map(String::as_str).collect();
-    group::ack(&mut conn, key, &acked).await.unwrap();
-
-    assert_eq!(trim(&mut conn, key, 0).await, 3);
     assert_eq!(
-        first(&mut redis),
-        (7, ids[3].clone()),
+        trim_after_ack(&mut conn, &mut redis, key, &ids[..3], 0).await,
+        (3, (7, ids[3].clone())),
         "the oldest pending entry is kept"
     );
-
-    let acked: Vec<&str> = ids[3..6].iter().map(String::as_str).collect();
-    group::ack(&mut conn, key, &acked).await.unwrap();
-    assert_eq!(trim(&mut conn, key, 0).await, 3);
     assert_eq!(
-        first(&mut redis),
-        (4, ids[6].clone()),
+        trim_after_ack(&mut conn, &mut redis, key, &ids[3..6], 0).await,
+        (3, (4, ids[6].clone())),
         "undelivered entries are kept"
     );
 
     let rest = group::read(&mut conn, key, "c", &Cursor::New, 10, 100)
         .await
         .unwrap();
-    let acked: Vec<&str> = rest.iter().map(|d| d.raw_id.as_str()).collect();
-    group::ack(&mut conn, key, &acked).await.unwrap();
-    assert_eq!(trim(&mut conn, key, 3).await, 1);
+    let rest: Vec<String> = rest.into_iter().map(|d| d.raw_id).collect();
     assert_eq!(
-        first(&mut redis),
-        (3, ids[7].clone()),
+        trim_after_ack(&mut conn, &mut redis, key, &rest, 3).await,
+        (1, (3, ids[7].clone())),
         "STREAM_RETENTION entries stay for replay"
     );
     assert_eq!(trim(&mut conn, key, 3).await, 0);
+}
+
+/// Acknowledges `acked`, trims with `retention`; how many entries the trim removed, and then how many
+/// the stream holds and the id of its first.
+async fn trim_after_ack(
+    conn: &mut ConnectionManager,
+    redis: &mut redis::Connection,
+    key: &str,
+    acked: &[String],
+    retention: u64,
+) -> (u64, (usize, String)) {
+    let acked: Vec<&str> = acked.iter().map(String::as_str).collect();
+    group::ack(conn, key, &acked).await.unwrap();
+    let removed = trim(conn, key, retention).await;
+    let all: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query(redis)
+        .unwrap();
+    let first = all.ids.first().map(|e| e.id.clone()).unwrap_or_default();
+    (removed, (all.ids.len(), first))
 }
 
 /// One trim as the persister runs it, 1000 entries at the most; how many it removed.

@@ -1,0 +1,183 @@
+//! The scenarios, one file each. Each starts the release binaries it needs on a stream key and database
+//! of its own, measures, checks the counts, and stops them. What they share is here.
+
+mod drain;
+mod end_to_end;
+mod fan_out;
+mod idle_sockets;
+mod ingest;
+mod read_all;
+
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::ensure;
+use hdrhistogram::Histogram;
+use service::Settings;
+use testkit::procs::{with_env, Service};
+
+pub use drain::drain;
+pub use end_to_end::end_to_end;
+pub use fan_out::fan_out;
+pub use idle_sockets::idle_sockets;
+pub use ingest::ingest;
+pub use read_all::read_all;
+
+/// The run's base settings and what to clean up afterwards.
+pub struct Env {
+    pub settings: Settings,
+    used: Mutex<Vec<Settings>>,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        Self {
+            settings: testkit::test_settings(),
+            used: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Settings with a stream key and database of their own for one scenario.
+    pub(crate) fn scenario(&self, name: &str) -> Settings {
+        let mut s = testkit::test_settings();
+        let tag = uuid::Uuid::now_v7().simple().to_string();
+        s.stream_key = format!("bench:{name}:{tag}");
+        s.database_url = store::url::with_database(&s.database_url, &format!("relay_bench_{tag}"));
+        s.consumer_name = "bench".into();
+        self.used.lock().unwrap().push(s.clone());
+        s
+    }
+
+    /// [`Env::scenario`], its database created and migrated.
+    pub(crate) async fn scenario_with_database(&self, name: &str) -> anyhow::Result<Settings> {
+        let s = self.scenario(name);
+        let url = s.database_url.clone();
+        tokio::task::spawn_blocking(move || store::prepare_database(&url)).await??;
+        Ok(s)
+    }
+
+    pub(crate) fn start(
+        &self,
+        service: &'static str,
+        s: &Settings,
+        extra: &[(&str, &str)],
+    ) -> Service {
+        let env = with_env(
+            &testkit::procs::env_for(s),
+            &[
+                ("PERSISTER_BLOCK_MS", "1000"),
+                ("REDIS_TIMEOUT_MS", "2000"),
+                ("MAX_BACKLOG", "100000000"),
+                ("MAX_CONNECTIONS", "50000"),
+                (
+                    "RUST_LOG",
+                    "warn,ingest_api=info,persister=info,push_gateway=info",
+                ),
+            ],
+        );
+        let env = with_env(&env, extra);
+        // Service::start waits with blocking HTTP calls.
+        tokio::task::block_in_place(|| Service::start(service, &env))
+    }
+
+    pub fn cleanup(&self) {
+        for s in self.used.lock().unwrap().drain(..) {
+            testkit::cleanup(&s);
+        }
+    }
+}
+
+pub(crate) fn require(tool: &str, install: &str) -> anyhow::Result<()> {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()?
+        .status
+        .success();
+    ensure!(
+        found,
+        "{tool} is missing: {install} (make bench installs it when it can)"
+    );
+    Ok(())
+}
+
+pub(crate) fn wall_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+pub(crate) fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).unwrap()
+}
+
+pub(crate) fn pad(len: usize) -> String {
+    "x".repeat(len)
+}
+
+/// Posts `rate` messages a second for `secs`, open loop: each at its scheduled time, whatever the
+/// previous answers did. Payloads carry `seq` and the wall time `t` (µs) the request was sent. Returns
+/// the send times by `seq` and the accepted count.
+pub(crate) async fn post_open_loop(
+    url: String,
+    rate: u32,
+    secs: u32,
+) -> anyhow::Result<(Vec<u64>, usize)> {
+    let total = (rate * secs) as usize;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::with_capacity(total);
+    for seq in 0..total {
+        let offset = Duration::from_secs_f64(seq as f64 / f64::from(rate));
+        tokio::time::sleep_until(start + offset).await;
+        let (client, url, accepted, failures) = (
+            client.clone(),
+            url.clone(),
+            Arc::clone(&accepted),
+            Arc::clone(&failures),
+        );
+        tasks.push(tokio::spawn(async move {
+            // The time the request actually leaves, not its slot in the schedule: tokio's timer has a
+            // 1 ms granularity, which would otherwise be counted as Relay's latency. Sends never wait for
+            // earlier answers, so this is still an open loop.
+            let t = wall_us();
+            let res = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(format!(
+                    "{{\"seq\":{seq},\"t\":{t},\"pad\":\"{}\"}}",
+                    pad(120)
+                ))
+                .send()
+                .await;
+            match res {
+                Ok(r) if r.status() == 202 => {
+                    accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(r) => failures
+                    .lock()
+                    .unwrap()
+                    .push(format!("status {}", r.status())),
+                Err(e) => failures.lock().unwrap().push(e.to_string()),
+            }
+            t
+        }));
+    }
+    let mut sent = Vec::with_capacity(total);
+    for t in tasks {
+        sent.push(t.await?);
+    }
+    let failures = failures.lock().unwrap();
+    ensure!(
+        failures.is_empty(),
+        "{} posts failed, e.g. {}",
+        failures.len(),
+        failures[0]
+    );
+    Ok((sent, accepted.load(std::sync::atomic::Ordering::Relaxed)))
+}

@@ -1,0 +1,84 @@
+//! read all: `GET /messages` of the whole table, against psql `COPY … TO STDOUT`, and ingest-api's peak
+//! memory meanwhile.
+
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::ensure;
+use diesel::RunQueryDsl;
+use testkit::db::pg;
+use testkit::procs::memory_kib;
+
+use super::{require, Env};
+use crate::report::Row;
+use crate::{progress, Sizes};
+
+pub async fn read_all(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
+    require("psql", "apt-get install -y postgresql-client")?;
+    let s = env.scenario_with_database("read").await?;
+    let n = sizes.read_rows;
+    progress(format!("inserting {n} rows"));
+    diesel::sql_query(format!(
+        "INSERT INTO messages (stream_ms, stream_seq, id, received_at, payload) \
+         SELECT 1700000000000 + i, 0, gen_random_uuid(), now(), json_build_object('i', i, 'pad', repeat('x', 170)) \
+         FROM generate_series(1, {n}) AS i"
+    ))
+    .execute(&mut pg(&s.database_url)?)?;
+    diesel::sql_query("VACUUM ANALYZE messages").execute(&mut pg(&s.database_url)?)?;
+
+    let query = "SELECT stream_ms, stream_seq, id, received_at, payload FROM messages ORDER BY stream_ms, stream_seq";
+    progress("psql COPY (…) TO STDOUT");
+    let started = Instant::now();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "psql '{}' -v ON_ERROR_STOP=1 -c \"COPY ({query}) TO STDOUT\" | wc -l",
+            s.database_url
+        ))
+        .output()?;
+    let psql_secs = started.elapsed().as_secs_f64();
+    let lines: usize = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    ensure!(lines == n, "psql returned {lines} rows of {n}");
+
+    let ingest = env.start("ingest-api", &s, &[]);
+    progress("GET /messages");
+    let started = Instant::now();
+    let mut res = reqwest::get(format!("{}/messages", ingest.url())).await?;
+    ensure!(
+        res.status() == 200,
+        "GET /messages answered {}",
+        res.status()
+    );
+    let (mut items, mut bytes, mut carry) = (0usize, 0usize, Vec::new());
+    const KEY: &[u8] = b"{\"id\":\"";
+    while let Some(chunk) = res.chunk().await? {
+        bytes += chunk.len();
+        carry.extend_from_slice(&chunk);
+        items += carry.windows(KEY.len()).filter(|w| *w == KEY).count();
+        let keep = carry.len().saturating_sub(KEY.len() - 1);
+        carry.drain(..keep);
+    }
+    let relay_secs = started.elapsed().as_secs_f64();
+    let (_, peak) = memory_kib(ingest.pid());
+    drop(ingest);
+    ensure!(items == n, "GET /messages returned {items} messages of {n}");
+    let ratio = psql_secs / relay_secs;
+    Ok(vec![
+        Row::new(
+            "read all",
+            &format!("GET /messages of {n} rows ({} MiB)", bytes >> 20),
+            format!("{relay_secs:.2} s ({:.0} rows/s)", n as f64 / relay_secs),
+        )
+        .baseline(format!("psql COPY TO STDOUT {psql_secs:.2} s"), ratio)
+        .goal("≥ 0.8×", ratio >= 0.8),
+        Row::new(
+            "read all",
+            "ingest-api peak RSS",
+            format!("{:.1} MiB", peak as f64 / 1024.0),
+        )
+        .goal("≤ 32 MiB", peak <= 32 * 1024),
+    ])
+}
