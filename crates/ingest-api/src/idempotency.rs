@@ -20,7 +20,7 @@ use crate::problem::ApiError;
 pub const KEY_TTL_SECS: u64 = 24 * 60 * 60;
 
 /// KEYS[1] stream, KEYS[2] record. ARGV: body hash, ttl, ids (comma-separated), received_at, entry count,
-/// then the 8 field/value arguments of each entry (`StreamEntry::to_fields` has 4 fields).
+/// arguments per entry (2 × `model::codec::FIELD_COUNT`), then the field/value arguments of each entry.
 static SCRIPT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -30,11 +30,11 @@ if rec[1] then
   return {'replay', rec[2], rec[3], rec[4]}
 end
 local n = tonumber(ARGV[5])
+local w = tonumber(ARGV[6])
 local sids = {}
 for i = 0, n - 1 do
-  local a = 6 + i * 8
-  sids[i + 1] = redis.call('XADD', KEYS[1], '*', ARGV[a], ARGV[a+1], ARGV[a+2], ARGV[a+3],
-                           ARGV[a+4], ARGV[a+5], ARGV[a+6], ARGV[a+7])
+  local a = 7 + i * w
+  sids[i + 1] = redis.call('XADD', KEYS[1], '*', unpack(ARGV, a, a + w - 1))
 end
 local joined = table.concat(sids, ',')
 redis.call('HSET', KEYS[2], 'hash', ARGV[1], 'ids', ARGV[3], 'stream_ids', joined, 'received_at', ARGV[4])
@@ -91,7 +91,8 @@ pub async fn append_once(
         .arg(KEY_TTL_SECS)
         .arg(&ids)
         .arg(&received_at)
-        .arg(entries.len());
+        .arg(entries.len())
+        .arg(2 * model::codec::FIELD_COUNT);
     for entry in entries {
         for (field, value) in entry.to_fields() {
             invocation.arg(field).arg(value);

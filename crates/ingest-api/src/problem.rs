@@ -95,10 +95,15 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        if let Self::StreamUnavailable(e) | Self::StoreUnavailable(e) | Self::Internal(e) = self {
-            log::error!("{self}: {e:#}");
-        }
         let (slug, title) = self.kind();
+        match self {
+            // An outage answers every request with one of these: one line per interval, with a count.
+            Self::StreamUnavailable(e) | Self::StoreUnavailable(e) => {
+                service::error_throttled!(slug, "{self}: {e:#}");
+            }
+            Self::Internal(e) => log::error!("{self}: {e:#}"),
+            _ => {}
+        }
         Problem::new(self.status_code(), slug, title, self.to_string()).response()
     }
 }

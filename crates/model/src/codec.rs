@@ -5,6 +5,11 @@
 //! it knows and refuses newer ones, so during a rolling deploy new services read old entries, and an old
 //! persister hands a newer entry back (it stays pending and is claimed by an upgraded replica) instead of
 //! storing something it does not understand.
+//!
+//! A field added without changing what the others mean keeps the version: decoders ignore fields they do
+//! not know, so a reader of the previous build reads a new entry unchanged. `request_id` came that way —
+//! `v` stays 1, old persisters and gateways read entries that carry it, and new ones read entries that do
+//! not. Only a change that an old reader would misread (a field's meaning or format) bumps `v`.
 
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
@@ -14,6 +19,8 @@ use crate::format_received_at;
 
 /// The version this build writes.
 pub const ENTRY_VERSION: u32 = 1;
+/// How many field/value pairs [`StreamEntry::to_fields`] writes.
+pub const FIELD_COUNT: usize = 5;
 
 /// Field: entry format version, a decimal integer.
 pub const FIELD_VERSION: &str = "v";
@@ -23,6 +30,9 @@ pub const FIELD_ID: &str = "id";
 pub const FIELD_RECEIVED_AT: &str = "received_at";
 /// Field: the client's JSON text, unchanged.
 pub const FIELD_PAYLOAD: &str = "payload";
+/// Field (optional): the request id of the `POST` that carried the message, for following it through the
+/// logs of every service. Empty or absent when the writer had none.
+pub const FIELD_REQUEST_ID: &str = "rid";
 
 /// The content of one stream entry (its stream id is the entry's key, not part of the content).
 #[derive(Debug, Clone)]
@@ -30,6 +40,7 @@ pub struct StreamEntry {
     pub id: Uuid,
     pub received_at: DateTime<Utc>,
     pub payload: Box<RawValue>,
+    pub request_id: Option<String>,
 }
 
 /// An entry's content with the payload as unchecked text: for a consumer that validates it anyway (the
@@ -39,6 +50,7 @@ pub struct EntryParts {
     pub id: Uuid,
     pub received_at: DateTime<Utc>,
     pub payload: String,
+    pub request_id: Option<String>,
 }
 
 impl From<StreamEntry> for EntryParts {
@@ -47,6 +59,7 @@ impl From<StreamEntry> for EntryParts {
             id: e.id,
             received_at: e.received_at,
             payload: e.payload.get().to_owned(),
+            request_id: e.request_id,
         }
     }
 }
@@ -62,12 +75,16 @@ pub enum DecodeError {
 }
 
 impl StreamEntry {
-    /// The field/value pairs to pass to `XADD`, in a fixed order.
-    pub fn to_fields(&self) -> [(&'static str, String); 4] {
+    /// The field/value pairs to pass to `XADD`, in a fixed order (always [`FIELD_COUNT`] of them).
+    pub fn to_fields(&self) -> [(&'static str, String); FIELD_COUNT] {
         [
             (FIELD_VERSION, ENTRY_VERSION.to_string()),
             (FIELD_ID, self.id.hyphenated().to_string()),
             (FIELD_RECEIVED_AT, format_received_at(&self.received_at)),
+            (
+                FIELD_REQUEST_ID,
+                self.request_id.clone().unwrap_or_default(),
+            ),
             (FIELD_PAYLOAD, self.payload.get().to_owned()),
         ]
     }
@@ -85,6 +102,7 @@ impl StreamEntry {
             id: parts.id,
             received_at: parts.received_at,
             payload,
+            request_id: parts.request_id,
         })
     }
 }
@@ -96,12 +114,14 @@ impl EntryParts {
         fields: impl IntoIterator<Item = (&'a str, &'a [u8])>,
     ) -> Result<Self, DecodeError> {
         let (mut version, mut id, mut received_at, mut payload) = (None, None, None, None);
+        let mut request_id = None;
         for (name, value) in fields {
             match name {
                 FIELD_VERSION => version = Some(value),
                 FIELD_ID => id = Some(value),
                 FIELD_RECEIVED_AT => received_at = Some(value),
                 FIELD_PAYLOAD => payload = Some(value),
+                FIELD_REQUEST_ID => request_id = Some(value),
                 _ => {}
             }
         }
@@ -130,10 +150,16 @@ impl EntryParts {
             .map_err(|e| malformed(FIELD_RECEIVED_AT)(&e))?
             .to_utc();
         let payload = text(FIELD_PAYLOAD, payload)?.to_owned();
+        // A request id is only ever for the logs: one that is not text is dropped, not an error.
+        let request_id = request_id
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned);
         Ok(Self {
             id,
             received_at,
             payload,
+            request_id,
         })
     }
 }
@@ -147,6 +173,7 @@ mod tests {
             id: Uuid::now_v7(),
             received_at: crate::message::now_micros(),
             payload: RawValue::from_string(r#"{"z":1,"a":"\u0000","n":1e-300}"#.into()).unwrap(),
+            request_id: Some("trace-me-1".into()),
         }
     }
 
@@ -165,6 +192,35 @@ mod tests {
         assert_eq!(back.id, entry.id);
         assert_eq!(back.received_at, entry.received_at);
         assert_eq!(back.payload.get(), entry.payload.get());
+        assert_eq!(back.request_id.as_deref(), Some("trace-me-1"));
+    }
+
+    /// The fields of version 1 as the build before `request_id` wrote and read them, frozen here.
+    const V1_FIELDS: [&str; 4] = ["v", "id", "received_at", "payload"];
+
+    #[test]
+    fn entries_with_and_without_a_request_id_are_read_by_old_and_new_builds() {
+        // New writer, old reader: every field an old build requires is there, with `v` still 1, and the
+        // old decoder (like this one) skips the field it does not know.
+        let entry = sample();
+        let fields = pairs(&entry.to_fields());
+        for name in V1_FIELDS {
+            assert!(fields.iter().any(|(k, _)| *k == name), "{name} missing");
+        }
+        assert_eq!(fields[0], ("v", b"1".to_vec()));
+        let as_old = fields
+            .iter()
+            .filter(|(k, _)| V1_FIELDS.contains(k))
+            .map(|(k, v)| (*k, v.as_slice()));
+        assert!(StreamEntry::decode(as_old).is_ok());
+        // Old writer, new reader: an entry without the field decodes, with no request id.
+        let old = fields
+            .iter()
+            .filter(|(k, _)| *k != FIELD_REQUEST_ID)
+            .map(|(k, v)| (*k, v.as_slice()));
+        let back = StreamEntry::decode(old).unwrap();
+        assert_eq!(back.id, entry.id);
+        assert_eq!(back.request_id, None);
     }
 
     #[test]

@@ -97,6 +97,7 @@ impl Consumer {
             self.reads.clone(),
             self.redis.clone(),
             batches,
+            Arc::clone(&self.metrics),
             stop.clone(),
         ));
         let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -179,6 +180,7 @@ impl Consumer {
             batch.len()
         );
         self.metrics.claimed.inc_by(batch.len() as u64);
+        self.metrics.redeliveries.inc_by(batch.len() as u64);
         self.handle(batch, stop).await;
     }
 
@@ -191,6 +193,11 @@ impl Consumer {
         for delivered in batch {
             match (delivered.stream_id, delivered.entry) {
                 (Ok(stream_id), Ok(entry)) => {
+                    log::debug!(
+                        "storing message {} at {stream_id} request_id={}",
+                        entry.id,
+                        entry.request_id.as_deref().unwrap_or("-")
+                    );
                     rows.push(NewMessage::from_entry(stream_id, entry));
                     row_entries.push((delivered.raw_id, delivered.fields));
                 }

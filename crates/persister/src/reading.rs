@@ -1,5 +1,7 @@
 //! The read side of a persister replica: batches from the consumer group, one ahead of storing.
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use redis::aio::ConnectionManager;
 use service::redis::deadpool_redis::Pool;
@@ -7,6 +9,7 @@ use service::{Backoff, Settings};
 use tokio_util::sync::CancellationToken;
 
 use crate::group::{self, Cursor, Delivered};
+use crate::metrics::Metrics;
 
 /// Reads batches for this consumer: first its own pending entries, then new ones; re-creates the group if
 /// Redis lost it. Ends when `stop` is cancelled or the storing loop is gone.
@@ -15,6 +18,7 @@ pub async fn read_ahead(
     reads: Pool,
     mut redis: ConnectionManager,
     batches: tokio::sync::mpsc::Sender<Vec<Delivered>>,
+    metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
     let key = &settings.stream_key;
@@ -64,6 +68,8 @@ pub async fn read_ahead(
             }
         };
         if cursor != Cursor::New {
+            // This consumer's own pending entries: delivered before, to a run of it that stopped.
+            metrics.redeliveries.inc_by(entries.len() as u64);
             match entries.last() {
                 Some(last) => cursor = Cursor::Pending(last.raw_id.clone()),
                 None => {

@@ -20,6 +20,8 @@ pub struct Application {
     port: u16,
     server: Server,
     consumer: Consumer,
+    /// For the stream gauges' sampler.
+    sampler: (redis::aio::ConnectionManager, String, Arc<Metrics>),
 }
 
 impl Application {
@@ -73,11 +75,17 @@ impl Application {
                 .configure(|cfg| service::http::health_routes(cfg, health.clone()))
                 .default_service(web::to(service::problem::not_found))
         })?;
+        let sampler = (
+            redis.clone(),
+            settings.stream_key.clone(),
+            Arc::clone(&metrics),
+        );
         let consumer = Consumer::new(settings, reads, redis, metrics);
         Ok(Self {
             port,
             server,
             consumer,
+            sampler,
         })
     }
 
@@ -93,11 +101,19 @@ impl Application {
     ) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
         let consumer = tokio::spawn(self.consumer.run(stop.clone()));
+        let (redis, key, metrics) = self.sampler;
+        let sampler = tokio::spawn(crate::metrics::sample_stream(
+            redis,
+            key,
+            metrics,
+            stop.clone(),
+        ));
         let handle = self.server.handle();
         let server = tokio::spawn(self.server);
         shutdown.await;
         stop.cancel();
         consumer.await.context("consumer task")?;
+        sampler.await.context("stream sampler task")?;
         handle.stop(true).await;
         server.await.context("health server task")??;
         Ok(())

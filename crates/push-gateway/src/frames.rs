@@ -62,6 +62,7 @@ mod tests {
             id: uuid::Uuid::nil(),
             received_at: chrono::DateTime::from_timestamp_micros(0).unwrap(),
             payload: serde_json::value::RawValue::from_string("{\"b\":1,\"a\":2}".into()).unwrap(),
+            request_id: None,
         };
         let frame = message(StreamId::new(5, 1), entry);
         assert_eq!(

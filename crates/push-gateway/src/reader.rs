@@ -129,7 +129,14 @@ pub fn to_frames(entries: &[RawEntry]) -> Vec<Frame> {
     let mut frames = Vec::with_capacity(entries.len());
     for e in entries {
         match e.decode() {
-            (Ok(stream_id), Ok(entry)) => frames.push(frames::message(stream_id, entry)),
+            (Ok(stream_id), Ok(entry)) => {
+                log::debug!(
+                    "pushing message {} at {stream_id} request_id={}",
+                    entry.id,
+                    entry.request_id.as_deref().unwrap_or("-")
+                );
+                frames.push(frames::message(stream_id, entry))
+            }
             (_, Err(err)) | (Err(err), _) => log::warn!("entry {} not pushed: {err}", e.id),
         }
     }

@@ -26,8 +26,9 @@ pub struct ServerOptions {
     pub shutdown_grace: Duration,
 }
 
-/// Starts an actix-web server on `listener` with the settings every Relay service shares: signals are the
-/// caller's (the server stops when told), and `TCP_NODELAY` is set on every connection: responses and
+/// Starts an actix-web server on `listener` with the settings every Relay service shares: every route
+/// [`observe`]d (request id, HTTP metrics, access log), signals are the caller's (the server stops when
+/// told), and `TCP_NODELAY` is set on every connection: responses and
 /// frames are small, and Nagle's algorithm would hold each one until the client's delayed ACK (up to
 /// 40 ms) whenever an earlier one is still unacknowledged.
 pub fn serve<F, T, B>(
@@ -46,14 +47,15 @@ where
         > + 'static,
     B: MessageBody + 'static,
 {
-    let mut server = HttpServer::new(factory)
-        .on_connect(|io, _| {
-            if let Some(tcp) = io.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                let _ = tcp.set_nodelay(true);
-            }
-        })
-        .disable_signals()
-        .shutdown_timeout(options.shutdown_grace.as_secs().max(1));
+    let mut server =
+        HttpServer::new(move || factory().wrap(actix_web::middleware::from_fn(observe)))
+            .on_connect(|io, _| {
+                if let Some(tcp) = io.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                    let _ = tcp.set_nodelay(true);
+                }
+            })
+            .disable_signals()
+            .shutdown_timeout(options.shutdown_grace.as_secs().max(1));
     if let Some(workers) = options.workers {
         server = server.workers(workers);
     }
@@ -63,15 +65,30 @@ where
 /// One readiness check: `Ok` when the dependency answers; the error is for the log only.
 pub type Check = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
-/// What `/readyz` checks and `/metrics` renders.
+/// What `/readyz` checks and `/metrics` renders, and the HTTP request metrics [`observe`] records.
 pub struct Health {
     pub registry: Registry,
     checks: Vec<(&'static str, Check)>,
+    requests: prometheus::IntCounterVec,
+    request_seconds: prometheus::HistogramVec,
 }
 
 impl Health {
     pub fn new(registry: Registry) -> Self {
         Self {
+            requests: crate::metrics::counter_vec(
+                &registry,
+                "relay_http_requests_total",
+                "HTTP requests answered, by route pattern and status",
+                &["route", "status"],
+            ),
+            request_seconds: crate::metrics::histogram_vec(
+                &registry,
+                "relay_http_request_duration_seconds",
+                "Time to answer an HTTP request (to its response head), by route pattern",
+                &["route"],
+                crate::metrics::LATENCY_BUCKETS,
+            ),
             registry,
             checks: Vec::new(),
         }
@@ -155,4 +172,84 @@ pub fn bearer(headers: &actix_web::http::header::HeaderMap) -> Option<&str> {
         .eq_ignore_ascii_case("bearer")
         .then(|| key.trim())
         .filter(|k| !k.is_empty())
+}
+
+/// The request id of a request: the client's `X-Request-Id` when it is 1–128 printable ASCII characters,
+/// else one generated here. [`observe`] puts it in the request's extensions and echoes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+impl RequestId {
+    fn from_header(value: Option<&actix_web::http::header::HeaderValue>) -> Self {
+        match value.map(|v| v.as_bytes()) {
+            Some(v)
+                if !v.is_empty()
+                    && v.len() <= 128
+                    && v.iter().all(|b| (0x20..=0x7e).contains(b)) =>
+            {
+                // All bytes are printable ASCII, so this is valid UTF-8.
+                Self(String::from_utf8_lossy(v).into_owned())
+            }
+            _ => Self(uuid::Uuid::now_v7().simple().to_string()),
+        }
+    }
+
+    /// The id of `req` (set by [`observe`]; generated when the middleware did not run).
+    pub fn of(req: &actix_web::HttpRequest) -> Self {
+        use actix_web::HttpMessage;
+        req.extensions()
+            .get::<Self>()
+            .cloned()
+            .unwrap_or_else(|| Self::from_header(req.headers().get(REQUEST_ID_HEADER)))
+    }
+}
+
+/// Middleware for every route of a service: takes or makes the request id, echoes it in `X-Request-Id`,
+/// counts the request in `relay_http_requests_total{route,status}` and its time in
+/// `relay_http_request_duration_seconds{route}`, and writes one access-log line (target `access`: filter
+/// it with `RUST_LOG=info,access=warn`). The route label is the matched pattern (`/messages/{id}`), never
+/// the raw path, so a client cannot grow the label set.
+pub async fn observe(
+    req: ServiceRequest,
+    next: actix_web::middleware::Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    use actix_web::HttpMessage;
+    let started = std::time::Instant::now();
+    let id = RequestId::from_header(req.headers().get(REQUEST_ID_HEADER));
+    req.extensions_mut().insert(id.clone());
+    let method = req.method().clone();
+    let health = req.app_data::<web::Data<Health>>().cloned();
+    let mut res = next.call(req).await?;
+    let route = res
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let status = res.status();
+    if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&id.0) {
+        res.headers_mut().insert(
+            actix_web::http::header::HeaderName::from_static(REQUEST_ID_HEADER),
+            value,
+        );
+    }
+    let elapsed = started.elapsed();
+    if let Some(health) = health {
+        health
+            .requests
+            .with_label_values(&[route.as_str(), status.as_str()])
+            .inc();
+        health
+            .request_seconds
+            .with_label_values(&[route.as_str()])
+            .observe(elapsed.as_secs_f64());
+    }
+    log::info!(
+        target: "access",
+        "{method} {route} {} {:.3}ms request_id={}",
+        status.as_u16(),
+        elapsed.as_secs_f64() * 1e3,
+        id.0
+    );
+    Ok(res)
 }

@@ -5,6 +5,7 @@
 
 pub mod backoff;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod problem;
 pub mod redis;

@@ -3,7 +3,7 @@
 //! them without signals; `main` passes [`signal`].
 
 use std::future::Future;
-use std::io::Write;
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use crate::settings::defs::{UsedBy, DEFS};
@@ -37,26 +37,6 @@ pub async fn signal() {
     }
 }
 
-/// Logging as every Relay binary does it: `RUST_LOG` (default `info`); `LOG_FORMAT=json` writes one JSON
-/// object per line.
-pub fn init_logging() {
-    let mut builder =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    if std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
-        builder.format(|buf, record| {
-            let line = serde_json::json!({
-                "ts": buf.timestamp_micros().to_string(),
-                "level": record.level().as_str(),
-                "target": record.target(),
-                "msg": record.args().to_string(),
-            });
-            writeln!(buf, "{line}")
-        });
-    }
-    // A second init (several services in one test process) keeps the first logger.
-    let _ = builder.try_init();
-}
-
 /// The settings `binary` reads, as `--help` prints them.
 pub fn help(binary: &str, used_by: UsedBy) -> String {
     let mut out = format!(
@@ -74,10 +54,6 @@ pub fn help(binary: &str, used_by: UsedBy) -> String {
             d.name, d.meaning
         ));
     }
-    out.push_str("  RELAY_CONFIG           default (none)\n      A TOML file setting any of the keys above; the environment wins over it.\n");
-    out.push_str(
-        "  LOG_FORMAT             default text\n      `json`: one JSON object per log line.\n",
-    );
     out
 }
 
@@ -95,12 +71,29 @@ where
     E1: std::fmt::Display,
     E2: std::fmt::Display,
 {
+    let code = run_to_end(binary, used_by, build, run).await;
+    crate::logging::flush();
+    code
+}
+
+async fn run_to_end<A, B, R, E1, E2>(
+    binary: &str,
+    used_by: UsedBy,
+    build: impl FnOnce(Settings) -> B,
+    run: impl FnOnce(A) -> R,
+) -> ExitCode
+where
+    B: Future<Output = Result<A, E1>>,
+    R: Future<Output = Result<(), E2>>,
+    E1: std::fmt::Display,
+    E2: std::fmt::Display,
+{
     if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
         // Writing the help to a closed stdout is not worth a panic.
         let _ = std::io::stdout().write_all(help(binary, used_by).as_bytes());
         return ExitCode::SUCCESS;
     }
-    init_logging();
+    crate::logging::init();
     let settings = match Settings::load() {
         Ok(s) => s,
         Err(e) => {

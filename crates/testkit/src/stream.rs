@@ -15,6 +15,7 @@ pub fn entry(payload: &str) -> StreamEntry {
         id: Uuid::now_v7(),
         received_at: now_micros(),
         payload: RawValue::from_string(payload.into()).unwrap(),
+        request_id: None,
     }
 }
 

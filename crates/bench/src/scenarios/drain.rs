@@ -35,6 +35,7 @@ pub async fn drain(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
                     "{{\"i\":{i},\"pad\":\"{filler}\"}}"
                 ))
                 .unwrap(),
+                request_id: None,
             })
             .collect();
         let mut pipe = redis::pipe();

@@ -92,7 +92,14 @@ async fn accept(
     }
     Ok((
         kind,
-        append(state, worker_redis, payloads, idempotency).await?,
+        append(
+            state,
+            worker_redis,
+            payloads,
+            idempotency,
+            service::http::RequestId::of(req).0,
+        )
+        .await?,
     ))
 }
 
@@ -128,6 +135,7 @@ async fn append(
     worker_redis: &WorkerRedis,
     payloads: Vec<Box<RawValue>>,
     idempotency: Option<(String, String)>,
+    request_id: String,
 ) -> Result<Vec<Accepted>, ApiError> {
     let received_at = now_micros();
     let entries: Vec<StreamEntry> = payloads
@@ -136,6 +144,7 @@ async fn append(
             id: Uuid::now_v7(),
             received_at,
             payload,
+            request_id: Some(request_id.clone()),
         })
         .collect();
     let key = &state.settings.stream_key;

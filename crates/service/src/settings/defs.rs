@@ -92,7 +92,7 @@ pub const DEFS: &[Def] = &[
             "API_KEYS",
             "",
             INGEST | GATEWAY,
-            "key:scope+scope,… (scopes publish, read, subscribe), or @path to read that list from a file; empty: no authentication.",
+            "key:scope+scope,… (scopes publish, read, subscribe), or @path to read that list from a file; empty: no authentication (local use only: each service warns at start).",
         ),
         Secret::Whole,
     ),
@@ -184,9 +184,84 @@ pub const DEFS: &[Def] = &[
         "RUST_LOG",
         "info",
         ALL,
-        "Log levels (env_logger syntax).",
+        "Log levels (env_logger syntax); the access log is target `access` (e.g. `info,access=warn`).",
+    ),
+    def(
+        "LOG_FORMAT",
+        "text",
+        ALL,
+        "`json`: one JSON object per log line.",
+    ),
+    def(
+        "RELAY_CONFIG",
+        "",
+        ALL,
+        "A TOML file setting any of these keys; the environment wins over it.",
     ),
 ];
+
+/// The README's settings table, generated from [`DEFS`] (a test keeps the README equal to it).
+pub fn markdown_table() -> String {
+    let mut out = String::from("| variable | default | used by | meaning |\n|---|---|---|---|\n");
+    for d in DEFS {
+        let default = if d.default.is_empty() {
+            "(empty)".to_owned()
+        } else {
+            format!("`{}`", d.default)
+        };
+        let users = if d.used_by == ALL {
+            "all".to_owned()
+        } else {
+            [
+                (INGEST, "ingest-api"),
+                (PERSISTER, "persister"),
+                (GATEWAY, "push-gateway"),
+            ]
+            .iter()
+            .filter(|(bit, _)| d.used_by & bit != 0)
+            .map(|(_, name)| *name)
+            .collect::<Vec<_>>()
+            .join(", ")
+        };
+        out.push_str(&format!(
+            "| `{}` | {default} | {users} | {} |\n",
+            d.name,
+            d.meaning.replace('|', "\\|")
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    /// The README's table between its markers is exactly [`super::markdown_table`]. After adding or
+    /// changing a setting, `UPDATE_README=1 cargo test -p service` rewrites it.
+    #[test]
+    fn the_readme_lists_every_setting_as_defined() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md");
+        let readme = std::fs::read_to_string(path).unwrap();
+        let (begin, end) = ("<!-- settings:begin -->\n", "<!-- settings:end -->");
+        let start = readme.find(begin).expect("README has the settings markers") + begin.len();
+        let stop = readme[start..]
+            .find(end)
+            .expect("README has the end marker")
+            + start;
+        let table = super::markdown_table();
+        if std::env::var_os("UPDATE_README").is_some() {
+            std::fs::write(
+                path,
+                format!("{}{table}{}", &readme[..start], &readme[stop..]),
+            )
+            .unwrap();
+            return;
+        }
+        assert_eq!(
+            readme[start..stop],
+            table,
+            "README's settings table is out of date: run UPDATE_README=1 cargo test -p service"
+        );
+    }
+}
 
 /// The definition named `name` (upper case).
 pub fn find(name: &str) -> Option<&'static Def> {
