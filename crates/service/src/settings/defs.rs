@@ -232,6 +232,11 @@ pub fn markdown_table() -> String {
     out
 }
 
+/// The definition named `name` (upper case).
+pub fn find(name: &str) -> Option<&'static Def> {
+    DEFS.iter().find(|d| d.name.eq_ignore_ascii_case(name))
+}
+
 #[cfg(test)]
 mod tests {
     /// The README's table between its markers is exactly [`super::markdown_table`]. After adding or
@@ -261,9 +266,4 @@ mod tests {
             "README's settings table is out of date: run UPDATE_README=1 cargo test -p service"
         );
     }
-}
-
-/// The definition named `name` (upper case).
-pub fn find(name: &str) -> Option<&'static Def> {
-    DEFS.iter().find(|d| d.name.eq_ignore_ascii_case(name))
 }
