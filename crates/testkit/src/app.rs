@@ -166,6 +166,16 @@ impl Relay {
         self.ingest.url()
     }
 
+    /// `http://127.0.0.1:<port>` of the persister (health and metrics).
+    pub fn persister_url(&self) -> String {
+        self.persister.as_ref().expect("a persister").url()
+    }
+
+    /// `http://127.0.0.1:<port>` of the gateway.
+    pub fn gateway_url(&self) -> String {
+        self.gateway.as_ref().expect("a gateway").url()
+    }
+
     pub fn gateway_port(&self) -> u16 {
         self.gateway.as_ref().expect("a gateway").port
     }

@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod db;
+pub mod metrics;
 pub mod procs;
 pub mod stream;
 pub mod ws;
