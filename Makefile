@@ -21,6 +21,7 @@ test: check-toolchain
 	scripts/services.sh up
 	scripts/browser-deps.sh
 	$(CARGO) build --bins  # the fault tests run the real binaries
+	scripts/check-openapi.sh  # the generated OpenAPI document, validated as OpenAPI 3.1
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --workspace --no-fail-fast; \
 	else \

@@ -9,6 +9,19 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // The OpenAPI document, for tools (validators, client generators); nothing is started.
+    if std::env::args().nth(1).as_deref() == Some("--openapi") {
+        return match ingest_api::routes::openapi().to_pretty_json() {
+            Ok(doc) => {
+                println!("{doc}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cannot render the OpenAPI document: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     service::run_service("ingest-api", service::INGEST, Application::build, |app| {
         app.run_until_stopped(service::run::signal())
     })

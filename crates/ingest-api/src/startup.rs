@@ -13,6 +13,7 @@ use service::http::{Health, ServerOptions};
 use service::settings::AllowedOrigins;
 use service::Settings;
 use store::PgPool;
+use utoipa_actix_web::AppExt;
 
 use crate::backlog::Backlog;
 use crate::metrics::Metrics;
@@ -80,6 +81,11 @@ impl Application {
             workers: None,
             shutdown_grace: SHUTDOWN_GRACE,
         };
+        let doc = web::Data::new(routes::ApiDoc(
+            routes::openapi()
+                .to_pretty_json()
+                .context("rendering the OpenAPI document")?,
+        ));
         let server = service::http::serve(listener, options, move || {
             // Runs on each worker thread: the connection's I/O task is spawned on that worker's runtime.
             let redis =
@@ -87,11 +93,13 @@ impl Application {
                     unreachable!("REDIS_URL was checked when the server was built: {e}")
                 });
             App::new()
+                .into_utoipa_app()
+                .configure(|cfg| routes::configure(cfg, health.clone()))
+                .into_app()
                 .wrap(cors(&app_state.settings.allowed_origins))
                 .app_data(app_state.clone())
                 .app_data(web::Data::new(WorkerRedis(redis)))
-                .configure(|cfg| service::http::health_routes(cfg, health.clone()))
-                .configure(routes::configure)
+                .app_data(doc.clone())
         })?;
         Ok(Self {
             port,

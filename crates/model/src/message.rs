@@ -9,20 +9,38 @@ use uuid::Uuid;
 use crate::StreamId;
 
 /// One persisted (or streamed) message. `payload` is the client's JSON text, byte for byte.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "id": "01936f4e-8a9b-7c3d-9e2f-0a1b2c3d4e5f",
+    "stream_id": "1732478400123-0",
+    "received_at": "2026-11-24T20:00:00.123456Z",
+    "payload": {"any": "JSON the client posted"}
+}))]
 pub struct Message {
+    /// A UUIDv7 that ingest-api assigns.
     pub id: Uuid,
+    /// The Redis Stream entry id: the one total order of the pipeline.
     #[serde(deserialize_with = "de_stream_id")]
+    #[schema(value_type = String, pattern = "^[0-9]+-[0-9]+$")]
     pub stream_id: StreamId,
+    /// When ingest-api accepted it: RFC 3339, UTC, microseconds, `Z`.
     pub received_at: DateTime<Utc>,
+    /// The posted JSON value, unchanged.
+    #[schema(value_type = Object)]
     pub payload: Box<RawValue>,
 }
 
 /// What `POST /messages` answers for each accepted message.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "id": "01936f4e-8a9b-7c3d-9e2f-0a1b2c3d4e5f",
+    "stream_id": "1732478400123-0",
+    "received_at": "2026-11-24T20:00:00.123456Z"
+}))]
 pub struct Accepted {
     pub id: Uuid,
     #[serde(deserialize_with = "de_stream_id")]
+    #[schema(value_type = String, pattern = "^[0-9]+-[0-9]+$")]
     pub stream_id: StreamId,
     pub received_at: DateTime<Utc>,
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{get, web, App, HttpResponse, HttpServer};
 use anyhow::Context;
 use futures_util::future::BoxFuture;
 use prometheus::Registry;
@@ -115,17 +115,36 @@ impl Health {
 /// `/healthz` (the process is alive), `/readyz` (every check passes) and `/metrics`.
 pub fn health_routes(cfg: &mut web::ServiceConfig, health: web::Data<Health>) {
     cfg.app_data(health)
-        .route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics));
+        .service(healthz)
+        .service(readyz)
+        .service(metrics);
 }
 
+/// [`health_routes`] for an app whose OpenAPI document is collected from its services.
+pub fn documented_health_routes(
+    cfg: &mut utoipa_actix_web::service_config::ServiceConfig,
+    health: web::Data<Health>,
+) {
+    cfg.app_data(health)
+        .service(healthz)
+        .service(readyz)
+        .service(metrics);
+}
+
+/// The process is alive.
+#[utoipa::path(tag = "operations", responses((status = 200, description = "Alive", body = String, content_type = "text/plain", example = "ok\n")))]
+#[get("/healthz")]
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok\n")
 }
 
 /// 200 when every dependency answers, else 503. The body names each dependency and says `ok` or
 /// `unavailable`: its error text goes to the log, never to whoever asks.
+#[utoipa::path(tag = "operations", responses(
+    (status = 200, description = "Every dependency answers", body = Object, example = json!({"redis": "ok", "status": "ready"})),
+    (status = 503, description = "A dependency does not answer", body = Object, example = json!({"redis": "unavailable", "status": "not ready"}))
+))]
+#[get("/readyz")]
 async fn readyz(health: web::Data<Health>) -> HttpResponse {
     let results =
         futures_util::future::join_all(health.checks.iter().map(|(_, check)| check())).await;
@@ -154,6 +173,9 @@ async fn readyz(health: web::Data<Health>) -> HttpResponse {
     res.json(body)
 }
 
+/// The service's metrics in the Prometheus text format.
+#[utoipa::path(tag = "operations", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain; version=0.0.4")))]
+#[get("/metrics")]
 async fn metrics(health: web::Data<Health>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")

@@ -9,7 +9,13 @@ use serde::Serialize;
 /// Seconds a client should wait before retrying a 503 when nothing more precise is known.
 pub const RETRY_AFTER_SECS: u64 = 1;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "type": "/problems/malformed-json",
+    "title": "Malformed JSON",
+    "status": 400,
+    "detail": "expected value at line 1 column 1"
+}))]
 pub struct Problem {
     /// A relative URI (`/problems/<slug>`), as RFC 9457 allows.
     r#type: String,
@@ -17,6 +23,7 @@ pub struct Problem {
     status: u16,
     detail: String,
     #[serde(skip)]
+    #[schema(ignore)]
     retry_after: Option<u64>,
 }
 

@@ -1,35 +1,157 @@
-//! The routes of ingest-api (health, readiness and metrics come from `service::http`).
+//! The routes of ingest-api and its OpenAPI document. Each route is registered here as an annotated
+//! service, and the document is collected from that same registration ([`configure`]), so a route cannot
+//! be served without being documented or documented without being served. Health, readiness and
+//! metrics come from `service::http`.
 
 mod publish;
 mod read;
 
-use actix_web::web;
+use actix_web::{get, post, web, App, HttpRequest, HttpResponse};
+use service::http::Health;
+use service::Problem;
+use utoipa::openapi::{Info, OpenApi};
+use utoipa_actix_web::service_config::ServiceConfig;
+use utoipa_actix_web::AppExt;
 
 use crate::problem::ApiError;
+use crate::startup::{AppState, WorkerRedis};
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/messages", web::post().to(publish::publish))
-        .route("/messages", web::get().to(read::list))
-        .route("/messages/{id}", web::get().to(read::one))
-        .route("/openapi.json", web::get().to(openapi))
-        .route("/docs", web::get().to(docs))
+/// Every route of ingest-api (health included, with `health`'s checks).
+pub fn configure(cfg: &mut ServiceConfig, health: web::Data<Health>) {
+    service::http::documented_health_routes(cfg, health);
+    cfg.service(post_messages)
+        .service(list_messages)
+        .service(get_message)
+        .service(openapi_json)
+        .service(docs)
         .default_service(web::to(|| async {
-            Err::<actix_web::HttpResponse, _>(ApiError::NoRoute)
+            Err::<HttpResponse, _>(ApiError::NoRoute)
         }));
 }
 
-/// The OpenAPI 3.1 document of this API (kept beside the code; a test checks it against the routes).
-pub const OPENAPI: &str = include_str!("../../api/openapi.json");
-const DOCS: &str = include_str!("../../api/docs.html");
-
-async fn openapi() -> actix_web::HttpResponse {
-    actix_web::HttpResponse::Ok()
-        .content_type("application/json")
-        .body(OPENAPI)
+/// The OpenAPI 3.1 document, collected from [`configure`].
+pub fn openapi() -> OpenApi {
+    let health = web::Data::new(Health::new(service::metrics::registry()));
+    let (_, mut doc) = App::new()
+        .into_utoipa_app()
+        .configure(|cfg| configure(cfg, health))
+        .split_for_parts();
+    let mut info = Info::new("Relay ingest API", "1.1.0");
+    info.description = Some(
+        "Post any JSON onto the Relay stream; read every persisted message back. Errors are RFC 9457 \
+         problem documents (`application/problem+json`). With `API_KEYS` set, send \
+         `Authorization: Bearer <key>`: `publish` for POST, `read` for GET /messages…."
+            .into(),
+    );
+    doc.info = info;
+    doc
 }
 
-async fn docs() -> actix_web::HttpResponse {
-    actix_web::HttpResponse::Ok()
+/// The rendered document, served at `/openapi.json`.
+pub struct ApiDoc(pub String);
+
+/// Accepts one JSON value (`application/json`), or an NDJSON batch (`application/x-ndjson`), onto the
+/// stream. A 202 is a promise: the message will be in Postgres exactly once and was offered to every
+/// live client.
+#[utoipa::path(
+    tag = "messages",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1–255 printable ASCII. A repeat with the same body within 24 h answers the first 202 and adds nothing; another body is 409. Scoped to the API key that sends it."),
+        ("X-Request-Id" = Option<String>, Header, description = "1–128 printable ASCII, echoed and carried with the message through every service's logs; generated when absent."),
+    ),
+    request_body(
+        description = "One JSON value, at most MAX_BODY_BYTES (default 1 MiB) and nesting at most 128 deep; or one JSON value per line (blank lines ignored; at most MAX_BATCH_LINES lines, MAX_BATCH_BYTES bytes, each line at most MAX_BODY_BYTES).",
+        content(
+            ("application/json", examples(
+                ("object" = (summary = "A JSON object", value = json!({"sensor": "t-1", "celsius": 21.5}))),
+                ("string" = (summary = "Any JSON value, e.g. a string", value = json!("hello")))
+            )),
+            ("application/x-ndjson", example = json!("{\"n\":1}\n{\"n\":2}\n"))
+        )
+    ),
+    responses(
+        (status = 202, description = "In the stream. For a batch, an array of these in line order.", body = model::Accepted,
+            headers(("Location" = String, description = "/messages/{id} (single messages)"))),
+        (status = 400, description = "Malformed JSON, invalid UTF-8, nesting over 128, a bad batch line (named), or a bad Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown API key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key lacks the `publish` scope", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Over a size limit", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Neither application/json nor application/x-ndjson", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unreachable or the backlog over MAX_BACKLOG: nothing accepted; retry after Retry-After (with the Idempotency-Key)", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds"))),
+    )
+)]
+#[post("/messages")]
+async fn post_messages(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+    worker_redis: web::Data<WorkerRedis>,
+) -> Result<HttpResponse, ApiError> {
+    publish::publish(req, body, state, worker_redis).await
+}
+
+/// Every persisted message in stream order, streamed with constant memory; or a page of them.
+#[utoipa::path(
+    tag = "messages",
+    params(
+        ("after" = Option<String>, Query, description = "A stream_id: only messages after it (exclusive)", example = "1732478400123-0"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "Page size; with it, a Link header names the next page", example = 100),
+    ),
+    responses(
+        (status = 200, description = "A JSON array of messages in stream order", body = Vec<model::Message>,
+            headers(("Link" = String, description = "</messages?after=…&limit=…>; rel=\"next\" when more remain"))),
+        (status = 400, description = "A bad `after` or `limit`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown API key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Postgres unreachable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[get("/messages")]
+async fn list_messages(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    read::list(req, state).await
+}
+
+/// One persisted message by its id.
+#[utoipa::path(
+    tag = "messages",
+    params(("id" = uuid::Uuid, Path, description = "The message id from the 202", example = "01936f4e-8a9b-7c3d-9e2f-0a1b2c3d4e5f")),
+    responses(
+        (status = 200, description = "The message", body = model::Message),
+        (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No message has this id (yet: it may not be persisted)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Postgres unreachable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[get("/messages/{id}")]
+async fn get_message(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    read::one(req, path, state).await
+}
+
+/// This document.
+#[utoipa::path(tag = "operations", responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
+#[get("/openapi.json")]
+async fn openapi_json(doc: web::Data<ApiDoc>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(doc.0.clone())
+}
+
+const DOCS: &str = include_str!("../../api/docs.html");
+
+/// A page that renders this document, fetching nothing from outside the service.
+#[utoipa::path(tag = "operations", responses((status = 200, description = "HTML", body = String, content_type = "text/html")))]
+#[get("/docs")]
+async fn docs() -> HttpResponse {
+    HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .body(DOCS)
 }

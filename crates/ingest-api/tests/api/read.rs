@@ -232,6 +232,7 @@ async fn the_openapi_document_describes_every_route_and_docs_render_it_locally()
     assert_eq!(res.status(), 200);
     let doc: serde_json::Value = res.json().await.unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
+    // The document is collected from the app's own route registrations; the contract's routes are in it.
     let paths = doc["paths"].as_object().unwrap();
     for (path, method) in [
         ("/messages", "post"),
@@ -248,6 +249,12 @@ async fn the_openapi_document_describes_every_route_and_docs_render_it_locally()
             "{method} {path} is not documented"
         );
     }
+    for schema in ["Message", "Accepted", "Problem"] {
+        assert!(
+            doc["components"]["schemas"][schema]["example"].is_object(),
+            "{schema} has an example"
+        );
+    }
     // Every documented path answers (with anything but the catch-all 404).
     for path in paths.keys() {
         let concrete = path.replace("{id}", &uuid::Uuid::now_v7().to_string());
@@ -258,6 +265,59 @@ async fn the_openapi_document_describes_every_route_and_docs_render_it_locally()
             "{path} is documented but not routed"
         );
     }
+    // Every example request is accepted with the documented status.
+    let mut sent = 0;
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            let Some(content) = op["requestBody"]["content"].as_object() else {
+                continue;
+            };
+            let success = op["responses"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .find(|s| s.starts_with('2'))
+                .unwrap()
+                .parse::<u16>()
+                .unwrap();
+            for (content_type, media) in content {
+                let mut examples: Vec<serde_json::Value> = media["examples"]
+                    .as_object()
+                    .map(|e| e.values().map(|x| x["value"].clone()).collect())
+                    .unwrap_or_default();
+                examples.extend(media.get("example").cloned());
+                assert!(
+                    !examples.is_empty(),
+                    "{method} {path} {content_type} has an example"
+                );
+                for example in examples {
+                    let body = match (content_type.as_str(), &example) {
+                        ("application/json", v) => v.to_string(),
+                        (_, serde_json::Value::String(text)) => text.clone(),
+                        (_, v) => v.to_string(),
+                    };
+                    let res = app
+                        .client
+                        .request(
+                            method.to_uppercase().parse().unwrap(),
+                            format!("{}{path}", app.ingest_url()),
+                        )
+                        .header("content-type", content_type)
+                        .body(body)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(
+                        res.status(),
+                        success,
+                        "{method} {path} {content_type} {example}"
+                    );
+                    sent += 1;
+                }
+            }
+        }
+    }
+    assert!(sent >= 3, "the examples were sent");
     let docs = app.get("/docs").await;
     assert_eq!(docs.status(), 200);
     let html = docs.text().await.unwrap();
