@@ -13,8 +13,11 @@ async fn main() -> std::process::ExitCode {
     if std::env::args().nth(1).as_deref() == Some("--openapi") {
         return match ingest_api::routes::openapi().to_pretty_json() {
             Ok(doc) => {
-                println!("{doc}");
-                std::process::ExitCode::SUCCESS
+                use std::io::Write as _;
+                match writeln!(std::io::stdout(), "{doc}") {
+                    Ok(()) => std::process::ExitCode::SUCCESS,
+                    Err(_) => std::process::ExitCode::FAILURE,
+                }
             }
             Err(e) => {
                 eprintln!("cannot render the OpenAPI document: {e}");
