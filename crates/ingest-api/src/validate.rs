@@ -79,11 +79,23 @@ fn nesting_exceeds(json: &[u8], limit: usize) -> bool {
     false
 }
 
-/// Every non-blank line of an NDJSON batch, validated, in order; the first bad line is a 400 that names it.
-pub fn ndjson_lines(text: &str, max_lines: usize) -> Result<Vec<Box<RawValue>>, ApiError> {
+/// Every non-blank line of an NDJSON batch, validated, in order; the first bad line is a 400 that names it,
+/// a line over `max_line_bytes` (`MAX_BODY_BYTES`, the limit of one message) a 413 that names it: a batch
+/// is many messages, never a way around the size of one.
+pub fn ndjson_lines(
+    text: &str,
+    max_lines: usize,
+    max_line_bytes: usize,
+) -> Result<Vec<Box<RawValue>>, ApiError> {
     let mut values = Vec::new();
     for (i, line) in text.split('\n').enumerate() {
         let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.len() > max_line_bytes {
+            return Err(ApiError::LineTooLarge {
+                line: i + 1,
+                limit: max_line_bytes,
+            });
+        }
         if line.trim().is_empty() {
             continue;
         }
@@ -146,14 +158,26 @@ mod tests {
     #[test]
     fn ndjson_names_the_bad_line_and_skips_blank_ones() {
         assert_eq!(
-            ndjson_lines("1\n\n  \r\n{\"a\":2}\r\n", 10).unwrap().len(),
+            ndjson_lines("1\n\n  \r\n{\"a\":2}\r\n", 10, 100)
+                .unwrap()
+                .len(),
             2
         );
-        let err = ndjson_lines("1\n2\n{oops\n4", 10).unwrap_err();
+        let err = ndjson_lines("1\n2\n{oops\n4", 10, 100).unwrap_err();
         assert!(matches!(err, ApiError::BadLine { line: 3, .. }), "{err:?}");
         assert!(matches!(
-            ndjson_lines("1\n2\n3", 2),
+            ndjson_lines("1\n2\n3", 2, 100),
             Err(ApiError::TooManyLines { limit: 2 })
         ));
+    }
+
+    #[test]
+    fn an_ndjson_line_over_the_message_limit_is_named() {
+        let err = ndjson_lines("1\n\"12345678\"\n3", 10, 8).unwrap_err();
+        assert!(
+            matches!(err, ApiError::LineTooLarge { line: 2, limit: 8 }),
+            "{err:?}"
+        );
+        assert_eq!(ndjson_lines("1\n\"123456\"\n3", 10, 8).unwrap().len(), 3);
     }
 }

@@ -60,10 +60,7 @@ impl Application {
         });
         log::info!("push-gateway listening on {}", listener.local_addr()?);
         let app_state = state.clone();
-        let options = ServerOptions {
-            workers: None,
-            shutdown_grace: Duration::from_secs(5),
-        };
+        let options = ServerOptions::new(&state.settings, Duration::from_secs(5));
         let server = service::http::serve(listener, options, move || {
             App::new()
                 .app_data(app_state.clone())
