@@ -30,6 +30,10 @@ pub struct ServerOptions {
     /// `CLIENT_TIMEOUT_MS`: how long a client may take to send its request head, how long an idle
     /// keep-alive connection is kept, and how long a closing connection may take to flush.
     pub client_timeout: Duration,
+    /// Whether [`ConnectionHeld::shutdown`] can end a connection (it then keeps a duplicate of each
+    /// socket's descriptor, one more file descriptor per connection): for servers whose handlers must be
+    /// able to drop a client that will never read, which actix alone would keep flushing to forever.
+    pub closable_sockets: bool,
 }
 
 impl ServerOptions {
@@ -38,6 +42,7 @@ impl ServerOptions {
             workers: None,
             shutdown_grace,
             client_timeout: Duration::from_millis(settings.client_timeout_ms),
+            closable_sockets: false,
         }
     }
 }
@@ -86,11 +91,15 @@ where
     B: MessageBody + 'static,
 {
     let mut server = HttpServer::new(factory)
-        .on_connect(|io, ext| {
+        .on_connect(move |io, ext| {
+            let mut held = ConnectionHeld::default();
             if let Some(tcp) = io.downcast_ref::<actix_web::rt::net::TcpStream>() {
                 let _ = tcp.set_nodelay(true);
+                if options.closable_sockets {
+                    held = ConnectionHeld::with_socket(tcp);
+                }
             }
-            ext.insert(ConnectionHeld::default());
+            ext.insert(held);
         })
         .client_request_timeout(options.client_timeout)
         .client_disconnect_timeout(options.linger())
@@ -109,15 +118,57 @@ where
 /// connection slot) and it is dropped when actix drops the socket, not when the handler or session ends.
 /// That is what makes "the slot is free only when the socket is gone" true.
 #[derive(Clone, Default)]
-pub struct ConnectionHeld(Arc<Mutex<Vec<Box<dyn Any + Send>>>>);
+pub struct ConnectionHeld(Arc<Held>);
+
+#[derive(Default)]
+struct Held {
+    things: Mutex<Vec<Box<dyn Any + Send>>>,
+    /// A duplicate of the connection's socket, when the server keeps one (`closable_sockets`).
+    socket: Option<std::net::TcpStream>,
+}
 
 impl ConnectionHeld {
+    #[cfg(unix)]
+    fn with_socket(tcp: &actix_web::rt::net::TcpStream) -> Self {
+        use std::os::fd::AsFd;
+        let socket = tcp
+            .as_fd()
+            .try_clone_to_owned()
+            .ok()
+            .map(std::net::TcpStream::from);
+        Self(Arc::new(Held {
+            things: Mutex::default(),
+            socket,
+        }))
+    }
+
+    #[cfg(not(unix))]
+    fn with_socket(_: &actix_web::rt::net::TcpStream) -> Self {
+        Self::default()
+    }
+
+    /// The request's connection data, for a task that outlives the handler.
+    pub fn of(req: &HttpRequest) -> Option<Self> {
+        req.conn_data::<ConnectionHeld>().cloned()
+    }
+
+    /// Ends the connection now, whatever actix still wants to write to it: for a client that has stopped
+    /// reading. actix then fails its next write and drops the connection (and with it what is held here).
+    /// `false` when the server keeps no socket to shut (`closable_sockets` off).
+    pub fn shutdown(&self) -> bool {
+        self.0
+            .socket
+            .as_ref()
+            .is_some_and(|s| s.shutdown(std::net::Shutdown::Both).is_ok())
+    }
+
     /// Keeps `thing` until the request's connection closes. Returns it back when the request has no
     /// connection data (not served by [`serve`]), so the caller can decide what to do with it.
     pub fn hold<T: Any + Send>(req: &HttpRequest, thing: T) -> Result<(), T> {
         match req.conn_data::<ConnectionHeld>() {
             Some(held) => {
                 held.0
+                    .things
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .push(Box::new(thing));
