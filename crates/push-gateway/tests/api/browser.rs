@@ -343,6 +343,7 @@ async fn a_payload_with_html_and_a_script_is_shown_as_text_and_never_runs() {
         .await;
     let id = posted["id"].as_str().unwrap().to_owned();
     wait_until("the posted message", Duration::from_secs(10), || async {
+        assert!(!browser.alert_open().await, "the payload ran as script");
         browser.cards_with_id(&id).await == 1
     })
     .await;
