@@ -228,3 +228,40 @@ async fn the_page_sends_its_csp_and_no_referrer_and_the_ws_auth_matrix_holds() {
         .unwrap();
     assert!(matches!(client.next().await, Seen::Frame(_)));
 }
+
+#[tokio::test]
+async fn many_replays_at_once_all_complete_and_readyz_answers_meanwhile() {
+    let relay = Relay::live(test_settings()).await;
+    let lines: Vec<String> = (0..1000).map(|i| format!(r#"{{"n":{i}}}"#)).collect();
+    for chunk in lines.chunks(500) {
+        relay.publish_batch(chunk).await;
+    }
+    // More replays than run at once (16): the rest wait their turn, none is lost.
+    let clients = 40;
+    let mut sockets = Vec::new();
+    for _ in 0..clients {
+        sockets.push(relay.ws_connect("?since=0-0").await);
+    }
+    let readyz = format!("http://{}/readyz", relay.gateway_addr());
+    let replays = futures_util::future::join_all(sockets.iter_mut().map(|ws| ws.messages(1000)));
+    let probe = async {
+        let mut slowest = Duration::ZERO;
+        for _ in 0..10 {
+            let started = Instant::now();
+            let res = relay.client.get(&readyz).send().await.unwrap();
+            assert_eq!(res.status(), 200);
+            slowest = slowest.max(started.elapsed());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        slowest
+    };
+    let (got, slowest) = tokio::join!(replays, probe);
+    for messages in got {
+        assert_eq!(messages.len(), 1000);
+        assert_eq!(messages[999]["payload"]["n"], 999);
+    }
+    assert!(
+        slowest < Duration::from_millis(500),
+        "/readyz took {slowest:?} during the replays"
+    );
+}
