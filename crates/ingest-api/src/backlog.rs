@@ -1,31 +1,53 @@
-//! Backpressure: how far the persister group is behind, refreshed in the background so a `POST` pays
-//! nothing for it. Over `MAX_BACKLOG`, posts get 503 instead of letting the stream grow without bound
-//! (the stream is never capped with `XADD MAXLEN`, which would drop unstored entries).
+//! Backpressure: how far the persister group is behind, and how much memory the stream takes in Redis,
+//! refreshed in the background so a `POST` pays nothing for either. Over `MAX_BACKLOG` (entries) or
+//! `MAX_STREAM_BYTES`, posts get 503 instead of letting the stream grow without bound (the stream is never
+//! capped with `XADD MAXLEN`, which would drop unstored entries). Entries alone are no bound on memory:
+//! 100,000 entries of 1 MiB are 100 GB, which is why the bytes are watched too.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// How often the lag is read.
+/// How often the lag and the stream's memory are read.
 pub const REFRESH: Duration = Duration::from_millis(250);
 
 #[derive(Default)]
-pub struct Backlog(AtomicU64);
+pub struct Backlog {
+    entries: AtomicU64,
+    bytes: AtomicU64,
+}
 
 impl Backlog {
     /// Entries the persister group has not yet stored (as last measured).
     pub fn current(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.entries.load(Ordering::Relaxed)
     }
 
-    /// Re-reads the lag until the task is dropped. Failures keep the last value (Redis being away is
+    /// The stream's memory in Redis, in bytes (as last measured by `MEMORY USAGE`).
+    pub fn stream_bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Re-reads both until the task is dropped. Failures keep the last value (Redis being away is
     /// already answered by the write itself).
     pub async fn watch(&self, mut redis: impl redis::aio::ConnectionLike, stream_key: String) {
         let mut tick = tokio::time::interval(REFRESH);
         loop {
             tick.tick().await;
             match model::redis_stream::group_stats(&mut redis, &stream_key).await {
-                Ok(stats) => self.0.store(stats.backlog(), Ordering::Relaxed),
+                Ok(stats) => self.entries.store(stats.backlog(), Ordering::Relaxed),
                 Err(e) => log::debug!("cannot read the persister's lag: {e}"),
+            }
+            // `MEMORY USAGE` samples a few of the stream's nodes (Redis's default of 5) and extrapolates:
+            // cheap at any stream size, and close enough for a limit measured in hundreds of megabytes.
+            // A missing stream answers nil: zero bytes.
+            let usage: redis::RedisResult<Option<u64>> = redis::cmd("MEMORY")
+                .arg("USAGE")
+                .arg(&stream_key)
+                .query_async(&mut redis)
+                .await;
+            match usage {
+                Ok(bytes) => self.bytes.store(bytes.unwrap_or(0), Ordering::Relaxed),
+                Err(e) => log::debug!("cannot read the stream's memory usage: {e}"),
             }
         }
     }

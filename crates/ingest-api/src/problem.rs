@@ -19,6 +19,19 @@ pub enum ApiError {
     BadQuery(String),
     #[error("the body is larger than the limit of {limit} bytes")]
     TooLarge { limit: usize },
+    #[error("line {line} is larger than the limit of {limit} bytes (MAX_BODY_BYTES); nothing was written")]
+    LineTooLarge { line: usize, limit: usize },
+    #[error("the body made no progress for {0} ms (CLIENT_TIMEOUT_MS); nothing was written")]
+    BodyTimeout(u64),
+    #[error("the server holds as many request bytes as it may (MAX_INFLIGHT_BYTES); nothing was accepted, retry later")]
+    Busy,
+    #[error("over PUBLISH_RATE ({rate} messages per second, a batch counting each line); nothing was written, retry after {} s", retry_after_secs(*.wait))]
+    RateLimited {
+        rate: u32,
+        wait: std::time::Duration,
+    },
+    #[error("the stream holds {bytes} bytes in Redis (over MAX_STREAM_BYTES); nothing was accepted, retry later")]
+    StreamFull { bytes: u64 },
     #[error("the batch has more than {limit} lines")]
     TooManyLines { limit: usize },
     #[error("send `Content-Type: application/json` (one JSON value) or `application/x-ndjson` (one per line)")]
@@ -59,6 +72,11 @@ impl ApiError {
             Self::BadQuery(_) => ("invalid-parameter", "Invalid parameter"),
             Self::TooLarge { .. } => ("body-too-large", "Payload too large"),
             Self::TooManyLines { .. } => ("batch-too-long", "Batch has too many lines"),
+            Self::LineTooLarge { .. } => ("line-too-large", "Batch line too large"),
+            Self::BodyTimeout(_) => ("body-timeout", "Request body timed out"),
+            Self::Busy => ("server-busy", "Too many request bytes in flight"),
+            Self::RateLimited { .. } => ("rate-limited", "Publish rate exceeded"),
+            Self::StreamFull { .. } => ("stream-full", "Stream over its memory limit"),
             Self::UnsupportedMediaType => ("unsupported-media-type", "Unsupported media type"),
             Self::NotFound => ("message-not-found", "Message not found"),
             Self::NoRoute => ("not-found", "Not found"),
@@ -81,15 +99,21 @@ impl ResponseError for ApiError {
             | Self::TooDeep(_)
             | Self::BadLine { .. }
             | Self::BadQuery(_) => StatusCode::BAD_REQUEST,
-            Self::TooLarge { .. } | Self::TooManyLines { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooLarge { .. } | Self::TooManyLines { .. } | Self::LineTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound | Self::NoRoute => StatusCode::NOT_FOUND,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::IdempotencyConflict => StatusCode::CONFLICT,
-            Self::Backlog { .. } | Self::StreamUnavailable(_) | Self::StoreUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Backlog { .. }
+            | Self::Busy
+            | Self::StreamFull { .. }
+            | Self::StreamUnavailable(_)
+            | Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -104,6 +128,21 @@ impl ResponseError for ApiError {
             Self::Internal(e) => log::error!("{self}: {e:#}"),
             _ => {}
         }
-        Problem::new(self.status_code(), slug, title, self.to_string()).response()
+        let mut problem = Problem::new(self.status_code(), slug, title, self.to_string());
+        if let Self::RateLimited { wait, .. } = self {
+            problem = problem.retry_after(retry_after_secs(*wait));
+        }
+        let mut res = problem.response();
+        if matches!(self, Self::BodyTimeout(_)) {
+            // The rest of the body may still be on its way: the connection cannot carry another request.
+            res.head_mut()
+                .set_connection_type(actix_web::http::ConnectionType::Close);
+        }
+        res
     }
+}
+
+/// `Retry-After` is whole seconds: round up, so a client that obeys it is not refused again.
+fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }

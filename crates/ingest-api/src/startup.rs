@@ -2,6 +2,7 @@
 //! caller's shutdown future resolves.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_cors::Cors;
@@ -9,7 +10,7 @@ use actix_web::dev::Server;
 use actix_web::{http, web, App};
 use anyhow::Context;
 use redis::aio::ConnectionManager;
-use service::http::{Health, ServerOptions};
+use service::http::{Health, InflightBytes, ServerOptions};
 use service::settings::AllowedOrigins;
 use service::Settings;
 use store::PgPool;
@@ -17,6 +18,7 @@ use utoipa_actix_web::AppExt;
 
 use crate::backlog::Backlog;
 use crate::metrics::Metrics;
+use crate::rate::PublishRate;
 use crate::routes;
 
 /// The multiplexed connection that carries the `XADD`s of one actix worker's requests. Each worker
@@ -34,8 +36,12 @@ pub struct AppState {
     /// Postgres, for reads only. Connections are made on demand, so ingest runs while Postgres is down.
     pub db: PgPool,
     pub metrics: Metrics,
-    /// The persister group's lag, refreshed in the background.
+    /// The persister group's lag and the stream's memory, refreshed in the background.
     pub backlog: Backlog,
+    /// Request body bytes held by this process (`MAX_INFLIGHT_BYTES`).
+    pub inflight: Arc<InflightBytes>,
+    /// `PUBLISH_RATE`; `None` when unlimited.
+    pub rate: Option<PublishRate>,
 }
 
 pub struct Application {
@@ -70,17 +76,16 @@ impl Application {
         let health =
             web::Data::new(Health::new(metrics.registry.clone()).redis(redis.clone(), timeout));
         let state = web::Data::new(AppState {
-            settings,
             redis,
             db,
             metrics,
             backlog: Backlog::default(),
+            inflight: InflightBytes::new(settings.max_inflight_bytes),
+            rate: PublishRate::new(settings.publish_rate),
+            settings,
         });
         let app_state = state.clone();
-        let options = ServerOptions {
-            workers: None,
-            shutdown_grace: SHUTDOWN_GRACE,
-        };
+        let options = ServerOptions::new(&state.settings, SHUTDOWN_GRACE);
         let doc = web::Data::new(routes::ApiDoc(
             routes::openapi()
                 .to_pretty_json()
@@ -125,7 +130,19 @@ impl Application {
         let state = self.state.clone();
         let backlog = tokio::spawn(async move {
             let (redis, key) = (state.redis.clone(), state.settings.stream_key.clone());
-            state.backlog.watch(redis, key).await;
+            let watch = state.backlog.watch(redis, key);
+            // The rate limiter's table keeps one entry per recent publisher; idle ones are dropped each
+            // second so a scan from many addresses cannot grow it without bound.
+            let forget = async {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    if let Some(rate) = &state.rate {
+                        rate.forget_idle();
+                    }
+                }
+            };
+            tokio::join!(watch, forget);
         });
         let served = self.server.await;
         backlog.abort();

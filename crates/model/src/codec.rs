@@ -263,4 +263,114 @@ mod tests {
             })
         ));
     }
+
+    /// Structured fuzzing on stable Rust (proptest): the decoder sees what Redis could hand it — valid
+    /// entries, entries with bytes flipped, arbitrary field lists — and must never panic; whatever it
+    /// accepts must be a well-formed entry. Bounded by the number of cases so it runs in `make test`
+    /// (`PROPTEST_CASES=100000` for a longer hunt).
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// 1,000 cases (about a second) unless `PROPTEST_CASES` asks for more.
+        fn cases() -> u32 {
+            std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1000)
+        }
+
+        fn json() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<f64>()
+                    .prop_filter("JSON has no NaN or infinity", |f| f.is_finite())
+                    .prop_map(serde_json::Value::from),
+                any::<String>().prop_map(serde_json::Value::from),
+            ];
+            leaf.prop_recursive(6, 48, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
+                    prop::collection::vec((any::<String>(), inner), 0..6)
+                        .prop_map(|kv| serde_json::Value::Object(kv.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn entry() -> impl Strategy<Value = StreamEntry> {
+            (
+                any::<u128>(),
+                0i64..4_102_444_800_000_000,
+                json(),
+                any::<bool>(),
+            )
+                .prop_map(|(id, micros, payload, pretty)| {
+                    let text = if pretty {
+                        serde_json::to_string_pretty(&payload)
+                    } else {
+                        serde_json::to_string(&payload)
+                    };
+                    StreamEntry {
+                        id: Uuid::from_u128(id),
+                        received_at: DateTime::from_timestamp_micros(micros).unwrap_or_default(),
+                        payload: RawValue::from_string(text.unwrap_or_default())
+                            .unwrap_or_else(|_| RawValue::from_string("null".into()).unwrap()),
+                        request_id: pretty.then(|| format!("rid-{id}")),
+                    }
+                })
+        }
+
+        fn field_name() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just(FIELD_VERSION.to_owned()),
+                Just(FIELD_ID.to_owned()),
+                Just(FIELD_RECEIVED_AT.to_owned()),
+                Just(FIELD_PAYLOAD.to_owned()),
+                Just(FIELD_REQUEST_ID.to_owned()),
+                any::<String>(),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+            #[test]
+            fn every_entry_round_trips_exactly(entry in entry()) {
+                let fields = pairs(&entry.to_fields());
+                let back = StreamEntry::decode(fields.iter().map(|(k, v)| (*k, v.as_slice()))).unwrap();
+                prop_assert_eq!(back.id, entry.id);
+                prop_assert_eq!(back.received_at, entry.received_at);
+                prop_assert_eq!(back.payload.get(), entry.payload.get());
+            }
+
+            #[test]
+            fn a_corrupted_entry_is_refused_or_still_well_formed_never_a_panic(
+                entry in entry(),
+                field in 0usize..4,
+                flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            ) {
+                let mut fields = pairs(&entry.to_fields());
+                let value = &mut fields[field].1;
+                for (at, byte) in flips {
+                    if !value.is_empty() {
+                        let i = at.index(value.len());
+                        value[i] = byte;
+                    }
+                }
+                if let Ok(back) = StreamEntry::decode(fields.iter().map(|(k, v)| (*k, v.as_slice()))) {
+                    prop_assert!(serde_json::from_str::<serde_json::Value>(back.payload.get()).is_ok());
+                }
+            }
+
+            #[test]
+            fn arbitrary_fields_never_panic_the_decoder(
+                fields in prop::collection::vec((field_name(), prop::collection::vec(any::<u8>(), 0..64)), 0..8),
+            ) {
+                let _ = StreamEntry::decode(fields.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+                let _ = EntryParts::decode(fields.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+            }
+        }
+    }
 }

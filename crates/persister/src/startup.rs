@@ -68,7 +68,7 @@ impl Application {
         );
         let options = ServerOptions {
             workers: Some(1),
-            shutdown_grace: Duration::from_secs(5),
+            ..ServerOptions::new(&settings, Duration::from_secs(5))
         };
         let server = service::http::serve(listener, options, move || {
             App::new()

@@ -19,8 +19,12 @@ use crate::frames;
 use crate::hub::{Frame, Hub};
 use crate::metrics::Metrics;
 
-/// Entries read per `XREAD`.
-const READ_COUNT: usize = 1000;
+/// Entries read per `XREAD` at most. With entries up to `MAX_BODY_BYTES` (1 MiB by default) a fixed
+/// `COUNT 1000` could bring a gigabyte back in one reply, so the count adapts to what the stream holds.
+const READ_COUNT_MAX: usize = 128;
+/// The bytes one `XREAD` reply aims at: the next `COUNT` is this over the largest frame of the last read.
+/// (The largest so far, not the average: one large entry among small ones is what would blow a budget.)
+const READ_BUDGET_BYTES: usize = 4 << 20;
 /// How long one `XREAD` blocks; also how quickly the reader notices a stop.
 pub const READ_BLOCK: Duration = Duration::from_millis(1000);
 
@@ -47,11 +51,12 @@ pub async fn run(
     // The reader keeps its connection between reads: taking it from the pool each time would add the
     // pool's health-check round trip between an entry's arrival and the next XREAD.
     let mut conn = None;
+    let mut count = READ_COUNT_MAX;
     hub.start_at(reply_id(&last).unwrap_or(StreamId::new(0, 0)));
     loop {
         let read = tokio::select! {
             () = stop.cancelled() => return,
-            read = read_after(&reads, &mut conn, &stream_key, &last) => read,
+            read = read_after(&reads, &mut conn, &stream_key, &last, count) => read,
         };
         let (frames, newest) = match read {
             Ok(read) => read,
@@ -69,12 +74,19 @@ pub async fn run(
         if let Some(newest) = newest {
             last = newest;
         }
+        count = next_count(&frames);
         if !frames.is_empty() {
             metrics.entries_read.inc_by(frames.len() as u64);
             let slow = hub.publish(&frames);
             metrics.slow_clients.inc_by(slow as u64);
         }
     }
+}
+
+/// How many entries the next `XREAD` asks for, so its reply stays near [`READ_BUDGET_BYTES`].
+fn next_count(frames: &[Arc<Frame>]) -> usize {
+    let largest = frames.iter().map(|f| f.text.len()).max().unwrap_or(0);
+    (READ_BUDGET_BYTES / largest.max(1)).clamp(1, READ_COUNT_MAX)
 }
 
 /// The id of the newest entry, or `0-0` for an empty (or missing) stream.
@@ -100,6 +112,7 @@ async fn read_after(
     held: &mut Option<service::redis::deadpool_redis::Connection>,
     key: &str,
     after: &str,
+    count: usize,
 ) -> anyhow::Result<(Vec<Arc<Frame>>, Option<String>)> {
     let conn = match held {
         Some(conn) => conn,
@@ -107,7 +120,7 @@ async fn read_after(
     };
     let reply: Value = redis::cmd("XREAD")
         .arg("COUNT")
-        .arg(READ_COUNT)
+        .arg(count)
         .arg("BLOCK")
         .arg(READ_BLOCK.as_millis() as u64)
         .arg("STREAMS")
@@ -146,4 +159,25 @@ pub fn to_frames(entries: &[RawEntry]) -> Vec<Frame> {
 /// The stream id of a reply entry (Redis only returns well-formed ones).
 pub fn reply_id(id: &str) -> Option<StreamId> {
     parse_reply_id(id).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(bytes: usize) -> Arc<Frame> {
+        Arc::new(Frame {
+            stream_id: StreamId::new(1, 0),
+            received_at_us: 0,
+            text: "x".repeat(bytes).into(),
+        })
+    }
+
+    #[test]
+    fn the_read_count_shrinks_with_the_largest_entry_and_recovers_when_they_are_small() {
+        assert_eq!(next_count(&[]), READ_COUNT_MAX);
+        assert_eq!(next_count(&[frame(200), frame(100)]), READ_COUNT_MAX);
+        assert_eq!(next_count(&[frame(200), frame(1 << 20)]), 4);
+        assert_eq!(next_count(&[frame(16 << 20)]), 1);
+    }
 }

@@ -16,16 +16,29 @@ use tokio_util::task::TaskTracker;
 
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::slots::Slots;
 use crate::{page, reader, ws};
+
+/// Replays running at once. Each holds an `XRANGE` page in memory and works the replay connection; the
+/// rest wait (up to `CLIENT_TIMEOUT_MS`) rather than pile onto Redis.
+pub const REPLAYS_AT_ONCE: usize = 16;
 
 pub struct AppState {
     pub settings: Settings,
     pub hub: Arc<Hub>,
-    /// Short commands: replay pages, `XINFO`, readiness.
+    /// Readiness only: nothing a client asks for can make `/readyz` wait behind it.
     pub redis: ConnectionManager,
+    /// Replays' own connection (`XINFO`, `XRANGE` pages), apart from readiness and the live reader.
+    pub replay_redis: ConnectionManager,
+    /// At most [`REPLAYS_AT_ONCE`] replays run at once.
+    pub replays: Arc<tokio::sync::Semaphore>,
+    /// `MAX_CONNECTIONS` and `MAX_CONNECTIONS_PER_IP`, held by the sockets themselves.
+    pub slots: Arc<Slots>,
     pub metrics: Arc<Metrics>,
     /// The rendered live page.
     pub page: String,
+    /// Its Content-Security-Policy (it names the ingest origin the form posts to).
+    pub csp: String,
     /// Cancelled at shutdown: every session closes with 1001.
     pub stop: CancellationToken,
     /// Every session task: shutdown waits for them to have sent their close frames.
@@ -50,10 +63,22 @@ impl Application {
         let health =
             web::Data::new(Health::new(metrics.registry.clone()).redis(redis.clone(), timeout));
         let state = web::Data::new(AppState {
-            hub: Arc::new(Hub::new(settings.ws_send_queue, settings.max_connections)),
+            hub: Arc::new(Hub::new(
+                settings.ws_send_queue,
+                settings.ws_send_queue_bytes,
+                settings.max_connections,
+            )),
             redis,
+            replay_redis: service::redis::shared_connection(&settings).context("REDIS_URL")?,
+            replays: Arc::new(tokio::sync::Semaphore::new(REPLAYS_AT_ONCE)),
+            slots: Slots::new(
+                settings.max_connections,
+                settings.max_connections_per_ip,
+                metrics.connections.clone(),
+            ),
             metrics,
             page: page::render_index(&settings.ingest_public_url),
+            csp: page::content_security_policy(&settings.ingest_public_url),
             stop: CancellationToken::new(),
             sessions: TaskTracker::new(),
             settings,
@@ -61,8 +86,9 @@ impl Application {
         log::info!("push-gateway listening on {}", listener.local_addr()?);
         let app_state = state.clone();
         let options = ServerOptions {
-            workers: None,
-            shutdown_grace: Duration::from_secs(5),
+            // A WebSocket whose client stops reading must be closable by its session (see `ws`).
+            closable_sockets: true,
+            ..ServerOptions::new(&state.settings, Duration::from_secs(5))
         };
         let server = service::http::serve(listener, options, move || {
             App::new()

@@ -10,6 +10,11 @@
 //!    entries that were both replayed and queued).
 //!
 //! Anything published before step 1 is in the stream by then; anything after is in the queue: no gap.
+//!
+//! Everything the server writes — frames, pings, pongs, closes — goes through [`send`], which gives up
+//! when the client makes no progress reading for `CLIENT_TIMEOUT_MS`: a client that floods pings and never
+//! reads can no longer park its session in a `pong().await` that never returns. The connection's slot is
+//! held by the socket itself (see `slots`), so it is free exactly when the socket is gone.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -26,15 +31,13 @@ use service::settings::{Access, Scope};
 use crate::frames;
 use crate::hub::{Frame, Refused, Subscription};
 use crate::reader::{reply_id, to_frames};
+use crate::slots::NoSlot;
 use crate::startup::AppState;
 use model::redis_stream::entry_list;
 
-/// How often the server pings each client.
+/// How often the server pings each client (more often when `CLIENT_TIMEOUT_MS` is under three times this,
+/// so a silent client is noticed in time).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
-/// A client that has sent nothing (not even a pong) for this long is closed.
-pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long a close frame may wait for a client that is not reading before the connection is dropped.
-const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// Entries per `XRANGE` page while replaying.
 const REPLAY_PAGE: usize = 500;
 
@@ -88,6 +91,32 @@ pub async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>
             )
         }
     };
+    // The slot first: an address over its cap, or a full gateway, costs no subscription.
+    let addr = state.settings.trusted_proxies.client_addr(&req);
+    let slot = match state.slots.take(addr) {
+        Ok(slot) => slot,
+        Err(NoSlot::Full) => {
+            state.metrics.refused.inc();
+            return problem(
+                503,
+                "too-many-connections",
+                "Too many connections",
+                "the gateway is at MAX_CONNECTIONS; retry later".into(),
+            );
+        }
+        Err(NoSlot::AddressFull) => {
+            state.metrics.refused.inc();
+            let detail = "this address has MAX_CONNECTIONS_PER_IP WebSockets open; close one first";
+            return service::Problem::new(
+                actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+                "too-many-connections-from-address",
+                "Too many connections from this address",
+                detail,
+            )
+            .retry_after(service::problem::RETRY_AFTER_SECS)
+            .response();
+        }
+    };
     let subscription = match state.hub.subscribe() {
         Ok(subscription) => subscription,
         Err(Refused::Full) => {
@@ -120,15 +149,35 @@ pub async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>
             );
         }
     };
-    state.metrics.connections.inc();
+    // The slot lives as long as the socket. (Outside `service::http::serve` there is no connection data;
+    // then the session holds it, the best approximation.)
+    let slot = service::http::ConnectionHeld::hold(&req, slot).err();
+    let connection = service::http::ConnectionHeld::of(&req);
     let sessions = state.sessions.clone();
     actix_web::rt::spawn(sessions.track_future(async move {
+        let _slot = slot;
         let id = subscription.id;
         let reason = serve(&state, session.clone(), messages, subscription, since).await;
+        // Out of the hub at once: nothing more is queued for a session that has ended.
         state.hub.unsubscribe(id);
-        state.metrics.connections.dec();
-        if let Some(reason) = reason {
-            let _ = tokio::time::timeout(CLOSE_GRACE, session.close(Some(reason))).await;
+        // Ending the session ends the response stream, but actix keeps trying to flush what is already
+        // buffered for as long as the client does not read: without this, a client that stopped reading
+        // would keep its socket (and its slot) for ever. A client that ended the session itself, or whose
+        // close frame was sent, gets a short linger to read it; one that does not read is cut at once.
+        let closed = match reason {
+            Some(reason) => {
+                let close = session.close(Some(reason));
+                tokio::time::timeout(client_timeout(&state), close)
+                    .await
+                    .is_ok()
+            }
+            None => false,
+        };
+        if closed {
+            tokio::time::sleep(close_linger(&state)).await;
+        }
+        if let Some(connection) = connection {
+            connection.shutdown();
         }
     }));
     response
@@ -154,18 +203,31 @@ async fn serve(
     let mut last_sent = Some(sub.position);
     match since {
         // Boxed: the replay's state lives on the heap while it runs, not in every idle session's future.
-        Some(since) => match Box::pin(replay(state, &mut session, &sub, since)).await {
-            Ok(last) => last_sent = last.or(Some(since)),
-            Err(end) => return end,
-        },
+        Some(since) => {
+            // A bounded number of replays at once; one that cannot start within CLIENT_TIMEOUT_MS is told
+            // to come back rather than queue without end.
+            let permit =
+                tokio::time::timeout(client_timeout(state), state.replays.clone().acquire_owned())
+                    .await;
+            let Ok(Ok(_permit)) = permit else {
+                return close(CloseCode::Again, "too many replays; reconnect with since");
+            };
+            // Boxed: the replay's state lives on the heap while it runs, not in every idle session's future.
+            match Box::pin(replay(state, &mut session, &sub, since)).await {
+                Ok(last) => last_sent = last.or(Some(since)),
+                Err(end) => return end,
+            }
+        }
         None => {
-            if let Err(end) = send(state, &mut session, &sub, frames::hello(sub.position)).await {
+            let hello = Out::Text(frames::hello(sub.position));
+            if let Err(end) = send(state, &mut session, &sub, hello).await {
                 return end;
             }
         }
     }
     let live = state.metrics.frames.with_label_values(&["live"]);
-    let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+    let timeout = client_timeout(state);
+    let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL.min(timeout / 3));
     let mut last_heard = Instant::now();
     // Made once, not per loop turn: at a thousand frames a second per client, re-creating these
     // futures on every turn was a sixth of the gateway's CPU.
@@ -178,36 +240,42 @@ async fn serve(
             biased;
             () = &mut stopping => return close(CloseCode::Away, "server shutting down"),
             () = &mut falling_behind => return too_slow(),
-            frame = sub.frames.recv() => {
+            frame = sub.recv() => {
                 let Some(frame) = frame else { return too_slow() };
                 // Send it and whatever else is already queued, without another turn of the select.
                 let mut next = Some(frame);
                 while let Some(frame) = next.take() {
                     if last_sent.is_none_or(|last| frame.stream_id > last) {
-                        if let Err(end) = send(state, &mut session, &sub, frame.text.clone()).await {
+                        let text = Out::Text(frame.text.clone());
+                        if let Err(end) = send(state, &mut session, &sub, text).await {
                             return end;
                         }
                         live.inc();
                         delivered(state, &frame);
                         last_sent = Some(frame.stream_id);
                     } // else: already sent during the replay
-                    next = sub.frames.try_recv().ok();
+                    next = sub.try_recv();
                 }
             }
             message = messages.next() => match message {
                 Some(Ok(Message::Ping(bytes))) => {
                     last_heard = Instant::now();
-                    if session.pong(&bytes).await.is_err() { return None; }
+                    // Bounded like a frame: a client that sends pings but never reads the pongs is closed.
+                    if let Err(end) = send(state, &mut session, &sub, Out::Pong(bytes)).await {
+                        return end;
+                    }
                 }
                 Some(Ok(Message::Close(_))) => return close(CloseCode::Normal, "bye"),
                 Some(Ok(_)) => last_heard = Instant::now(),
                 Some(Err(_)) | None => return None,
             },
             _ = heartbeat.tick() => {
-                if last_heard.elapsed() > CLIENT_TIMEOUT {
+                if last_heard.elapsed() > timeout {
                     return close(CloseCode::Policy, "no answer to pings");
                 }
-                if session.ping(b"").await.is_err() { return None; }
+                if let Err(end) = send(state, &mut session, &sub, Out::Ping).await {
+                    return end;
+                }
             }
         }
     }
@@ -229,15 +297,40 @@ fn too_slow() -> End {
     )
 }
 
-/// Sends a frame. A client that does not read would hold this send forever, so it gives up when the
-/// client is marked too slow, when the gateway stops, or after `CLIENT_TIMEOUT` without progress.
+/// `CLIENT_TIMEOUT_MS`: how long a client may go without reading (or saying anything) before it is closed.
+fn client_timeout(state: &AppState) -> Duration {
+    Duration::from_millis(state.settings.client_timeout_ms)
+}
+
+/// How long a client gets to read a close frame before its socket is shut.
+fn close_linger(state: &AppState) -> Duration {
+    (client_timeout(state) / 4).min(Duration::from_secs(1))
+}
+
+/// What the server writes to a client.
+enum Out {
+    Text(bytestring::ByteString),
+    Ping,
+    Pong(bytes::Bytes),
+}
+
+/// Writes to the client. A client that does not read would hold this forever, so it gives up when the
+/// client is marked too slow, when the gateway stops, or after `CLIENT_TIMEOUT_MS` without progress. A
+/// client that has not read for that long gets no close frame (it would not read that either): the
+/// session ends, and the socket with it.
 async fn send(
     state: &AppState,
     session: &mut Session,
     sub: &Subscription,
-    text: bytestring::ByteString,
+    out: Out,
 ) -> Result<(), End> {
-    let sent = session.text(text);
+    let sent = async {
+        match out {
+            Out::Text(text) => session.text(text).await,
+            Out::Ping => session.ping(b"").await,
+            Out::Pong(bytes) => session.pong(&bytes).await,
+        }
+    };
     tokio::pin!(sent);
     // Almost always there is room in the session's queue: done without arming any timer.
     if let Some(sent) = futures_util::FutureExt::now_or_never(&mut sent) {
@@ -247,7 +340,7 @@ async fn send(
         biased;
         () = sub.too_slow.cancelled() => Err(too_slow()),
         () = state.stop.cancelled() => Err(close(CloseCode::Away, "server shutting down")),
-        () = tokio::time::sleep(CLIENT_TIMEOUT) => Err(close(CloseCode::Policy, "not reading")),
+        () = tokio::time::sleep(client_timeout(state)) => Err(None),
         sent = &mut sent => sent.map_err(|_| None),
     }
 }
@@ -264,7 +357,7 @@ async fn replay(
         log::warn!("replay for a client failed: {e}");
         close(CloseCode::Again, "stream unavailable; reconnect with since")
     };
-    let mut redis = state.redis.clone();
+    let mut redis = state.replay_redis.clone();
     let key = &state.settings.stream_key;
     let info = stream_info(&mut redis, key).await.map_err(unavailable)?;
     // Entries after `since` are gone when anything was ever removed from the stream (more entries added
@@ -277,7 +370,7 @@ async fn replay(
         info.last_generated.seq + 1,
     ));
     if info.entries_added > info.length && since < oldest && since < info.last_generated {
-        send(state, session, sub, frames::gap(since, oldest)).await?;
+        send(state, session, sub, Out::Text(frames::gap(since, oldest))).await?;
         state.metrics.frames.with_label_values(&["gap"]).inc();
         start = oldest.to_string();
     }
@@ -298,7 +391,7 @@ async fn replay(
             start = format!("({newest}");
         }
         for frame in to_frames(&page) {
-            send(state, session, sub, frame.text.clone()).await?;
+            send(state, session, sub, Out::Text(frame.text.clone())).await?;
             state.metrics.frames.with_label_values(&["replay"]).inc();
             delivered(state, &frame);
             last = Some(frame.stream_id);

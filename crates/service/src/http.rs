@@ -1,13 +1,16 @@
 //! The HTTP side every service shares: binding, the server's set-up, and the `/healthz`, `/readyz` and
 //! `/metrics` routes.
 
+use std::any::Any;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
-use actix_web::{get, web, App, HttpResponse, HttpServer};
+use actix_web::http::KeepAlive;
+use actix_web::{get, web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context;
 use futures_util::future::BoxFuture;
 use prometheus::Registry;
@@ -24,6 +27,40 @@ pub struct ServerOptions {
     pub workers: Option<usize>,
     /// How long in-flight requests get to finish after the stop signal.
     pub shutdown_grace: Duration,
+    /// `CLIENT_TIMEOUT_MS`: how long a client may take to send its request head, how long an idle
+    /// keep-alive connection is kept, and how long a closing connection may take to flush.
+    pub client_timeout: Duration,
+    /// Whether [`ConnectionHeld::shutdown`] can end a connection (it then keeps a duplicate of each
+    /// socket's descriptor, one more file descriptor per connection): for servers whose handlers must be
+    /// able to drop a client that will never read, which actix alone would keep flushing to forever.
+    pub closable_sockets: bool,
+}
+
+impl ServerOptions {
+    pub fn new(settings: &crate::Settings, shutdown_grace: Duration) -> Self {
+        Self {
+            workers: None,
+            shutdown_grace,
+            client_timeout: Duration::from_millis(settings.client_timeout_ms),
+            closable_sockets: false,
+        }
+    }
+}
+
+/// Idle keep-alive connections are cheap but not free (a socket and a buffer each); a few seconds covers a
+/// client's next request without letting idle sockets pile up.
+const KEEP_ALIVE_MAX: Duration = Duration::from_secs(5);
+
+/// How long a connection that is being closed (after an early answer such as a 408 or 413 whose body was
+/// not read) lingers so the client can read that answer before the socket goes, and how long its final
+/// flush may take. Short, and at most a quarter of `CLIENT_TIMEOUT_MS`, so "no progress for
+/// `CLIENT_TIMEOUT_MS`" means closed within 1.25 × it.
+const LINGER_MAX: Duration = Duration::from_secs(1);
+
+impl ServerOptions {
+    fn linger(&self) -> Duration {
+        (self.client_timeout / 4).min(LINGER_MAX)
+    }
 }
 
 /// Starts an actix-web server on `listener` with the settings every Relay service shares: every route
@@ -31,6 +68,13 @@ pub struct ServerOptions {
 /// told), and `TCP_NODELAY` is set on every connection: responses and
 /// frames are small, and Nagle's algorithm would hold each one until the client's delayed ACK (up to
 /// 40 ms) whenever an earlier one is still unacknowledged.
+///
+/// Every stage of a connection has a deadline, so a client that stalls cannot hold a socket forever: the
+/// request head must arrive within `client_timeout` (else 408 and close), an idle keep-alive connection is
+/// closed after `min(client_timeout, 5 s)`, and a connection being closed lingers at most
+/// `min(client_timeout / 4, 1 s)`.
+/// The body is the handler's to bound (it knows what it reads); see `ingest-api`'s publish route.
+/// Every connection carries a [`ConnectionHeld`] in its connection data, dropped with the socket.
 pub fn serve<F, T, B>(
     listener: TcpListener,
     options: ServerOptions,
@@ -49,17 +93,153 @@ where
 {
     let mut server =
         HttpServer::new(move || factory().wrap(actix_web::middleware::from_fn(observe)))
-            .on_connect(|io, _| {
+            .on_connect(move |io, ext| {
+                let mut held = ConnectionHeld::default();
                 if let Some(tcp) = io.downcast_ref::<actix_web::rt::net::TcpStream>() {
                     let _ = tcp.set_nodelay(true);
+                    if options.closable_sockets {
+                        held = ConnectionHeld::with_socket(tcp);
+                    }
                 }
+                ext.insert(held);
             })
+            .client_request_timeout(options.client_timeout)
+            .client_disconnect_timeout(options.linger())
+            .keep_alive(KeepAlive::Timeout(
+                options.client_timeout.min(KEEP_ALIVE_MAX),
+            ))
             .disable_signals()
             .shutdown_timeout(options.shutdown_grace.as_secs().max(1));
     if let Some(workers) = options.workers {
         server = server.workers(workers);
     }
     Ok(server.listen(listener)?.run())
+}
+
+/// Things that live exactly as long as one TCP connection: a handler hands something here (a WebSocket's
+/// connection slot) and it is dropped when actix drops the socket, not when the handler or session ends.
+/// That is what makes "the slot is free only when the socket is gone" true.
+#[derive(Clone, Default)]
+pub struct ConnectionHeld(Arc<Held>);
+
+#[derive(Default)]
+struct Held {
+    things: Mutex<Vec<Box<dyn Any + Send>>>,
+    /// A duplicate of the connection's socket, when the server keeps one (`closable_sockets`).
+    socket: Option<std::net::TcpStream>,
+}
+
+impl ConnectionHeld {
+    #[cfg(unix)]
+    fn with_socket(tcp: &actix_web::rt::net::TcpStream) -> Self {
+        use std::os::fd::AsFd;
+        let socket = tcp
+            .as_fd()
+            .try_clone_to_owned()
+            .ok()
+            .map(std::net::TcpStream::from);
+        Self(Arc::new(Held {
+            things: Mutex::default(),
+            socket,
+        }))
+    }
+
+    #[cfg(not(unix))]
+    fn with_socket(_: &actix_web::rt::net::TcpStream) -> Self {
+        Self::default()
+    }
+
+    /// The request's connection data, for a task that outlives the handler.
+    pub fn of(req: &HttpRequest) -> Option<Self> {
+        req.conn_data::<ConnectionHeld>().cloned()
+    }
+
+    /// Ends the connection now, whatever actix still wants to write to it: for a client that has stopped
+    /// reading. actix then fails its next write and drops the connection (and with it what is held here).
+    /// `false` when the server keeps no socket to shut (`closable_sockets` off).
+    pub fn shutdown(&self) -> bool {
+        self.0
+            .socket
+            .as_ref()
+            .is_some_and(|s| s.shutdown(std::net::Shutdown::Both).is_ok())
+    }
+
+    /// Keeps `thing` until the request's connection closes. Returns it back when the request has no
+    /// connection data (not served by [`serve`]), so the caller can decide what to do with it.
+    pub fn hold<T: Any + Send>(req: &HttpRequest, thing: T) -> Result<(), T> {
+        match req.conn_data::<ConnectionHeld>() {
+            Some(held) => {
+                held.0
+                    .things
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(Box::new(thing));
+                Ok(())
+            }
+            None => Err(thing),
+        }
+    }
+}
+
+/// Request body bytes a process holds at once (`MAX_INFLIGHT_BYTES`): each request reserves what it has
+/// read so far and gives it back when its [`Reservation`] drops, so a thousand slow bodies cannot add up to
+/// more memory than the operator allowed.
+#[derive(Debug)]
+pub struct InflightBytes {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl InflightBytes {
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// An empty reservation, grown as the body arrives.
+    pub fn reservation(self: &Arc<Self>) -> Reservation {
+        Reservation {
+            pool: Arc::clone(self),
+            held: 0,
+        }
+    }
+}
+
+/// Bytes one request holds of an [`InflightBytes`]; given back on drop.
+#[derive(Debug)]
+pub struct Reservation {
+    pool: Arc<InflightBytes>,
+    held: usize,
+}
+
+impl Reservation {
+    /// Takes `n` more bytes, or `false` (and nothing) when that would go over the limit.
+    pub fn grow(&mut self, n: usize) -> bool {
+        let taken = self
+            .pool
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n)
+                    .filter(|&total| total <= self.pool.limit)
+            });
+        if taken.is_ok() {
+            self.held += n;
+        }
+        taken.is_ok()
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.pool.used.fetch_sub(self.held, Ordering::AcqRel);
+    }
 }
 
 /// One readiness check: `Ok` when the dependency answers; the error is for the log only.
@@ -274,4 +454,24 @@ pub async fn observe(
         id.0
     );
     Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_stop_at_the_limit_and_give_back_on_drop() {
+        let pool = InflightBytes::new(100);
+        let mut a = pool.reservation();
+        assert!(a.grow(60));
+        let mut b = pool.reservation();
+        assert!(!b.grow(41), "60 + 41 is over 100");
+        assert!(b.grow(40));
+        assert_eq!(pool.used(), 100);
+        drop(a);
+        assert_eq!(pool.used(), 40);
+        drop(b);
+        assert_eq!(pool.used(), 0);
+    }
 }

@@ -1,7 +1,8 @@
 //! Relay's one test harness, shared by every crate's `tests/`, the fault tests and the benchmark:
 //! settings that give a test its own database and stream key and the clean-up that removes them
 //! ([`test_settings`], [`Cleanup`]); the three services in-process ([`app`]) or as processes ([`procs`]);
-//! the stores as a test sees them ([`db`], [`stream`]); a WebSocket client ([`ws`]). Tests run against the
+//! the stores as a test sees them ([`db`], [`stream`]); a WebSocket client ([`ws`]); a raw HTTP/1.1 client
+//! for attacks ([`raw`]). Tests run against the
 //! real Redis and Postgres named by `REDIS_URL` and `DATABASE_URL` (default: the local ones).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,6 +10,7 @@ pub mod app;
 pub mod db;
 pub mod metrics;
 pub mod procs;
+pub mod raw;
 pub mod stream;
 pub mod ws;
 

@@ -75,10 +75,13 @@ pub struct ApiDoc(pub String);
         (status = 400, description = "Malformed JSON, invalid UTF-8, nesting over 128, a bad batch line (named), or a bad Idempotency-Key", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No or unknown API key", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The key lacks the `publish` scope", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body made no progress for CLIENT_TIMEOUT_MS; the connection is closed", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Over a size limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Neither application/json nor application/x-ndjson", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unreachable or the backlog over MAX_BACKLOG: nothing accepted; retry after Retry-After (with the Idempotency-Key)", body = Problem, content_type = "application/problem+json",
+        (status = 429, description = "Over PUBLISH_RATE for this API key (or client address): nothing written; retry after Retry-After", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds"))),
+        (status = 503, description = "Redis unreachable, the backlog over MAX_BACKLOG or MAX_STREAM_BYTES, or the service over MAX_INFLIGHT_BYTES: nothing accepted; retry after Retry-After (with the Idempotency-Key)", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds"))),
     )
 )]

@@ -2,6 +2,10 @@
 //!
 //! The whole body is read (up to its limit) and validated before anything is written, so a bad request
 //! leaves the stream untouched. A batch is appended in one `MULTI`/`EXEC`: all of its lines or none.
+//!
+//! Reading the body is where a hostile client can hold memory, so it is bounded three ways: by size (the
+//! limit of its kind), by time (each chunk must arrive within `CLIENT_TIMEOUT_MS` of the last, else 408 and
+//! the connection is closed), and by the process's total (`MAX_INFLIGHT_BYTES`, else 503).
 
 use std::time::{Duration, Instant};
 
@@ -12,11 +16,13 @@ use futures_util::StreamExt;
 use model::redis_stream::{parse_reply_id, xadd_cmd};
 use model::{now_micros, Accepted, StreamEntry};
 use serde_json::value::RawValue;
+use service::http::Reservation;
 use service::settings::Scope;
 use uuid::Uuid;
 
 use crate::idempotency;
 use crate::problem::ApiError;
+use crate::rate::Publisher;
 use crate::startup::{AppState, WorkerRedis};
 use crate::validate::{self, BodyKind};
 
@@ -66,12 +72,29 @@ async fn accept(
         BodyKind::Single => settings.max_body_bytes,
         BodyKind::Batch => settings.max_batch_bytes,
     };
-    let body = read_limited(req, body, limit).await?;
+    // Held until the answer: the body's bytes count against MAX_INFLIGHT_BYTES while they are in memory.
+    let (body, _reservation) = read_limited(req, body, limit, state).await?;
     let text = validate::utf8(&body)?;
     let payloads = match kind {
         BodyKind::Single => vec![validate::json_value(text)?],
-        BodyKind::Batch => validate::ndjson_lines(text, settings.max_batch_lines)?,
+        BodyKind::Batch => {
+            validate::ndjson_lines(text, settings.max_batch_lines, settings.max_body_bytes)?
+        }
     };
+    if let Some(rate) = &state.rate {
+        let who = match caller.0.clone() {
+            Some(key) => Publisher::Key(key),
+            None => settings
+                .trusted_proxies
+                .client_addr(req)
+                .map_or(Publisher::Unknown, Publisher::Addr),
+        };
+        rate.check(&who, payloads.len())
+            .map_err(|wait| ApiError::RateLimited {
+                rate: rate.burst(),
+                wait,
+            })?;
+    }
     let idempotency = match req.headers().get("idempotency-key") {
         Some(key) => {
             let key = idempotency::parse_key(key.as_bytes())?;
@@ -90,6 +113,10 @@ async fn accept(
     if backlog > settings.max_backlog {
         return Err(ApiError::Backlog { backlog });
     }
+    let bytes = state.backlog.stream_bytes();
+    if bytes > settings.max_stream_bytes {
+        return Err(ApiError::StreamFull { bytes });
+    }
     Ok((
         kind,
         append(
@@ -103,12 +130,16 @@ async fn accept(
     ))
 }
 
-/// The body, or 413 as soon as it is known to be over `limit` (from `Content-Length`, or while reading).
+/// The body, or 413 as soon as it is known to be over `limit` (from `Content-Length`, or while reading), 408
+/// when the client sends nothing for `CLIENT_TIMEOUT_MS`, 503 when the process holds `MAX_INFLIGHT_BYTES`.
+/// The buffer grows with what arrives: a `Content-Length` promising 16 MiB reserves nothing until the
+/// bytes are here.
 async fn read_limited(
     req: &HttpRequest,
     mut body: web::Payload,
     limit: usize,
-) -> Result<BytesMut, ApiError> {
+    state: &AppState,
+) -> Result<(BytesMut, Reservation), ApiError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -117,17 +148,29 @@ async fn read_limited(
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::TooLarge { limit });
     }
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(limit));
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::MalformedJson(format!("the body could not be read: {e}")))?;
+    let timeout = Duration::from_millis(state.settings.client_timeout_ms);
+    let mut reservation = state.inflight.reservation();
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(FIRST_BUFFER));
+    loop {
+        let chunk = match tokio::time::timeout(timeout, body.next()).await {
+            Ok(Some(chunk)) => chunk
+                .map_err(|e| ApiError::MalformedJson(format!("the body could not be read: {e}")))?,
+            Ok(None) => break,
+            Err(_) => return Err(ApiError::BodyTimeout(state.settings.client_timeout_ms)),
+        };
         if buf.len() + chunk.len() > limit {
             return Err(ApiError::TooLarge { limit });
         }
+        if !reservation.grow(chunk.len()) {
+            return Err(ApiError::Busy);
+        }
         buf.extend_from_slice(&chunk);
     }
-    Ok(buf)
+    Ok((buf, reservation))
 }
+
+/// The buffer a body starts with; larger ones grow as their bytes arrive.
+const FIRST_BUFFER: usize = 64 * 1024;
 
 /// Appends the entries and answers what each became. Waits on Redis at most `REDIS_TIMEOUT_MS`.
 async fn append(

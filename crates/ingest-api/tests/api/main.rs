@@ -4,3 +4,4 @@
 mod publish;
 mod read;
 mod round_trip;
+mod security;

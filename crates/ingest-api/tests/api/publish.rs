@@ -2,7 +2,7 @@
 
 use testkit::{test_settings, Relay};
 
-async fn assert_problem(res: reqwest::Response, status: u16) -> serde_json::Value {
+pub async fn assert_problem(res: reqwest::Response, status: u16) -> serde_json::Value {
     assert_eq!(res.status(), status);
     assert_eq!(res.headers()["content-type"], "application/problem+json");
     let body: serde_json::Value = res.json().await.unwrap();

@@ -154,6 +154,12 @@ impl Browser {
         .unwrap()
     }
 
+    /// Whether a JavaScript dialog (`alert`) is open.
+    async fn alert_open(&self) -> bool {
+        let res = answer(self.http.get(format!("{}/alert/text", self.session))).await;
+        res["value"].get("error").is_none()
+    }
+
     async fn status(&self) -> String {
         self.js(
             "return document.getElementById('status').dataset.state",
@@ -316,4 +322,40 @@ async fn the_live_page_shows_posted_messages_and_resumes_after_a_gateway_restart
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("live-page.png");
     std::fs::write(&out, png).unwrap();
     eprintln!("screenshot: {}", out.display());
+}
+
+#[tokio::test]
+async fn a_payload_with_html_and_a_script_is_shown_as_text_and_never_runs() {
+    let relay = spawn_relay(test_settings()).await;
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    browser
+        .goto(&format!("http://127.0.0.1:{}/", relay.gateway_port()))
+        .await;
+    wait_until("the page to go live", Duration::from_secs(20), || async {
+        browser.status().await == "live"
+    })
+    .await;
+    let attack = "<img src=x onerror=alert(1)>";
+    let posted = relay
+        .publish(serde_json::to_string(&json!({ "x": attack })).unwrap())
+        .await;
+    let id = posted["id"].as_str().unwrap().to_owned();
+    wait_until("the posted message", Duration::from_secs(10), || async {
+        assert!(!browser.alert_open().await, "the payload ran as script");
+        browser.cards_with_id(&id).await == 1
+    })
+    .await;
+    // Give a broken page the time to load the image and fire its handler.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!browser.alert_open().await, "the payload ran as script");
+    let shown = browser
+        .js("const li = document.querySelector(`li[data-id=\"${arguments[0]}\"]`); return [li.querySelector('pre').textContent, document.querySelectorAll('main img').length]", json!([id]))
+        .await;
+    assert!(
+        shown[0].as_str().unwrap().contains(attack),
+        "shown as text: {shown}"
+    );
+    assert_eq!(shown[1], 0, "no element made from the payload");
 }

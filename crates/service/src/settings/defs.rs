@@ -139,6 +139,12 @@ pub const DEFS: &[Def] = &[
         "Frames waiting for one WebSocket client before it is closed with 1013.",
     ),
     def(
+        "WS_SEND_QUEUE_BYTES",
+        "8388608",
+        GATEWAY,
+        "Bytes of frames waiting for one WebSocket client before it is closed with 1013 (one frame larger than this still goes to an idle client).",
+    ),
+    def(
         "MAX_CONNECTIONS",
         "10000",
         GATEWAY,
@@ -167,6 +173,42 @@ pub const DEFS: &[Def] = &[
         "1000000",
         INGEST,
         "Persister lag (entries) above which POST /messages answers 503.",
+    ),
+    def(
+        "MAX_STREAM_BYTES",
+        "1073741824",
+        INGEST,
+        "The stream's memory in Redis (MEMORY USAGE, sampled every 250 ms) above which POST /messages answers 503.",
+    ),
+    def(
+        "PUBLISH_RATE",
+        "0",
+        INGEST,
+        "Messages per second one API key (or, without API_KEYS, one client address) may publish, with a burst of one second's worth; over it, 429. 0: unlimited.",
+    ),
+    def(
+        "CLIENT_TIMEOUT_MS",
+        "15000",
+        INGEST | GATEWAY,
+        "A client that makes no progress sending its request (headers or body) or reading what it is sent for this long is disconnected.",
+    ),
+    def(
+        "MAX_INFLIGHT_BYTES",
+        "268435456",
+        INGEST,
+        "Request body bytes one ingest-api process holds at once; a request that would go over answers 503.",
+    ),
+    def(
+        "MAX_CONNECTIONS_PER_IP",
+        "100",
+        GATEWAY,
+        "WebSocket clients from one address (see TRUSTED_PROXIES); more are refused with 429.",
+    ),
+    def(
+        "TRUSTED_PROXIES",
+        "",
+        INGEST | GATEWAY,
+        "Comma-separated proxy addresses whose X-Forwarded-For is believed (its first address is the client's); empty: none.",
     ),
     def(
         "REDIS_TIMEOUT_MS",

@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod defs;
+pub mod proxies;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,6 +21,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use access::{Access, AllowedOrigins, ApiKeys, Caller, Scope};
 use defs::{Secret, UsedBy, DEFS};
+pub use proxies::TrustedProxies;
 
 /// The variable that names an optional settings file (TOML).
 pub const CONFIG_FILE_VAR: &str = "RELAY_CONFIG";
@@ -60,6 +62,8 @@ pub struct Settings {
     #[serde(deserialize_with = "positive")]
     pub ws_send_queue: usize,
     #[serde(deserialize_with = "positive")]
+    pub ws_send_queue_bytes: usize,
+    #[serde(deserialize_with = "positive")]
     pub max_connections: usize,
     #[serde(deserialize_with = "positive")]
     pub max_body_bytes: usize,
@@ -69,6 +73,19 @@ pub struct Settings {
     pub max_batch_bytes: usize,
     #[serde(deserialize_with = "positive")]
     pub max_backlog: u64,
+    #[serde(deserialize_with = "positive")]
+    pub max_stream_bytes: u64,
+    /// 0: unlimited.
+    #[serde(deserialize_with = "parsed")]
+    pub publish_rate: u32,
+    #[serde(deserialize_with = "positive")]
+    pub client_timeout_ms: u64,
+    #[serde(deserialize_with = "positive")]
+    pub max_inflight_bytes: usize,
+    #[serde(deserialize_with = "positive")]
+    pub max_connections_per_ip: usize,
+    #[serde(deserialize_with = "parsed", serialize_with = "debug")]
+    pub trusted_proxies: TrustedProxies,
     #[serde(deserialize_with = "positive")]
     pub redis_timeout_ms: u64,
     #[serde(deserialize_with = "positive")]
@@ -330,6 +347,11 @@ mod tests {
         assert_eq!(s.ws_send_queue, 1024);
         assert_eq!(s.max_body_bytes, 1 << 20);
         assert_eq!(s.max_backlog, 1_000_000);
+        assert_eq!(s.max_stream_bytes, 1 << 30);
+        assert_eq!(s.publish_rate, 0);
+        assert_eq!(s.client_timeout_ms, 15_000);
+        assert_eq!(s.max_connections_per_ip, 100);
+        assert!(s.trusted_proxies.is_empty());
         assert_eq!(s.allowed_origins, AllowedOrigins::Any);
         assert!(s.api_keys.is_open());
         assert!(!s.consumer_name.is_empty());
@@ -358,6 +380,8 @@ mod tests {
             ("API_KEYS", "secret"),
             ("ALLOWED_ORIGINS", "example.com"),
             ("STREAM_KEY", " "),
+            ("TRUSTED_PROXIES", "10.0.0.1,proxy"),
+            ("PUBLISH_RATE", "-1"),
         ] {
             let err = with(&[(name, value)]).unwrap_err().to_string();
             assert!(

@@ -1,0 +1,389 @@
+//! Issue 10 against ingest-api: each attack performed for real over real sockets, then a well-behaved
+//! client is served. `CLIENT_TIMEOUT_MS` is short here so the tests are quick; the mechanism is the one
+//! production runs with 15 s.
+
+use std::time::{Duration, Instant};
+
+use testkit::raw::{post_head, Raw};
+use testkit::{test_settings, Relay};
+
+use crate::publish::assert_problem;
+
+fn addr(app: &Relay) -> String {
+    app.ingest_url().trim_start_matches("http://").to_owned()
+}
+
+#[tokio::test]
+async fn sixteen_stalled_bodies_and_heads_are_closed_within_client_timeout_while_a_normal_post_is_served(
+) {
+    let mut settings = test_settings();
+    settings.client_timeout_ms = 1000;
+    let app = Relay::ingest_only(settings).await;
+    let timeout = Duration::from_millis(1000);
+
+    // 16 bodies that promise 16 MiB, send 64 KiB, then go silent; and 4 requests stuck in their head.
+    let mut stalled = Vec::new();
+    for _ in 0..16 {
+        let mut raw = Raw::connect(&addr(&app)).await;
+        assert!(
+            raw.send(post_head("application/x-ndjson", 16 * 1024 * 1024 - 1).as_bytes())
+                .await
+        );
+        assert!(raw.send(&[b' '; 64 * 1024]).await);
+        stalled.push((raw, Instant::now()));
+    }
+    for _ in 0..4 {
+        let mut raw = Raw::connect(&addr(&app)).await;
+        assert!(raw.send(b"POST /messages HTTP/1.1\r\nhost: x\r\n").await);
+        stalled.push((raw, Instant::now()));
+    }
+
+    let started = Instant::now();
+    let res = app.post_json(r#"{"well":"behaved"}"#).await;
+    assert_eq!(res.status(), 202);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a normal POST waited {:?} behind the stalled ones",
+        started.elapsed()
+    );
+
+    for (i, (mut raw, stalled_at)) in stalled.into_iter().enumerate() {
+        let answer = raw.answer(timeout * 4).await;
+        let closed_at = answer
+            .closed_at
+            .unwrap_or_else(|| panic!("stalled connection {i} still open: {answer:?}"));
+        let after = closed_at - stalled_at;
+        // Answered 408 at CLIENT_TIMEOUT_MS after the last byte, closed after a linger of at most a
+        // quarter of it (so the client can read the 408); allow for scheduling on a shared machine.
+        assert!(
+            after < timeout * 5 / 4 + Duration::from_millis(500),
+            "stalled connection {i} closed after {after:?}"
+        );
+        assert_eq!(answer.status, Some(408), "{i}: {}", answer.text);
+    }
+    assert_eq!(app.stream_len().await, 1, "only the well-behaved message");
+}
+
+#[tokio::test]
+async fn bodies_over_max_inflight_bytes_get_503_with_retry_after_and_room_comes_back() {
+    let mut settings = test_settings();
+    settings.client_timeout_ms = 1500;
+    settings.max_inflight_bytes = 100 * 1024;
+    let app = Relay::ingest_only(settings).await;
+
+    // One slow client holds 90 KiB of the 100 KiB.
+    let mut hog = Raw::connect(&addr(&app)).await;
+    assert!(
+        hog.send(post_head("application/x-ndjson", 1024 * 1024).as_bytes())
+            .await
+    );
+    assert!(hog.send(&[b' '; 90 * 1024]).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let refused = app.post_ndjson(vec![b' '; 20 * 1024]).await;
+    assert!(refused.headers().contains_key("retry-after"));
+    let problem = assert_problem(refused, 503).await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("MAX_INFLIGHT_BYTES"),
+        "{problem}"
+    );
+    assert_eq!(app.post_json("1").await.status(), 202, "small bodies fit");
+
+    // Once the hog is timed out its bytes are free again.
+    assert_eq!(hog.answer(Duration::from_secs(5)).await.status, Some(408));
+    let mut body = vec![b' '; 20 * 1024];
+    body.extend_from_slice(b"\n2\n");
+    assert_eq!(app.post_ndjson(body).await.status(), 202);
+    assert_eq!(app.stream_len().await, 2);
+}
+
+#[tokio::test]
+async fn a_two_mebibyte_ndjson_line_is_413_naming_the_line_and_nothing_is_written() {
+    let app = Relay::ingest_only(test_settings()).await;
+    let huge = format!("\"{}\"", "x".repeat(2 * 1024 * 1024));
+    let body = format!("1\n{huge}\n3\n");
+    let problem = assert_problem(app.post_ndjson(body).await, 413).await;
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("line 2") && detail.contains("MAX_BODY_BYTES"),
+        "{problem}"
+    );
+    assert_eq!(app.stream_len().await, 0);
+}
+
+#[tokio::test]
+async fn the_hostile_corpus_each_gets_its_4xx_and_nothing_is_written() {
+    let app = Relay::ingest_only(test_settings()).await;
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
+        (
+            "a truncated body",
+            "application/json",
+            br#"{"a":[1,2"#.to_vec(),
+            400,
+            "malformed-json",
+        ),
+        (
+            "overlong UTF-8",
+            "application/json",
+            b"{\"a\":\"\xC0\xAF\"}".to_vec(),
+            400,
+            "invalid-utf8",
+        ),
+        (
+            "10,000-deep nesting",
+            "application/json",
+            deep.clone().into_bytes(),
+            400,
+            "nesting-too-deep",
+        ),
+        (
+            "10,000-deep nesting in a batch",
+            "application/x-ndjson",
+            format!("1\n{deep}\n").into_bytes(),
+            400,
+            "invalid-batch-line",
+        ),
+        (
+            "a bad NDJSON line in the middle",
+            "application/x-ndjson",
+            b"{\"n\":1}\n{\"n\":2}\n{\"n\":\n{\"n\":4}\n".to_vec(),
+            400,
+            "invalid-batch-line",
+        ),
+    ];
+    for (what, content_type, body, status, slug) in cases {
+        let problem = assert_problem(app.post_as(content_type, body).await, status).await;
+        assert_eq!(problem["type"], format!("/problems/{slug}"), "{what}");
+        if slug == "invalid-batch-line" && what.contains("middle") {
+            assert!(
+                problem["detail"].as_str().unwrap().contains("line 3"),
+                "{problem}"
+            );
+        }
+    }
+
+    // A body shorter than its Content-Length, then the client hangs up its sending side.
+    let mut raw = Raw::connect(&addr(&app)).await;
+    raw.send(post_head("application/json", 100).as_bytes())
+        .await;
+    raw.send(br#"{"a":1}"#).await;
+    raw.finish().await;
+    let answer = raw.answer(Duration::from_secs(5)).await;
+    assert!(answer.closed_at.is_some(), "{answer:?}");
+    assert!(
+        answer.status.is_none_or(|s| (400..500).contains(&s)),
+        "{answer:?}"
+    );
+
+    // 1 GiB declared, a few bytes sent: refused at once, before any of it is read.
+    let mut raw = Raw::connect(&addr(&app)).await;
+    raw.send(post_head("application/json", 1 << 30).as_bytes())
+        .await;
+    raw.send(br#"{"a":1}"#).await;
+    let answer = raw.answer(Duration::from_secs(2)).await;
+    assert_eq!(answer.status, Some(413), "{answer:?}");
+
+    // A 1 MiB header.
+    let mut raw = Raw::connect(&addr(&app)).await;
+    let head = format!(
+        "POST /messages HTTP/1.1\r\nhost: x\r\nx-big: {}\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}",
+        "a".repeat(1 << 20)
+    );
+    raw.send(head.as_bytes()).await;
+    let answer = raw.answer(Duration::from_secs(5)).await;
+    assert!(
+        answer.status.is_some_and(|s| s == 431 || s == 400),
+        "{:?}",
+        answer.status
+    );
+    assert!(answer.closed_at.is_some());
+
+    assert_eq!(app.stream_len().await, 0, "nothing was written");
+    assert_eq!(
+        app.post_json("{}").await.status(),
+        202,
+        "and others are served"
+    );
+}
+
+#[tokio::test]
+async fn a_burst_over_publish_rate_gets_429_with_retry_after_while_another_key_is_unaffected() {
+    let mut settings = test_settings();
+    settings.publish_rate = 5;
+    settings.api_keys = "key-a:publish,key-b:publish".parse().unwrap();
+    let app = Relay::ingest_only(settings).await;
+    let post = |key: &'static str, content_type: &'static str, body: &'static str| {
+        app.post()
+            .bearer_auth(key)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    assert_eq!(
+        post("key-a", "application/x-ndjson", "1\n2\n3\n")
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            post("key-a", "application/json", "1")
+                .await
+                .unwrap()
+                .status(),
+            202
+        );
+    }
+    let refused = post("key-a", "application/json", "6").await.unwrap();
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1);
+    let problem = assert_problem(refused, 429).await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("PUBLISH_RATE"),
+        "{problem}"
+    );
+    assert_problem(
+        post("key-a", "application/x-ndjson", "1\n2\n")
+            .await
+            .unwrap(),
+        429,
+    )
+    .await;
+    assert_eq!(
+        post("key-b", "application/x-ndjson", "1\n2\n3\n4\n5\n")
+            .await
+            .unwrap()
+            .status(),
+        202,
+        "another key has its own budget"
+    );
+    assert_eq!(app.stream_len().await, 10, "nothing of a refused request");
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        post("key-a", "application/json", "7")
+            .await
+            .unwrap()
+            .status(),
+        202,
+        "the budget refills"
+    );
+}
+
+#[tokio::test]
+async fn without_api_keys_the_rate_is_per_client_address() {
+    let mut settings = test_settings();
+    settings.publish_rate = 3;
+    let app = Relay::ingest_only(settings).await;
+    assert_eq!(app.post_ndjson("1\n2\n3").await.status(), 202);
+    assert_problem(app.post_json("4").await, 429).await;
+    assert_eq!(app.stream_len().await, 3);
+}
+
+#[tokio::test]
+async fn posts_get_503_with_retry_after_while_the_stream_is_over_max_stream_bytes() {
+    let mut settings = test_settings();
+    settings.max_stream_bytes = 4096;
+    let app = Relay::ingest_only(settings).await;
+    let big = format!("\"{}\"", "x".repeat(8 * 1024));
+    assert_eq!(app.post_json(big).await.status(), 202);
+    let refused = testkit::poll_until(
+        Duration::from_secs(3),
+        || app.post_json("1"),
+        |res| res.status() == 503,
+    )
+    .await;
+    assert!(refused.headers().contains_key("retry-after"));
+    let problem = assert_problem(refused, 503).await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("MAX_STREAM_BYTES"),
+        "{problem}"
+    );
+    let len = app.stream_len().await;
+    assert!(len <= 2, "refused posts write nothing ({len} entries)");
+}
+
+/// Every endpoint with no key, a wrong key, a key of the wrong scope, and the right key.
+#[tokio::test]
+async fn the_auth_matrix_holds_for_every_endpoint_with_keys_read_from_a_file() {
+    let mut settings = test_settings();
+    let path = std::env::temp_dir().join(format!("relay-keys-{}", uuid::Uuid::now_v7()));
+    std::fs::write(
+        &path,
+        "p-key:publish\nr-key:read\ns-key:subscribe\np2-key:publish\n",
+    )
+    .unwrap();
+    settings.api_keys = format!("@{}", path.display()).parse().unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let app = Relay::ingest_only(settings).await;
+    let missing = format!("/messages/{}", uuid::Uuid::now_v7());
+    let endpoints: [(&str, &str, &str, u16); 3] = [
+        ("POST", "/messages", "p-key", 202),
+        ("GET", "/messages", "r-key", 200),
+        ("GET", &missing, "r-key", 404),
+    ];
+    for (method, path, right, ok) in endpoints {
+        let send = |key: Option<&str>| {
+            let url = format!("{}{path}", app.ingest_url());
+            let mut req = match method {
+                "POST" => app
+                    .client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body("{}"),
+                _ => app.client.get(url),
+            };
+            if let Some(key) = key {
+                req = req.bearer_auth(key);
+            }
+            req.send()
+        };
+        let none = send(None).await.unwrap();
+        assert_eq!(
+            none.headers()["www-authenticate"],
+            "Bearer realm=\"relay\"",
+            "{method} {path}"
+        );
+        assert_problem(none, 401).await;
+        assert_problem(send(Some("nope")).await.unwrap(), 401).await;
+        assert_problem(send(Some("s-key")).await.unwrap(), 403).await;
+        assert_eq!(
+            send(Some(right)).await.unwrap().status(),
+            ok,
+            "{method} {path}"
+        );
+    }
+    for open in ["/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"] {
+        assert_eq!(app.get(open).await.status(), 200, "{open} stays open");
+    }
+
+    // One Idempotency-Key from two keys: two records, two messages.
+    let mut ids = Vec::new();
+    for key in ["p-key", "p2-key"] {
+        let res = app
+            .post()
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .header("idempotency-key", "shared-key")
+            .body(r#"{"same":"body"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202);
+        ids.push(res.json::<serde_json::Value>().await.unwrap()["id"].clone());
+    }
+    assert_ne!(ids[0], ids[1]);
+    assert_eq!(app.stream_len().await, 3);
+}

@@ -1,0 +1,267 @@
+//! Issue 10 against push-gateway: ping floods, per-address caps, the page's headers and the `/ws` auth
+//! matrix, each performed for real over real sockets, then a well-behaved client is served.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use testkit::{test_settings, Relay, Seen};
+
+/// `relay_gateway_connections` as `/metrics` shows it.
+async fn connections(relay: &Relay) -> i64 {
+    let text = relay
+        .client
+        .get(format!("http://{}/metrics", relay.gateway_addr()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("relay_gateway_connections "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no relay_gateway_connections in {text}"))
+}
+
+/// A raw socket with a tiny receive buffer, upgraded to a WebSocket by hand.
+async fn raw_websocket(addr: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr.parse().unwrap()).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nhost: {addr}\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+         sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // Read exactly the response head, byte by byte, so no frame after it is consumed.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut byte))
+            .await
+            .expect("a handshake answer")
+            .unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    stream
+}
+
+#[tokio::test]
+async fn a_ping_flooding_client_that_never_reads_is_closed_and_its_slot_freed() {
+    let mut settings = test_settings();
+    settings.client_timeout_ms = 1000;
+    let relay = Relay::live(settings).await;
+    let mut flooder = raw_websocket(&relay.gateway_addr()).await;
+    assert_eq!(connections(&relay).await, 1);
+
+    // Masked pings of 125 bytes, as fast as the socket takes them; the pongs are never read.
+    let mut ping = vec![0x89, 0x80 | 125, 0, 0, 0, 0];
+    ping.extend_from_slice(&[b'p'; 125]);
+    let flood: Vec<u8> = ping.repeat(64);
+    let started = Instant::now();
+    let mut refused_at = None;
+    while started.elapsed() < Duration::from_secs(20) {
+        match tokio::time::timeout(Duration::from_millis(100), flooder.write_all(&flood)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                refused_at = Some(started.elapsed());
+                break;
+            }
+            // The server has stopped reading from us: keep checking whether it also let go.
+            Err(_) => {}
+        }
+        if connections(&relay).await == 0 {
+            refused_at = Some(started.elapsed());
+            break;
+        }
+    }
+    let after = refused_at.expect("the flooding client was still connected after 20 s");
+    eprintln!("flooder gone after {after:?}");
+    assert!(
+        after < Duration::from_secs(6),
+        "the flooder held its slot for {after:?}"
+    );
+    let gone =
+        testkit::poll_until(Duration::from_secs(3), || connections(&relay), |n| *n == 0).await;
+    assert_eq!(gone, 0, "relay_gateway_connections back down");
+
+    // And a well-behaved client is served.
+    let mut ws = relay.ws_connect("").await;
+    let posted = relay.publish(r#"{"after":"flood"}"#.into()).await;
+    assert_eq!(ws.messages(1).await[0]["id"], posted["id"]);
+}
+
+/// A `/ws` upgrade from this host, optionally claiming to forward for `forwarded_for`; the status.
+async fn upgrade(relay: &Relay, forwarded_for: Option<&str>) -> Result<testkit::ws::Socket, u16> {
+    let mut request = format!("ws://{}/ws", relay.gateway_addr())
+        .into_client_request()
+        .unwrap();
+    if let Some(addr) = forwarded_for {
+        request.headers_mut().insert(
+            "x-forwarded-for",
+            format!("{addr}, 10.9.9.9").parse().unwrap(),
+        );
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => Err(res.status().as_u16()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test]
+async fn one_address_gets_max_connections_per_ip_and_then_429_while_others_connect() {
+    let mut settings = test_settings();
+    settings.max_connections_per_ip = 2;
+    let relay = Relay::live(settings).await;
+    let a = upgrade(&relay, None).await.unwrap();
+    let _b = upgrade(&relay, Some("203.0.113.7")).await.unwrap();
+    assert_eq!(
+        upgrade(&relay, Some("203.0.113.8")).await.err(),
+        Some(429),
+        "X-Forwarded-For from a peer that is not a trusted proxy is ignored"
+    );
+    drop(a);
+    let freed = testkit::poll_until(
+        Duration::from_secs(5),
+        || async { upgrade(&relay, None).await.is_ok() },
+        |ok| *ok,
+    )
+    .await;
+    assert!(freed, "a closed socket's slot is free again");
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_cap_is_per_forwarded_address() {
+    let mut settings = test_settings();
+    settings.max_connections_per_ip = 2;
+    settings.trusted_proxies = "127.0.0.1".parse().unwrap();
+    let relay = Relay::live(settings).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(upgrade(&relay, Some("203.0.113.7")).await.unwrap());
+    }
+    assert_eq!(upgrade(&relay, Some("203.0.113.7")).await.err(), Some(429));
+    held.push(upgrade(&relay, Some("203.0.113.8")).await.unwrap());
+    held.push(upgrade(&relay, None).await.unwrap());
+    assert_eq!(connections(&relay).await, 4);
+    // The gateway-wide cap still answers 503.
+    let mut settings = test_settings();
+    settings.max_connections = 1;
+    let small = Relay::live(settings).await;
+    let _one = upgrade(&small, None).await.unwrap();
+    assert_eq!(upgrade(&small, None).await.err(), Some(503));
+}
+
+#[tokio::test]
+async fn the_page_sends_its_csp_and_no_referrer_and_the_ws_auth_matrix_holds() {
+    let mut settings = test_settings();
+    settings.api_keys = "sub:subscribe,pub:publish".parse().unwrap();
+    let relay = Relay::live(settings).await;
+    let gateway = format!("http://{}", relay.gateway_addr());
+
+    let page = relay
+        .client
+        .get(format!("{gateway}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200, "the page stays open");
+    let header = |name: &str| page.headers()[name].to_str().unwrap().to_owned();
+    let csp = header("content-security-policy");
+    let ingest_origin = relay.ingest_url();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(
+        csp.contains(&format!("connect-src 'self' ws: wss: {ingest_origin}")),
+        "{csp}"
+    );
+    assert_eq!(header("referrer-policy"), "no-referrer");
+    assert_eq!(header("x-content-type-options"), "nosniff");
+
+    let ws = |query: &'static str, bearer: Option<&'static str>| {
+        let mut req = relay
+            .client
+            .get(format!("{gateway}/ws{query}"))
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        if let Some(key) = bearer {
+            req = req.bearer_auth(key);
+        }
+        async move { req.send().await.unwrap() }
+    };
+    let none = ws("", None).await;
+    assert_eq!(none.status(), 401);
+    assert!(none.headers().contains_key("www-authenticate"));
+    assert_eq!(ws("", Some("nope")).await.status(), 401);
+    assert_eq!(ws("?access_token=nope", None).await.status(), 401);
+    assert_eq!(ws("", Some("pub")).await.status(), 403);
+    assert_eq!(ws("?access_token=pub", None).await.status(), 403);
+    assert_eq!(ws("", Some("sub")).await.status(), 101);
+    assert_eq!(ws("?access_token=sub", None).await.status(), 101);
+    for open in ["/healthz", "/readyz", "/metrics", "/app.js", "/style.css"] {
+        let res = relay
+            .client
+            .get(format!("{gateway}{open}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{open} stays open");
+    }
+    let mut client = relay.ws_connect("?access_token=sub").await;
+    relay
+        .post()
+        .bearer_auth("pub")
+        .header("content-type", "application/json")
+        .body("1")
+        .send()
+        .await
+        .unwrap();
+    assert!(matches!(client.next().await, Seen::Frame(_)));
+}
+
+#[tokio::test]
+async fn many_replays_at_once_all_complete_and_readyz_answers_meanwhile() {
+    let relay = Relay::live(test_settings()).await;
+    let lines: Vec<String> = (0..1000).map(|i| format!(r#"{{"n":{i}}}"#)).collect();
+    for chunk in lines.chunks(500) {
+        relay.publish_batch(chunk).await;
+    }
+    // More replays than run at once (16): the rest wait their turn, none is lost.
+    let clients = 40;
+    let mut sockets = Vec::new();
+    for _ in 0..clients {
+        sockets.push(relay.ws_connect("?since=0-0").await);
+    }
+    let readyz = format!("http://{}/readyz", relay.gateway_addr());
+    let replays = futures_util::future::join_all(sockets.iter_mut().map(|ws| ws.messages(1000)));
+    let probe = async {
+        let mut slowest = Duration::ZERO;
+        for _ in 0..10 {
+            let started = Instant::now();
+            let res = relay.client.get(&readyz).send().await.unwrap();
+            assert_eq!(res.status(), 200);
+            slowest = slowest.max(started.elapsed());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        slowest
+    };
+    let (got, slowest) = tokio::join!(replays, probe);
+    for messages in got {
+        assert_eq!(messages.len(), 1000);
+        assert_eq!(messages[999]["payload"]["n"], 999);
+    }
+    assert!(
+        slowest < Duration::from_millis(500),
+        "/readyz took {slowest:?} during the replays"
+    );
+}

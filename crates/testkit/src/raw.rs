@@ -1,0 +1,80 @@
+//! A client that speaks HTTP/1.1 by hand over a raw socket, for attacks no polite client library will
+//! perform: a body that stalls half-way, a `Content-Length` that lies, a megabyte of header. Every read
+//! has a deadline.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One raw connection.
+pub struct Raw {
+    pub stream: TcpStream,
+}
+
+/// What came back on a raw connection before it closed (or the deadline passed).
+#[derive(Debug)]
+pub struct Answer {
+    /// The status of the first response, if any arrived.
+    pub status: Option<u16>,
+    /// Everything read.
+    pub text: String,
+    /// When the server closed the connection, if it did before the deadline.
+    pub closed_at: Option<Instant>,
+}
+
+impl Raw {
+    /// Connects to `addr` (`host:port`).
+    pub async fn connect(addr: &str) -> Self {
+        Self {
+            stream: TcpStream::connect(addr).await.expect("connect"),
+        }
+    }
+
+    /// Writes `bytes`; `false` when the server has already closed the connection (a refusal it sent
+    /// before reading everything can make the write fail, which is fine).
+    pub async fn send(&mut self, bytes: &[u8]) -> bool {
+        self.stream.write_all(bytes).await.is_ok()
+    }
+
+    /// Closes the sending half, as a client does that has nothing more to say.
+    pub async fn finish(&mut self) {
+        let _ = self.stream.shutdown().await;
+    }
+
+    /// Reads until the server closes the connection or `limit` passes.
+    pub async fn answer(&mut self, limit: Duration) -> Answer {
+        let deadline = Instant::now() + limit;
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut closed_at = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    closed_at = Some(Instant::now());
+                    break;
+                }
+                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                Err(_) => break,
+            }
+        }
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let status = text
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse().ok());
+        Answer {
+            status,
+            text,
+            closed_at,
+        }
+    }
+}
+
+/// The head of a `POST /messages` with `content_type` that declares `content_length` bytes.
+pub fn post_head(content_type: &str, content_length: u64) -> String {
+    format!(
+        "POST /messages HTTP/1.1\r\nhost: relay\r\ncontent-type: {content_type}\r\ncontent-length: {content_length}\r\n\r\n"
+    )
+}
