@@ -2,15 +2,21 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: run test lint bench up build check-toolchain
+.PHONY: help run test lint bench up build check-toolchain
 
+## This list of targets.
+help:
+	@awk '/^## /{doc=substr($$0,4); next} /^[a-z-]+:/{if(doc!=""){sub(":.*","",$$1); printf "  make %-16s %s\n", $$1, doc}; doc=""}' $(MAKEFILE_LIST)
+
+## Checks that cargo, a C compiler and libpq are there (installs libpq when it can).
 check-toolchain:
 	@command -v $(CARGO) >/dev/null || { echo "missing: Rust (cargo). Install it from https://rustup.rs and run again." >&2; exit 1; }
 	@command -v cc >/dev/null || { echo "missing: a C compiler (Debian: apt-get install -y build-essential)." >&2; exit 1; }
 	@scripts/native-deps.sh
 
+## The three service binaries, and nothing else (what `make run` runs).
 build: check-toolchain
-	$(CARGO) build --bins
+	$(CARGO) build -p ingest-api -p persister -p push-gateway --bins
 
 ## The whole pipeline in the foreground, with local Redis and Postgres started if none answers.
 run: build
@@ -32,10 +38,12 @@ test: check-toolchain
 	scripts/bench-deps.sh
 	@ulimit -n 65536 2>/dev/null || true; $(CARGO) run -q -p bench --bin relay-bench -- --quick
 
-## Formatting and lints, as CI checks them.
+## Formatting, lints, unused dependencies and the deployment files, as CI checks them.
 lint: check-toolchain
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@$(CARGO) machete --version >/dev/null 2>&1 || { echo "installing cargo-machete (crates.io) to find unused dependencies"; $(CARGO) install --locked --quiet cargo-machete; }
+	$(CARGO) machete
 	scripts/lint-deploy.sh
 
 ## The load benchmark: prints its table and writes bench/results/latest.md. QUICK=1: tiny sizes, < 1 min.
@@ -46,6 +54,6 @@ bench: check-toolchain
 	@ulimit -n 65536 2>/dev/null || echo "bench: cannot raise the open-files limit (now $$(ulimit -n)): the socket scenarios may fail"; \
 	  target/release/relay-bench $(if $(QUICK),--quick)
 
-## The same pipeline in containers.
+## The same pipeline in containers (docker compose up --build).
 up:
 	docker compose up --build
