@@ -71,57 +71,46 @@ where
     E1: std::fmt::Display,
     E2: std::fmt::Display,
 {
-    let code = run_to_end(binary, used_by, build, run).await;
+    let code = async move {
+        if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
+            // Writing the help to a closed stdout is not worth a panic.
+            let _ = std::io::stdout().write_all(help(binary, used_by).as_bytes());
+            return ExitCode::SUCCESS;
+        }
+        crate::logging::init();
+        let settings = match Settings::load() {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("{binary} cannot start: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        log::info!("{binary} settings: {}", settings.describe(used_by));
+        if settings.api_keys.is_open() && used_by & crate::settings::defs::PERSISTER == 0 {
+            log::warn!(
+                "{binary} is open: API_KEYS is empty, so anyone who reaches it may use it (set API_KEYS before exposing it)"
+            );
+        }
+        let app = match build(settings).await {
+            Ok(app) => app,
+            Err(e) => {
+                log::error!("{binary} cannot start: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match run(app).await {
+            Ok(()) => {
+                log::info!("{binary} stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                log::error!("{binary} stopped with an error: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+    .await;
+    // The log writer is a thread of its own: what it holds must reach stderr before the process ends.
     crate::logging::flush();
     code
-}
-
-async fn run_to_end<A, B, R, E1, E2>(
-    binary: &str,
-    used_by: UsedBy,
-    build: impl FnOnce(Settings) -> B,
-    run: impl FnOnce(A) -> R,
-) -> ExitCode
-where
-    B: Future<Output = Result<A, E1>>,
-    R: Future<Output = Result<(), E2>>,
-    E1: std::fmt::Display,
-    E2: std::fmt::Display,
-{
-    if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
-        // Writing the help to a closed stdout is not worth a panic.
-        let _ = std::io::stdout().write_all(help(binary, used_by).as_bytes());
-        return ExitCode::SUCCESS;
-    }
-    crate::logging::init();
-    let settings = match Settings::load() {
-        Ok(s) => s,
-        Err(e) => {
-            log::error!("{binary} cannot start: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    log::info!("{binary} settings: {}", settings.describe(used_by));
-    if settings.api_keys.is_open() && used_by & crate::settings::defs::PERSISTER == 0 {
-        log::warn!(
-            "{binary} is open: API_KEYS is empty, so anyone who reaches it may use it (set API_KEYS before exposing it)"
-        );
-    }
-    let app = match build(settings).await {
-        Ok(app) => app,
-        Err(e) => {
-            log::error!("{binary} cannot start: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match run(app).await {
-        Ok(()) => {
-            log::info!("{binary} stopped");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            log::error!("{binary} stopped with an error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
 }
