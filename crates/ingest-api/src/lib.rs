@@ -7,6 +7,7 @@ pub mod backlog;
 pub mod idempotency;
 pub mod metrics;
 pub mod problem;
+pub mod replicas;
 pub mod routes;
 pub mod startup;
 pub mod validate;

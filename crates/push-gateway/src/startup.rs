@@ -8,8 +8,8 @@ use std::time::Duration;
 use actix_web::dev::Server;
 use actix_web::{web, App};
 use anyhow::Context;
-use redis::aio::ConnectionManager;
 use service::http::{Health, ServerOptions};
+use service::redis::Conn;
 use service::Settings;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,7 +22,7 @@ pub struct AppState {
     pub settings: Settings,
     pub hub: Arc<Hub>,
     /// Short commands: replay pages, `XINFO`, readiness.
-    pub redis: ConnectionManager,
+    pub redis: Conn,
     pub metrics: Arc<Metrics>,
     /// The rendered live page.
     pub page: String,
@@ -36,7 +36,7 @@ pub struct Application {
     port: u16,
     server: Server,
     state: web::Data<AppState>,
-    reads: service::redis::deadpool_redis::Pool,
+    reads: service::redis::BlockingPool,
 }
 
 impl Application {

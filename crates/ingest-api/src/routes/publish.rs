@@ -90,17 +90,17 @@ async fn accept(
     if backlog > settings.max_backlog {
         return Err(ApiError::Backlog { backlog });
     }
-    Ok((
-        kind,
-        append(
-            state,
-            worker_redis,
-            payloads,
-            idempotency,
-            service::http::RequestId::of(req).0,
-        )
-        .await?,
-    ))
+    let accepted = append(
+        state,
+        worker_redis,
+        payloads,
+        idempotency,
+        service::http::RequestId::of(req).0,
+    )
+    .await?;
+    // On the connection that wrote: WAIT counts that connection's writes.
+    crate::replicas::confirm(settings, &mut worker_redis.0.clone()).await?;
+    Ok((kind, accepted))
 }
 
 /// The body, or 413 as soon as it is known to be over `limit` (from `Content-Length`, or while reading).
