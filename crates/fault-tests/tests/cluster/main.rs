@@ -474,9 +474,15 @@ fn the_binaries_with_the_compose_environment_two_persisters_and_two_gateways_pus
     let (settings, _cleanup) = testkit::setup();
     let env = natively(&compose, &redis, &settings.database_url);
     // Docker gives each container its own host name, the persister's default CONSUMER_NAME; processes
-    // on one machine share one, so each replica is given a name as its container would have.
-    let persisters = ["3f2a9c1d7e60", "b81c04e2a9f3"]
-        .map(|host| Service::start("persister", &with_env(&env, &[("CONSUMER_NAME", host)])));
+    // on one machine share one, so each replica gets the name its container's host name would give it —
+    // unless the compose file sets CONSUMER_NAME, which then wins, as it would in the containers.
+    let persisters = ["3f2a9c1d7e60", "b81c04e2a9f3"].map(|host| {
+        let mut own = env.clone();
+        if !own.iter().any(|(k, _)| *k == "CONSUMER_NAME") {
+            own.push(("CONSUMER_NAME", host.to_owned()));
+        }
+        Service::start("persister", &own)
+    });
     let ingest = Service::start("ingest-api", &env);
     let gateways = [
         Service::start("push-gateway", &env),
