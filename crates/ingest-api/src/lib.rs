@@ -8,6 +8,7 @@ pub mod idempotency;
 pub mod metrics;
 pub mod problem;
 pub mod rate;
+pub mod replicas;
 pub mod routes;
 pub mod startup;
 pub mod validate;

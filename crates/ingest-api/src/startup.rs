@@ -9,8 +9,8 @@ use actix_cors::Cors;
 use actix_web::dev::Server;
 use actix_web::{http, web, App};
 use anyhow::Context;
-use redis::aio::ConnectionManager;
 use service::http::{Health, InflightBytes, ServerOptions};
+use service::redis::Conn;
 use service::settings::AllowedOrigins;
 use service::Settings;
 use store::PgPool;
@@ -25,14 +25,14 @@ use crate::routes;
 /// thread has its own, whose I/O task runs on that worker's runtime: a request then never wakes another
 /// thread to reach Redis (one connection shared by all workers spent a third of ingest's CPU in context
 /// switches).
-pub struct WorkerRedis(pub ConnectionManager);
+pub struct WorkerRedis(pub Conn);
 
 /// What every handler shares.
 pub struct AppState {
     pub settings: Settings,
     /// A multiplexed connection for readiness and the backlog watch. Requests use their worker's own
     /// [`WorkerRedis`].
-    pub redis: ConnectionManager,
+    pub redis: Conn,
     /// Postgres, for reads only. Connections are made on demand, so ingest runs while Postgres is down.
     pub db: PgPool,
     pub metrics: Metrics,

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use diesel::PgConnection;
 use model::DecodeError;
-use redis::aio::ConnectionManager;
-use service::redis::deadpool_redis::Pool;
+use service::redis::{BlockingPool, Conn};
 use service::{Backoff, Settings};
 use store::NewMessage;
 use tokio_util::sync::CancellationToken;
@@ -33,9 +32,9 @@ const CONSUMER_GONE_MS: u64 = 3_600_000;
 pub struct Consumer {
     settings: Settings,
     /// Connections for `XREADGROUP BLOCK`, which must not share the multiplexed connection.
-    reads: Pool,
+    reads: BlockingPool,
     /// Acks, claims, trims and dead letters.
-    redis: ConnectionManager,
+    redis: Conn,
     /// This replica's one Postgres connection, taken while a batch is being stored on the blocking pool
     /// and dropped after an error so that the next attempt reconnects.
     pg: Option<PgConnection>,
@@ -56,8 +55,8 @@ enum Stored {
 impl Consumer {
     pub fn new(
         settings: Settings,
-        reads: Pool,
-        redis: ConnectionManager,
+        reads: BlockingPool,
+        redis: Conn,
         metrics: Arc<Metrics>,
     ) -> Self {
         let now = Instant::now();

@@ -87,7 +87,7 @@ pub const SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(
 /// Samples `relay_stream_length`, `relay_stream_lag` and `relay_stream_pending` until `stop`: on a
 /// timer, not per request, so scraping costs Redis nothing. A failed sample keeps the last values.
 pub async fn sample_stream(
-    mut redis: redis::aio::ConnectionManager,
+    mut redis: service::redis::Conn,
     stream_key: String,
     metrics: std::sync::Arc<Metrics>,
     stop: tokio_util::sync::CancellationToken,

@@ -3,8 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use redis::aio::ConnectionManager;
-use service::redis::deadpool_redis::Pool;
+use service::redis::{BlockingPool, Conn};
 use service::{Backoff, Settings};
 use tokio_util::sync::CancellationToken;
 
@@ -15,8 +14,8 @@ use crate::metrics::Metrics;
 /// Redis lost it. Ends when `stop` is cancelled or the storing loop is gone.
 pub async fn read_ahead(
     settings: Settings,
-    reads: Pool,
-    mut redis: ConnectionManager,
+    reads: BlockingPool,
+    mut redis: Conn,
     batches: tokio::sync::mpsc::Sender<Vec<Delivered>>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,

@@ -21,7 +21,7 @@ pub struct Application {
     server: Server,
     consumer: Consumer,
     /// For the stream gauges' sampler.
-    sampler: (redis::aio::ConnectionManager, String, Arc<Metrics>),
+    sampler: (service::redis::Conn, String, Arc<Metrics>),
 }
 
 impl Application {

@@ -106,6 +106,11 @@ impl Hub {
         self.lock().position = Some(position);
     }
 
+    /// Whether the reader has its stream position: before that, `/ws` answers 503.
+    pub fn is_ready(&self) -> bool {
+        self.lock().position.is_some()
+    }
+
     /// Adds a client. From this moment on, every frame the reader publishes is queued for it.
     pub fn subscribe(&self) -> Result<Subscription, Refused> {
         let mut clients = self.lock();

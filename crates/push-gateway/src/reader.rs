@@ -11,7 +11,7 @@ use std::time::Duration;
 use model::redis_stream::{parse_reply_id, read_reply, RawEntry};
 use model::StreamId;
 use redis::Value;
-use service::redis::deadpool_redis::Pool;
+use service::redis::BlockingPool;
 use service::Backoff;
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +30,7 @@ pub const READ_BLOCK: Duration = Duration::from_millis(1000);
 
 pub async fn run(
     stream_key: String,
-    reads: Pool,
+    reads: BlockingPool,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
@@ -90,7 +90,7 @@ fn next_count(frames: &[Arc<Frame>]) -> usize {
 }
 
 /// The id of the newest entry, or `0-0` for an empty (or missing) stream.
-async fn newest_id(reads: &Pool, key: &str) -> anyhow::Result<String> {
+async fn newest_id(reads: &BlockingPool, key: &str) -> anyhow::Result<String> {
     let mut conn = reads.get().await?;
     let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
         .arg(key)
@@ -108,8 +108,8 @@ async fn newest_id(reads: &Pool, key: &str) -> anyhow::Result<String> {
 
 /// The frames of the entries after `after`, and the id of the newest entry read.
 async fn read_after(
-    reads: &Pool,
-    held: &mut Option<service::redis::deadpool_redis::Connection>,
+    reads: &BlockingPool,
+    held: &mut Option<service::redis::BlockingConn>,
     key: &str,
     after: &str,
     count: usize,

@@ -8,8 +8,8 @@ use std::time::Duration;
 use actix_web::dev::Server;
 use actix_web::{web, App};
 use anyhow::Context;
-use redis::aio::ConnectionManager;
 use service::http::{Health, ServerOptions};
+use service::redis::Conn;
 use service::Settings;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -27,9 +27,9 @@ pub struct AppState {
     pub settings: Settings,
     pub hub: Arc<Hub>,
     /// Readiness only: nothing a client asks for can make `/readyz` wait behind it.
-    pub redis: ConnectionManager,
+    pub redis: Conn,
     /// Replays' own connection (`XINFO`, `XRANGE` pages), apart from readiness and the live reader.
-    pub replay_redis: ConnectionManager,
+    pub replay_redis: Conn,
     /// At most [`REPLAYS_AT_ONCE`] replays run at once.
     pub replays: Arc<tokio::sync::Semaphore>,
     /// `MAX_CONNECTIONS` and `MAX_CONNECTIONS_PER_IP`, held by the sockets themselves.
@@ -49,7 +49,7 @@ pub struct Application {
     port: u16,
     server: Server,
     state: web::Data<AppState>,
-    reads: service::redis::deadpool_redis::Pool,
+    reads: service::redis::BlockingPool,
 }
 
 impl Application {
@@ -60,14 +60,32 @@ impl Application {
         let redis = service::redis::shared_connection(&settings).context("REDIS_URL")?;
         let metrics = Arc::new(Metrics::new());
         let timeout = Duration::from_millis(settings.redis_timeout_ms);
-        let health =
-            web::Data::new(Health::new(metrics.registry.clone()).redis(redis.clone(), timeout));
+        let hub = Arc::new(Hub::new(
+            settings.ws_send_queue,
+            settings.ws_send_queue_bytes,
+            settings.max_connections,
+        ));
+        // Ready means "can serve /ws": Redis answers and the reader has its place in the stream.
+        let reading = Arc::clone(&hub);
+        let health = web::Data::new(
+            Health::new(metrics.registry.clone())
+                .redis(redis.clone(), timeout)
+                .check(
+                    "stream",
+                    Arc::new(move || {
+                        let ready = reading.is_ready();
+                        Box::pin(async move {
+                            if ready {
+                                Ok(())
+                            } else {
+                                Err("the reader has no stream position yet".into())
+                            }
+                        })
+                    }),
+                ),
+        );
         let state = web::Data::new(AppState {
-            hub: Arc::new(Hub::new(
-                settings.ws_send_queue,
-                settings.ws_send_queue_bytes,
-                settings.max_connections,
-            )),
+            hub,
             redis,
             replay_redis: service::redis::shared_connection(&settings).context("REDIS_URL")?,
             replays: Arc::new(tokio::sync::Semaphore::new(REPLAYS_AT_ONCE)),

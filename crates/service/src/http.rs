@@ -281,7 +281,7 @@ impl Health {
     }
 
     /// Adds Redis: ready when it answers `PING` within `timeout`.
-    pub fn redis(self, conn: redis::aio::ConnectionManager, timeout: Duration) -> Self {
+    pub fn redis(self, conn: crate::redis::Conn, timeout: Duration) -> Self {
         self.check(
             "redis",
             Arc::new(move || {

@@ -83,8 +83,19 @@ pub async fn spawn_persister(settings: Settings) -> Running {
 pub async fn spawn_gateway(settings: Settings) -> Running {
     let app = push_gateway::Application::build(settings).await.unwrap();
     let gateway = Running::run(app.port(), |rx| app.run_until_stopped(stopped(rx)));
-    // The reader starts at the stream's newest entry: give it a moment to take its position.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The reader starts at the stream's newest entry: the gateway is ready once it has that position.
+    let ready = format!("{}/readyz", gateway.url());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !reqwest::get(&ready)
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gateway was not ready within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     gateway
 }
 

@@ -117,17 +117,18 @@ async fn accept(
     if bytes > settings.max_stream_bytes {
         return Err(ApiError::StreamFull { bytes });
     }
-    Ok((
-        kind,
-        append(
-            state,
-            worker_redis,
-            payloads,
-            idempotency,
-            service::http::RequestId::of(req).0,
-        )
-        .await?,
-    ))
+    let accepted = append(
+        state,
+        worker_redis,
+        payloads,
+        idempotency,
+        service::http::RequestId::of(req).0,
+    )
+    .await?;
+    // On the connection that wrote: WAIT counts that connection's writes.
+    let last = accepted.last().map(|a| a.stream_id);
+    crate::replicas::confirm(settings, &mut worker_redis.0.clone(), last).await?;
+    Ok((kind, accepted))
 }
 
 /// The body, or 413 as soon as it is known to be over `limit` (from `Content-Length`, or while reading), 408

@@ -54,7 +54,12 @@ const fn secret(mut d: Def, how: Secret) -> Def {
 /// The settings, in the order `--help` and the README list them.
 pub const DEFS: &[Def] = &[
     secret(
-        def("REDIS_URL", "redis://127.0.0.1:6379", ALL, "The Redis server holding the stream."),
+        def(
+            "REDIS_URL",
+            "redis://127.0.0.1:6379",
+            ALL,
+            "The Redis server holding the stream; redis+cluster://host:port,host:port,… names a Redis Cluster by some of its nodes (STREAM_KEY then needs a hash tag, e.g. {messages}).",
+        ),
         Secret::UrlPassword,
     ),
     secret(
@@ -215,6 +220,18 @@ pub const DEFS: &[Def] = &[
         "2000",
         ALL,
         "The longest a request waits on Redis before answering 503.",
+    ),
+    def(
+        "REDIS_ACK_REPLICAS",
+        "0",
+        INGEST,
+        "Replicas that must confirm an entry (Redis WAIT) before POST /messages answers 202; fewer within REDIS_ACK_TIMEOUT_MS answer 503. 0: answer once the primary has it.",
+    ),
+    def(
+        "REDIS_ACK_TIMEOUT_MS",
+        "1000",
+        INGEST,
+        "How long POST /messages waits for REDIS_ACK_REPLICAS replicas to confirm an entry.",
     ),
     def(
         "DATABASE_POOL_SIZE",

@@ -88,6 +88,10 @@ pub struct Settings {
     pub trusted_proxies: TrustedProxies,
     #[serde(deserialize_with = "positive")]
     pub redis_timeout_ms: u64,
+    #[serde(deserialize_with = "parsed")]
+    pub redis_ack_replicas: u64,
+    #[serde(deserialize_with = "positive")]
+    pub redis_ack_timeout_ms: u64,
     #[serde(deserialize_with = "positive")]
     pub database_pool_size: u32,
 }
@@ -151,6 +155,35 @@ impl Settings {
             .build()
             .and_then(Config::try_deserialize)
             .map_err(|e| invalid(e, &values))?;
+        // In a cluster a key's slot decides its node, and the idempotency script and a batch's MULTI/EXEC
+        // touch several of the stream's keys at once: those must share a slot, which only a hash tag in
+        // STREAM_KEY (copied into every derived key by `model::keys`) guarantees.
+        if settings.redis_cluster_seeds().is_some()
+            && !model::keys::has_hash_tag(&settings.stream_key)
+        {
+            return Err(SettingsError::Invalid {
+                name: "STREAM_KEY".into(),
+                value: settings.stream_key.clone(),
+                reason: format!(
+                    "REDIS_URL names a Redis Cluster, where all of a stream's keys must share one slot: \
+                     put a hash tag in it, e.g. {{{}}}",
+                    settings.stream_key.replace(['{', '}'], "")
+                ),
+            });
+        }
+        // Every Redis reply is bounded by REDIS_TIMEOUT_MS, WAIT's too: a longer wait would always fail.
+        if settings.redis_ack_replicas > 0
+            && settings.redis_ack_timeout_ms >= settings.redis_timeout_ms
+        {
+            return Err(SettingsError::Invalid {
+                name: "REDIS_ACK_TIMEOUT_MS".into(),
+                value: settings.redis_ack_timeout_ms.to_string(),
+                reason: format!(
+                    "must be below REDIS_TIMEOUT_MS ({}), which bounds every Redis reply",
+                    settings.redis_timeout_ms
+                ),
+            });
+        }
         if settings.ingest_public_url.trim().is_empty() {
             settings.ingest_public_url = format!("http://{}", settings.ingest_addr);
         }
@@ -167,6 +200,13 @@ impl Settings {
                 .unwrap_or_else(|| "persister".into());
         }
         Ok(settings)
+    }
+
+    /// The seed nodes (`redis://…` URLs) when `REDIS_URL` names a Redis Cluster
+    /// (`redis+cluster://host:port,host:port`), else `None`.
+    pub fn redis_cluster_seeds(&self) -> Option<Vec<String>> {
+        // Loading checked the URL, so a parse error cannot happen here; it reads as no seeds.
+        cluster_seeds(&self.redis_url).map(Result::unwrap_or_default)
     }
 
     /// One line of the settings `used_by` a binary reads, secrets masked: what the service logs at start.
@@ -315,8 +355,53 @@ fn url_with_scheme<'de, D: Deserializer<'de>>(d: D, schemes: &[&str]) -> Result<
     Ok(v)
 }
 
+/// How `REDIS_URL` names a Redis Cluster: `redis+cluster://[user:password@]host:port[,host:port…]`, a few
+/// of its nodes (any will do: the client learns the rest and the slot map from them).
+pub const CLUSTER_SCHEME: &str = "redis+cluster://";
+
+/// The seed nodes of a cluster URL as `redis://` URLs (the credentials apply to each), or why the URL is
+/// malformed (without repeating it: it may hold a password); `None` when `url` is not a cluster URL.
+pub fn cluster_seeds(url: &str) -> Option<Result<Vec<String>, String>> {
+    let rest = url.trim().strip_prefix(CLUSTER_SCHEME)?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    Some((|| {
+        if rest.contains(['/', '?', '#']) {
+            return Err(
+                "a cluster URL names nodes only (a cluster has no database number)".to_owned(),
+            );
+        }
+        let (userinfo, hosts) = match rest.rsplit_once('@') {
+            Some((user, hosts)) => (format!("{user}@"), hosts),
+            None => (String::new(), rest),
+        };
+        let seeds = hosts
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(|host| {
+                let seed = format!("redis://{userinfo}{host}");
+                match url::Url::parse(&seed) {
+                    Ok(u) if u.host().is_some() && u.port().is_some() => Ok(seed),
+                    _ => Err(format!("`{host}` is not a host:port")),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if seeds.is_empty() {
+            return Err("a cluster URL names at least one host:port".to_owned());
+        }
+        Ok(seeds)
+    })())
+}
+
 fn redis_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    url_with_scheme(d, &["redis", "rediss", "unix", "redis+unix"])
+    let v = non_empty(d)?;
+    if let Some(seeds) = cluster_seeds(&v) {
+        return seeds.map(|_| v).map_err(serde::de::Error::custom);
+    }
+    url_with_scheme(
+        serde::de::value::StrDeserializer::<D::Error>::new(&v),
+        &["redis", "rediss", "unix", "redis+unix", "redis+cluster"],
+    )
 }
 
 fn postgres_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -424,6 +509,40 @@ mod tests {
             "{line}"
         );
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_cluster_url_names_its_seed_nodes_and_needs_a_hash_tagged_stream_key() {
+        let s = with(&[
+            (
+                "REDIS_URL",
+                "redis+cluster://:pw@10.0.0.1:7000, 10.0.0.2:7001/",
+            ),
+            ("STREAM_KEY", "{messages}"),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.redis_cluster_seeds().unwrap(),
+            ["redis://:pw@10.0.0.1:7000", "redis://:pw@10.0.0.2:7001"]
+        );
+        assert_eq!(with(&[]).unwrap().redis_cluster_seeds(), None);
+
+        let err = with(&[("REDIS_URL", "redis+cluster://h1:7000,h2:7001")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("invalid setting STREAM_KEY="), "{err}");
+        assert!(err.contains("{messages}"), "{err}");
+        for bad in [
+            "redis+cluster://",
+            "redis+cluster://h1:7000/0",
+            "redis+cluster://:hunter2@h1",
+        ] {
+            let err = with(&[("REDIS_URL", bad), ("STREAM_KEY", "{m}")])
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("invalid setting REDIS_URL="), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
     }
 
     #[test]
