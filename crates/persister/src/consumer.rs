@@ -163,7 +163,7 @@ impl Consumer {
         );
         let claimed =
             group::autoclaim(&mut self.redis, &key, &me, idle, &self.claim_cursor, count).await;
-        let (batch, next) = match claimed {
+        let (mut batch, next) = match claimed {
             Ok(claimed) => claimed,
             Err(e) => {
                 log::warn!("XAUTOCLAIM on `{key}` failed: {e}");
@@ -173,6 +173,13 @@ impl Consumer {
         self.claim_cursor = next;
         if batch.is_empty() {
             return;
+        }
+        // XAUTOCLAIM raised each entry's delivery count; read it so that an entry that keeps failing
+        // (it crashed whoever held it, or no replica understands its version) is dead-lettered below
+        // rather than claimed again and again. Without the counts the batch is still handled: only the
+        // dead-lettering of over-delivered entries waits for the next claim.
+        if let Err(e) = group::with_delivery_counts(&mut self.redis, &key, &me, &mut batch).await {
+            log::warn!("reading delivery counts of claimed entries failed: {e}");
         }
         log::info!(
             "claimed {} entries left pending by other consumers",
@@ -188,15 +195,36 @@ impl Consumer {
         let mut rows = Vec::with_capacity(batch.len());
         let mut row_entries = Vec::with_capacity(batch.len());
         let mut poison = Vec::new();
+        let max = self.settings.max_deliveries.max(1);
         for delivered in batch {
+            let deliveries = delivered.deliveries;
             match (delivered.stream_id, delivered.entry) {
+                // Delivered more often than it may be: whatever it is, storing it failed every time
+                // (most likely it crashed the replica that held it, which no error path can catch).
+                // Dead-lettered, or it would be claimed forever and pin the trim below it.
+                _ if deliveries > max => poison.push((
+                    delivered.raw_id,
+                    delivered.fields,
+                    format!("delivered {deliveries} times without being stored (MAX_DELIVERIES is {max})"),
+                )),
                 (Ok(stream_id), Ok(entry)) => {
                     rows.push(NewMessage::from_entry(stream_id, entry));
                     row_entries.push((delivered.raw_id, delivered.fields));
                 }
-                // A newer service wrote it: leave it pending for an upgraded replica to claim.
+                // A newer service wrote it. It stays pending for an upgraded replica to claim — but only
+                // for `MAX_DELIVERIES` claims (about MAX_DELIVERIES × CLAIM_IDLE_MS): a pending entry
+                // holds the trim below it, so one v2 entry after a rollback would otherwise grow the
+                // stream until Redis is full. The dead letter keeps every field for a replay.
+                (_, Err(e @ DecodeError::UnsupportedVersion(_))) if deliveries >= max => poison.push((
+                    delivered.raw_id,
+                    delivered.fields,
+                    format!("{e}; no replica could read it in {deliveries} deliveries"),
+                )),
                 (_, Err(e @ DecodeError::UnsupportedVersion(_))) => {
-                    log::warn!("entry {} left pending: {e}", delivered.raw_id);
+                    log::warn!(
+                        "entry {} left pending for an upgraded replica (delivery {deliveries} of {max}): {e}",
+                        delivered.raw_id
+                    );
                 }
                 (Err(e), _) | (_, Err(e)) => {
                     poison.push((delivered.raw_id, delivered.fields, e.to_string()))
