@@ -10,5 +10,6 @@ pub mod problem;
 pub mod routes;
 pub mod startup;
 pub mod validate;
+pub mod watermark;
 
 pub use startup::Application;

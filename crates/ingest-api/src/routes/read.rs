@@ -56,19 +56,30 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         ),
         None => None,
     };
+    // Only a prefix that can no longer change is shown (see `watermark.rs`): a client paging with
+    // `after=` never steps over a row that commits later.
+    let below =
+        crate::watermark::committed_below(&mut state.redis.clone(), &state.settings.stream_key)
+            .await
+            .map_err(|e| ApiError::StreamUnavailable(e.into()))?;
     match limit {
-        Some(limit) => page(&state.db, after, limit).await,
-        None => stream_all(state.db.clone(), after).await,
+        Some(limit) => page(&state.db, after, below, limit).await,
+        None => stream_all(state.db.clone(), after, below).await,
     }
 }
 
 /// One page, with `Link: <…>; rel="next"` when more rows remain.
-async fn page(db: &PgPool, after: Option<StreamId>, limit: i64) -> Result<HttpResponse, ApiError> {
+async fn page(
+    db: &PgPool,
+    after: Option<StreamId>,
+    below: Option<StreamId>,
+    limit: i64,
+) -> Result<HttpResponse, ApiError> {
     let db = db.clone();
     let mut rows = web::block(move || -> Result<_, ApiError> {
         let mut conn = db.get().map_err(|e| ApiError::StoreUnavailable(e.into()))?;
         // One extra row tells whether there is a next page without a second query.
-        store::read::page(&mut conn, after, limit + 1)
+        store::read::page(&mut conn, after, below, limit + 1)
             .map_err(|e| ApiError::StoreUnavailable(e.into()))
     })
     .await
@@ -100,7 +111,11 @@ async fn page(db: &PgPool, after: Option<StreamId>, limit: i64) -> Result<HttpRe
 }
 
 /// Every row after `after`, as one JSON array, streamed.
-async fn stream_all(db: PgPool, after: Option<StreamId>) -> Result<HttpResponse, ApiError> {
+async fn stream_all(
+    db: PgPool,
+    after: Option<StreamId>,
+    below: Option<StreamId>,
+) -> Result<HttpResponse, ApiError> {
     let (tx, mut rx) = mpsc::channel::<Result<Bytes, ApiError>>(CHUNKS_IN_FLIGHT);
     tokio::task::spawn_blocking(move || {
         let mut conn = match db.get() {
@@ -113,7 +128,7 @@ async fn stream_all(db: PgPool, after: Option<StreamId>) -> Result<HttpResponse,
         let mut buf = Vec::with_capacity(CHUNK_BYTES + 4096);
         buf.push(b'[');
         let mut first = true;
-        let walked = store::read::for_each(&mut conn, after, |row| {
+        let walked = store::read::for_each(&mut conn, after, below, |row| {
             if !std::mem::take(&mut first) {
                 buf.push(b',');
             }
