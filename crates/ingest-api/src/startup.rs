@@ -35,6 +35,9 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The persister group's lag, refreshed in the background.
     pub backlog: Backlog,
+    /// Pages of full reads (`GET /messages` without `limit`) being read from Postgres at once: at most
+    /// half the pool, so that paged reads and `GET /messages/{id}` always find a connection.
+    pub full_reads: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 pub struct Application {
@@ -68,7 +71,11 @@ impl Application {
         // buffers while it is away.
         let health =
             web::Data::new(Health::new(metrics.registry.clone()).redis(redis.clone(), timeout));
+        let full_reads = std::sync::Arc::new(tokio::sync::Semaphore::new(
+            (settings.database_pool_size as usize / 2).max(1),
+        ));
         let state = web::Data::new(AppState {
+            full_reads,
             settings,
             redis,
             db,

@@ -67,17 +67,20 @@ pub fn page(
     query.load(conn)
 }
 
-/// Calls `each` for every message after `after` (and below `below`), in stream order, one row in memory at a time (libpq's
+/// Calls `each` for up to `limit` messages after `after` (and below `below`), in stream order, one row in memory at a time (libpq's
 /// single-row mode). `each` returns `false` to stop early, e.g. when the HTTP client has gone.
 pub fn for_each(
     conn: &mut PgConnection,
     after: Option<StreamId>,
     below: Option<StreamId>,
+    limit: i64,
     mut each: impl FnMut(MessageRow) -> bool,
 ) -> QueryResult<()> {
     let mut query = messages::table
         .select(MessageRow::as_select())
         .order((messages::stream_ms, messages::stream_seq))
+        // Stopping early still drains the rest of the result from libpq: the limit bounds that too.
+        .limit(limit)
         .into_boxed();
     if let Some(after) = after {
         query = query.filter(after_filter(after));

@@ -367,3 +367,38 @@ async fn paging_with_after_never_shows_rows_committed_ahead_of_an_uncommitted_ba
 fn model_group() -> String {
     "persister".to_owned()
 }
+
+#[tokio::test]
+async fn sixteen_readers_that_never_read_hold_no_connection_a_paged_read_needs() {
+    let app = Relay::ingest_only(test_settings()).await;
+    // 20,000 rows of 1 KB: far more than a stalled reader's socket buffers hold.
+    with_connection(&app.settings, |conn| insert_rows(conn, 20_000, 1_000)).await;
+    let addr: std::net::SocketAddr = app.ingest_url()["http://".len()..].parse().unwrap();
+    let mut stalled = Vec::new();
+    for _ in 0..16 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(
+            &mut stream,
+            b"GET /messages HTTP/1.1\r\nhost: relay\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        stalled.push(stream); // and never read
+    }
+    // Let every stalled response fill its buffers and stop.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let started = std::time::Instant::now();
+    let res = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        app.get("/messages?limit=10"),
+    )
+    .await
+    .expect("a paged read answered within a second");
+    assert_eq!(res.status(), 200);
+    let page: Vec<serde_json::Value> = res.json().await.unwrap();
+    assert_eq!(page.len(), 10);
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    drop(stalled);
+}
