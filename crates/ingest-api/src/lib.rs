@@ -12,5 +12,6 @@ pub mod replicas;
 pub mod routes;
 pub mod startup;
 pub mod validate;
+pub mod watermark;
 
 pub use startup::Application;

@@ -42,6 +42,9 @@ pub struct AppState {
     pub inflight: Arc<InflightBytes>,
     /// `PUBLISH_RATE`; `None` when unlimited.
     pub rate: Option<PublishRate>,
+    /// Pages of full reads (`GET /messages` without `limit`) being read from Postgres at once: at most
+    /// half the pool, so that paged reads and `GET /messages/{id}` always find a connection.
+    pub full_reads: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 pub struct Application {
@@ -75,7 +78,11 @@ impl Application {
         // buffers while it is away.
         let health =
             web::Data::new(Health::new(metrics.registry.clone()).redis(redis.clone(), timeout));
+        let full_reads = std::sync::Arc::new(tokio::sync::Semaphore::new(
+            (settings.database_pool_size as usize / 2).max(1),
+        ));
         let state = web::Data::new(AppState {
+            full_reads,
             redis,
             db,
             metrics,

@@ -20,12 +20,17 @@ use tokio_util::sync::CancellationToken;
 use crate::group::{self, Delivered};
 use crate::metrics::Metrics;
 use crate::reading::read_ahead;
-use crate::storing::store_blocking;
+use crate::storing::{store_blocking, Outcome};
 
 /// How often the stream is trimmed below the acknowledged point.
 const TRIM_INTERVAL: Duration = Duration::from_secs(5);
 /// At most this many entries are trimmed per pass.
 const TRIM_STEP: u64 = 50_000;
+/// The longest one statement of the persister's session may run: a batch COPY takes milliseconds.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a statement may wait for a lock before it fails and the batch is retried (and a SIGTERM
+/// is noticed): a deploy's DDL, `VACUUM FULL` or a stray `LOCK TABLE` cannot hang the persister.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 /// A consumer with nothing pending that has been silent this long is a replica that was scaled away.
 const CONSUMER_GONE_MS: u64 = 3_600_000;
 
@@ -46,8 +51,8 @@ pub struct Consumer {
 
 /// The result of storing a batch.
 enum Stored {
-    /// Every row is committed except these (index in the batch, Postgres' reason).
-    Committed { rejected: Vec<(usize, String)> },
+    /// Every row is committed except these.
+    Committed(Outcome),
     /// Stopped before anything was committed.
     Stopped,
 }
@@ -163,7 +168,7 @@ impl Consumer {
         );
         let claimed =
             group::autoclaim(&mut self.redis, &key, &me, idle, &self.claim_cursor, count).await;
-        let (batch, next) = match claimed {
+        let (mut batch, next) = match claimed {
             Ok(claimed) => claimed,
             Err(e) => {
                 log::warn!("XAUTOCLAIM on `{key}` failed: {e}");
@@ -173,6 +178,13 @@ impl Consumer {
         self.claim_cursor = next;
         if batch.is_empty() {
             return;
+        }
+        // XAUTOCLAIM raised each entry's delivery count; read it so that an entry that keeps failing
+        // (it crashed whoever held it, or no replica understands its version) is dead-lettered below
+        // rather than claimed again and again. Without the counts the batch is still handled: only the
+        // dead-lettering of over-delivered entries waits for the next claim.
+        if let Err(e) = group::with_delivery_counts(&mut self.redis, &key, &me, &mut batch).await {
+            log::warn!("reading delivery counts of claimed entries failed: {e}");
         }
         log::info!(
             "claimed {} entries left pending by other consumers",
@@ -189,8 +201,18 @@ impl Consumer {
         let mut rows = Vec::with_capacity(batch.len());
         let mut row_entries = Vec::with_capacity(batch.len());
         let mut poison = Vec::new();
+        let max = self.settings.max_deliveries.max(1);
         for delivered in batch {
+            let deliveries = delivered.deliveries;
             match (delivered.stream_id, delivered.entry) {
+                // Delivered more often than it may be: whatever it is, storing it failed every time
+                // (most likely it crashed the replica that held it, which no error path can catch).
+                // Dead-lettered, or it would be claimed forever and pin the trim below it.
+                _ if deliveries > max => poison.push((
+                    delivered.raw_id,
+                    delivered.fields,
+                    format!("delivered {deliveries} times without being stored (MAX_DELIVERIES is {max})"),
+                )),
                 (Ok(stream_id), Ok(entry)) => {
                     log::debug!(
                         "storing message {} at {stream_id} request_id={}",
@@ -200,27 +222,42 @@ impl Consumer {
                     rows.push(NewMessage::from_entry(stream_id, entry));
                     row_entries.push((delivered.raw_id, delivered.fields));
                 }
-                // A newer service wrote it: leave it pending for an upgraded replica to claim.
+                // A newer service wrote it. It stays pending for an upgraded replica to claim — but only
+                // for `MAX_DELIVERIES` claims (about MAX_DELIVERIES × CLAIM_IDLE_MS): a pending entry
+                // holds the trim below it, so one v2 entry after a rollback would otherwise grow the
+                // stream until Redis is full. The dead letter keeps every field for a replay.
+                (_, Err(e @ DecodeError::UnsupportedVersion(_))) if deliveries >= max => poison.push((
+                    delivered.raw_id,
+                    delivered.fields,
+                    format!("{e}; no replica could read it in {deliveries} deliveries"),
+                )),
                 (_, Err(e @ DecodeError::UnsupportedVersion(_))) => {
-                    log::warn!("entry {} left pending: {e}", delivered.raw_id);
+                    log::warn!(
+                        "entry {} left pending for an upgraded replica (delivery {deliveries} of {max}): {e}",
+                        delivered.raw_id
+                    );
                 }
                 (Err(e), _) | (_, Err(e)) => {
                     poison.push((delivered.raw_id, delivered.fields, e.to_string()))
                 }
             }
         }
-        let rejected = match self.store(rows, stop).await {
-            Stored::Committed { rejected } => rejected,
+        let outcome = match self.store(rows, stop).await {
+            Stored::Committed(outcome) => outcome,
             Stored::Stopped => return, // nothing acknowledged: the batch stays pending
         };
         let mut done: Vec<String> = Vec::with_capacity(row_entries.len() + poison.len());
-        let mut rejected = rejected.into_iter().peekable();
+        let mut dead = outcome.dead.into_iter().peekable();
+        let mut held = outcome.held.into_iter().peekable();
         for (i, (raw_id, fields)) in row_entries.into_iter().enumerate() {
-            match rejected.next_if(|(at, _)| *at == i) {
-                Some((_, reason)) => {
-                    poison.push((raw_id, fields, format!("rejected by Postgres: {reason}")))
-                }
-                None => done.push(raw_id),
+            if let Some((_, reason)) = dead.next_if(|(at, _)| *at == i) {
+                poison.push((raw_id, fields, reason));
+            } else if let Some((_, reason)) = held.next_if(|(at, _)| *at == i) {
+                // Not acknowledged: the next claim brings it back, and its delivery count bounds the
+                // retries (dead-lettered above MAX_DELIVERIES).
+                log::warn!("entry {raw_id} left pending, the schema refuses it for now: {reason}");
+            } else {
+                done.push(raw_id);
             }
         }
         for (raw_id, fields, reason) in poison {
@@ -247,29 +284,33 @@ impl Consumer {
     /// Commits `rows`, retrying with backoff while Postgres is unreachable.
     async fn store(&mut self, rows: Vec<NewMessage>, stop: &CancellationToken) -> Stored {
         if rows.is_empty() {
-            return Stored::Committed {
-                rejected: Vec::new(),
-            };
+            return Stored::Committed(Outcome::default());
         }
         let rows = Arc::new(rows);
         let mut backoff = Backoff::new();
+        // Every statement of the session is bounded (`store::url::with_session_timeouts`): a COPY that waits
+        // on a lock (DDL, VACUUM FULL) fails after LOCK_TIMEOUT and is retried here, with backoff, where a
+        // stop is noticed — a blocking task cannot be cancelled, so it must end by itself.
+        let url = store::url::with_session_timeouts(
+            &store::with_timeouts(&self.settings.database_url, 5),
+            STATEMENT_TIMEOUT,
+            LOCK_TIMEOUT,
+        );
         loop {
             let started = Instant::now();
             let conn = self.pg.take();
-            let url = store::with_timeouts(&self.settings.database_url, 5);
+            let url = url.clone();
             let batch = Arc::clone(&rows);
-            let tries = self.settings.max_deliveries;
             let outcome =
-                tokio::task::spawn_blocking(move || store_blocking(conn, &url, &batch, tries))
-                    .await;
+                tokio::task::spawn_blocking(move || store_blocking(conn, &url, &batch)).await;
             match outcome {
-                Ok((conn, Ok((new_rows, rejected)))) => {
+                Ok((conn, Ok(outcome))) => {
                     self.pg = conn;
-                    self.metrics.rows.inc_by(new_rows as u64);
+                    self.metrics.rows.inc_by(outcome.new_rows as u64);
                     self.metrics
                         .batch_seconds
                         .observe(started.elapsed().as_secs_f64());
-                    return Stored::Committed { rejected };
+                    return Stored::Committed(outcome);
                 }
                 Ok((conn, Err(e))) => {
                     self.pg = conn;

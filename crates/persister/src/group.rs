@@ -8,10 +8,14 @@
 //!   before commit). A consumer first drains those, then switches to `>` (entries never delivered).
 //! - `XACK` is sent only after the rows are committed. An entry that is stored but not acknowledged is
 //!   delivered again; the store ignores rows it already has, so the result is still one row.
+//! - Every redelivery (own pending re-read, `XAUTOCLAIM`) raises the entry's delivery count in the group.
+//!   Redelivered batches read that count back ([`with_delivery_counts`]) so that an entry which keeps
+//!   coming back — one that crashes the persister, or one of a format version no replica understands —
+//!   is dead-lettered after `MAX_DELIVERIES` instead of circling (and pinning the trim) forever.
 
 use model::redis_stream::{read_reply, RawEntry};
 use model::{dead_letter_key, DecodeError, EntryParts, StreamId, PERSISTER_GROUP};
-use redis::streams::{StreamAutoClaimReply, StreamInfoGroupsReply, StreamPendingReply};
+use redis::streams::StreamAutoClaimReply;
 use redis::{aio::ConnectionLike, Value};
 
 /// One entry as the group delivered it.
@@ -24,6 +28,9 @@ pub struct Delivered {
     pub entry: Result<EntryParts, DecodeError>,
     /// The entry's fields, kept for the dead-letter stream.
     pub fields: Vec<(String, Vec<u8>)>,
+    /// How many times the group has delivered it, this delivery included. `1` for a first delivery
+    /// (`XREADGROUP >`); redelivered batches read the real count with [`with_delivery_counts`].
+    pub deliveries: u64,
 }
 
 impl From<RawEntry> for Delivered {
@@ -34,6 +41,7 @@ impl From<RawEntry> for Delivered {
             stream_id,
             entry,
             fields: raw.fields,
+            deliveries: 1,
         }
     }
 }
@@ -176,71 +184,96 @@ pub async fn autoclaim(
     Ok((claimed, reply.next_stream_id))
 }
 
+/// Reads the group's delivery count of each entry in `batch` (one `XPENDING` with the extended form, over
+/// the batch's id range on this consumer). An entry missing from the reply keeps its count.
+pub async fn with_delivery_counts(
+    conn: &mut impl ConnectionLike,
+    stream_key: &str,
+    consumer: &str,
+    batch: &mut [Delivered],
+) -> redis::RedisResult<()> {
+    let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+        return Ok(());
+    };
+    let reply: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+        .arg(stream_key)
+        .arg(PERSISTER_GROUP)
+        .arg(&first.raw_id)
+        .arg(&last.raw_id)
+        // The range can hold entries of this consumer that are not in the batch, never more than it.
+        .arg(batch.len())
+        .arg(consumer)
+        .query_async(conn)
+        .await?;
+    let counts: std::collections::HashMap<&str, usize> = reply
+        .ids
+        .iter()
+        .map(|p| (p.id.as_str(), p.times_delivered))
+        .collect();
+    for d in batch.iter_mut() {
+        if let Some(&n) = counts.get(d.raw_id.as_str()) {
+            d.deliveries = n as u64;
+        }
+    }
+    Ok(())
+}
+
 /// Trims the stream below what the group has acknowledged, keeping at least `retention` entries for
-/// gateway replay. Never trims an entry that is pending or not yet delivered:
-/// - the acknowledged point is the oldest pending entry, or (none pending) just after the group's
-///   last-delivered id;
-/// - the retention point is the id `retention` entries back from the newest, found by reading the excess
-///   from the oldest end (at most `max_step` entries per call, so one call stays cheap; the next catches up).
+/// gateway replay, at most `max_step` entries per call. Never trims an entry that is pending or not yet
+/// delivered. Returns how many entries were removed.
 ///
-/// `XTRIM MINID` removes entries whose id is *below* the boundary, so the boundary itself is kept.
+/// It is one Lua script, so the boundary it computes cannot go stale before the trim (a claim or a read
+/// in between would otherwise race it), and the only reply is a number: the entries it looks at never
+/// cross the network, whatever their size, so the pass fits in `REDIS_TIMEOUT_MS` after an outage too.
+/// (Redis has no "id of the n-th entry" command, and the group's `entries-read` counter is only valid at
+/// the stream's ends; walking the ids server-side costs the same order as the `XTRIM` itself.)
+///
+/// - the acknowledged point: everything below the oldest pending entry, or (none pending) up to the
+///   group's last-delivered id;
+/// - the removable prefix is the oldest `min(length - retention, max_step)` entries, cut short at the
+///   acknowledged point; it is walked in pages of 100 (bounded script memory) and removed with
+///   `XTRIM MAXLEN = length - walked`, which removes exactly that prefix.
 pub async fn trim_acknowledged(
     conn: &mut impl ConnectionLike,
     stream_key: &str,
     retention: u64,
     max_step: u64,
 ) -> redis::RedisResult<u64> {
-    let length: u64 = redis::cmd("XLEN").arg(stream_key).query_async(conn).await?;
-    if length <= retention {
-        return Ok(0);
-    }
-    let excess = (length - retention).min(max_step);
-    let groups: StreamInfoGroupsReply = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(stream_key)
-        .query_async(conn)
-        .await?;
-    let Some(group) = groups.groups.iter().find(|g| g.name == PERSISTER_GROUP) else {
-        return Ok(0); // no persister yet: nothing is acknowledged
-    };
-    let Ok(last_delivered) = group.last_delivered_id.parse::<StreamId>() else {
-        return Ok(0);
-    };
-    let pending: StreamPendingReply = redis::cmd("XPENDING")
-        .arg(stream_key)
+    let script = redis::Script::new(
+        r"
+local key, group = KEYS[1], ARGV[1]
+local retention, max_step = tonumber(ARGV[2]), tonumber(ARGV[3])
+local len = redis.call('XLEN', key)
+if len <= retention then return 0 end
+local excess = math.min(len - retention, max_step)
+local last_delivered = nil
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+  local f = {}
+  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+  if f['name'] == group then last_delivered = f['last-delivered-id'] end
+end
+if not last_delivered then return 0 end -- no persister yet: nothing is acknowledged
+local pending = redis.call('XPENDING', key, group)
+local stop = last_delivered
+if pending[1] > 0 then stop = '(' .. pending[2] end
+local start, walked = '-', 0
+while walked < excess do
+  local want = math.min(100, excess - walked)
+  local page = redis.call('XRANGE', key, start, stop, 'COUNT', want)
+  walked = walked + #page
+  if #page < want then break end
+  start = '(' .. page[#page][1]
+end
+if walked == 0 then return 0 end
+return redis.call('XTRIM', key, 'MAXLEN', '=', len - walked)
+",
+    );
+    script
+        .key(stream_key)
         .arg(PERSISTER_GROUP)
-        .query_async(conn)
-        .await?;
-    let acknowledged_below = match pending {
-        StreamPendingReply::Data(data) => match data.start_id.parse::<StreamId>() {
-            Ok(oldest_pending) => oldest_pending,
-            Err(_) => return Ok(0),
-        },
-        // Nothing pending (the reply type is non-exhaustive: anything else reads as empty too).
-        _ => StreamId::new(last_delivered.ms, last_delivered.seq.saturating_add(1)),
-    };
-    let oldest_excess: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(stream_key)
-        .arg("-")
-        .arg("+")
-        .arg("COUNT")
-        .arg(excess)
-        .query_async(conn)
-        .await?;
-    let Some(retention_below) = oldest_excess
-        .ids
-        .last()
-        .and_then(|e| e.id.parse::<StreamId>().ok())
-        .map(|id| StreamId::new(id.ms, id.seq.saturating_add(1)))
-    else {
-        return Ok(0);
-    };
-    let boundary = acknowledged_below.min(retention_below);
-    redis::cmd("XTRIM")
-        .arg(stream_key)
-        .arg("MINID")
-        .arg(boundary.to_string())
-        .query_async(conn)
+        .arg(retention)
+        .arg(max_step)
+        .invoke_async(conn)
         .await
 }
 

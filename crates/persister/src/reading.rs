@@ -36,6 +36,11 @@ pub async fn read_ahead(
                 s.persister_block_ms,
             )
             .await?;
+            let mut entries = entries;
+            // Own pending entries are redeliveries: a crash loop on one of them shows in its count.
+            if matches!(cursor, Cursor::Pending(_)) {
+                group::with_delivery_counts(&mut conn, key, &s.consumer_name, &mut entries).await?;
+            }
             anyhow::Ok(entries)
         };
         let entries = tokio::select! {

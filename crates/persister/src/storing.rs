@@ -1,23 +1,52 @@
 //! Storing one batch on the blocking pool: one transaction for the whole batch; when Postgres is fine but
-//! refuses it, row by row, so that one bad entry goes to the dead-letter stream and does not hold back its
-//! neighbours.
+//! refuses it, row by row, so that one bad entry does not hold back its neighbours.
+//!
+//! What is whose fault is decided without reading Postgres' English (its messages follow `lc_messages`):
+//! - a row Postgres would refuse as data (SQLSTATE class 22: bad JSON, a timestamp out of range) is
+//!   caught before it is sent ([`NewMessage::refused_by_postgres`]) and dead-lettered: it never can be
+//!   stored;
+//! - a row that reuses a stream position another message holds is dead-lettered (see `store::write`);
+//! - a constraint violation (`NOT NULL`, `CHECK`, foreign key, exclusion) is about the schema, which a
+//!   rolling migration changes for a while: the row is *held* — left pending, not acknowledged — and
+//!   comes back with the next claim; only after `MAX_DELIVERIES` deliveries is it dead-lettered (by
+//!   its delivery count, in `consumer.rs`);
+//! - anything else (connection lost, disk full, read-only, a statement or lock timeout) is the server's:
+//!   the whole batch is retried with backoff and nothing is acknowledged or dead-lettered.
 
 use anyhow::Context;
 use diesel::{Connection, PgConnection, RunQueryDsl};
 use store::NewMessage;
 
+/// What became of a batch that Postgres did not fail as a whole.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Rows that were not there before.
+    pub new_rows: usize,
+    /// Rows that never can be stored: (index in the batch, why). Dead-lettered, then acknowledged.
+    pub dead: Vec<(usize, String)>,
+    /// Rows the schema refuses for now: (index, why). Left pending for a later delivery.
+    pub held: Vec<(usize, String)>,
+}
+
 /// On the blocking pool: store the batch in one transaction; if Postgres is fine but refuses it, store
-/// row by row and report the rows it refuses. Returns the connection when it is still usable.
-#[allow(clippy::type_complexity)]
+/// row by row. Returns the connection when it is still usable.
 pub fn store_blocking(
     conn: Option<PgConnection>,
     url: &str,
     rows: &[NewMessage],
-    tries: u64,
-) -> (
-    Option<PgConnection>,
-    anyhow::Result<(usize, Vec<(usize, String)>)>,
-) {
+) -> (Option<PgConnection>, anyhow::Result<Outcome>) {
+    let mut out = Outcome::default();
+    // Checked before connecting: a batch of nothing but refused rows needs no Postgres.
+    let mut valid = Vec::with_capacity(rows.len()); // indexes into `rows`
+    for (i, row) in rows.iter().enumerate() {
+        match row.refused_by_postgres() {
+            Some(why) => out.dead.push((i, why)),
+            None => valid.push(i),
+        }
+    }
+    if valid.is_empty() {
+        return (conn, Ok(out));
+    }
     let mut conn = match conn {
         Some(conn) => conn,
         None => match PgConnection::establish(url).context("connecting to Postgres") {
@@ -25,74 +54,79 @@ pub fn store_blocking(
             Err(e) => return (None, Err(e)),
         },
     };
-    let whole = match store::write::store_batch(&mut conn, rows) {
-        Ok(n) => return (Some(conn), Ok((n, Vec::new()))),
+    let batch: Vec<NewMessage> = valid.iter().map(|&i| rows[i].clone()).collect();
+    let whole = match store::write::store_batch(&mut conn, &batch) {
+        Ok(written) => {
+            out.new_rows = written.new;
+            out.dead.extend(
+                written
+                    .conflicts
+                    .into_iter()
+                    .map(|(at, held_by)| (valid[at], position_taken(&rows[valid[at]], &held_by))),
+            );
+            return (Some(conn), Ok(out));
+        }
         Err(e) => e,
     };
-    // Only an error about the data itself splits the batch; anything else (connection lost, disk full,
-    // read-only after a failover, a timeout) is retried whole, with backoff, and nothing is acknowledged.
-    if !refuses_data(&whole) {
-        let usable = diesel::sql_query("SELECT 1").execute(&mut conn).is_ok();
-        return (
-            usable.then_some(conn),
-            Err(anyhow::Error::new(whole).context("storing a batch")),
-        );
+    if !schema_refuses(&whole) {
+        return server_error(conn, whole, "storing a batch");
     }
     log::warn!(
         "Postgres refused a batch of {} ({whole}); storing it row by row",
-        rows.len()
+        batch.len()
     );
-    let (mut new_rows, mut rejected) = (0, Vec::new());
-    for (i, row) in rows.iter().enumerate() {
-        // Each row gets `MAX_DELIVERIES` tries before it is declared unstorable.
-        let mut last_error = None;
-        for _ in 0..tries.max(1) {
-            match store::write::store_batch(&mut conn, std::slice::from_ref(row)) {
-                Ok(n) => {
-                    new_rows += n;
-                    last_error = None;
-                    break;
-                }
-                Err(e) if refuses_data(&e) => last_error = Some(e),
-                Err(e) => {
-                    // Not the row's fault after all: what was committed is idempotent; retry everything.
-                    let usable = diesel::sql_query("SELECT 1").execute(&mut conn).is_ok();
-                    return (
-                        usable.then_some(conn),
-                        Err(anyhow::Error::new(e).context("storing a batch row by row")),
-                    );
+    for (&i, row) in valid.iter().zip(&batch) {
+        match store::write::store_batch(&mut conn, std::slice::from_ref(row)) {
+            Ok(written) => {
+                out.new_rows += written.new;
+                if let Some((_, held_by)) = written.conflicts.first() {
+                    out.dead.push((i, position_taken(row, held_by)));
                 }
             }
-        }
-        if let Some(e) = last_error {
-            rejected.push((i, e.to_string()));
+            Err(e) if schema_refuses(&e) => out.held.push((i, e.to_string())),
+            // Not the row's fault after all: what was committed is idempotent; retry everything.
+            Err(e) => return server_error(conn, e, "storing a batch row by row"),
         }
     }
-    (Some(conn), Ok((new_rows, rejected)))
+    out.dead.sort_unstable_by_key(|(i, _)| *i);
+    (Some(conn), Ok(out))
 }
 
-/// Whether Postgres refused the rows themselves (a constraint, or a value its types reject) rather than
-/// failing for a reason that retrying can cure.
-fn refuses_data(e: &diesel::result::Error) -> bool {
+fn position_taken(row: &NewMessage, held_by: &str) -> String {
+    format!(
+        "stream position {} already holds message {held_by}: a different message reused it (Redis lost \
+         or reissued the id); the stored one is kept",
+        row.stream_id()
+    )
+}
+
+/// The batch failed for a reason that retrying can cure; the connection is kept when it still answers.
+fn server_error(
+    mut conn: PgConnection,
+    e: diesel::result::Error,
+    doing: &'static str,
+) -> (Option<PgConnection>, anyhow::Result<Outcome>) {
+    let usable = diesel::sql_query("SELECT 1").execute(&mut conn).is_ok();
+    (
+        usable.then_some(conn),
+        Err(anyhow::Error::new(e).context(doing)),
+    )
+}
+
+/// Whether the schema refused a row (a constraint), as opposed to the server failing. Diesel maps these
+/// SQLSTATEs (23502, 23514, 23503, 23P01) to kinds itself, so no message text is read.
+fn schema_refuses(e: &diesel::result::Error) -> bool {
     use diesel::result::DatabaseErrorKind as Kind;
-    match e {
-        diesel::result::Error::DatabaseError(kind, info) => match kind {
+    matches!(
+        e,
+        diesel::result::Error::DatabaseError(
             Kind::CheckViolation
-            | Kind::NotNullViolation
-            | Kind::ForeignKeyViolation
-            | Kind::ExclusionViolation => true,
-            // SQLSTATE class 22 (data exception) arrives as `Unknown`: recognise it by its wording.
-            Kind::Unknown => {
-                let m = info.message();
-                m.starts_with("invalid input syntax")
-                    || m.starts_with("invalid byte sequence")
-                    || m.contains("out of range")
-                    || m.starts_with("unsupported Unicode escape")
-            }
-            _ => false,
-        },
-        _ => false,
-    }
+                | Kind::NotNullViolation
+                | Kind::ForeignKeyViolation
+                | Kind::ExclusionViolation,
+            _
+        )
+    )
 }
 
 #[cfg(test)]
@@ -104,32 +138,25 @@ mod tests {
     }
 
     #[test]
-    fn only_errors_about_the_rows_themselves_split_a_batch() {
-        assert!(super::refuses_data(&db(
-            Kind::CheckViolation,
-            "new row violates check constraint"
+    fn only_constraint_violations_split_a_batch_and_no_message_text_is_read() {
+        assert!(super::schema_refuses(&db(Kind::CheckViolation, "anything")));
+        assert!(super::schema_refuses(&db(
+            Kind::NotNullViolation,
+            "anything"
         )));
-        assert!(super::refuses_data(&db(
-            Kind::Unknown,
-            "invalid input syntax for type json"
-        )));
-        // Retried whole, never dead-lettered: they are about the server, not the data.
-        assert!(!super::refuses_data(&db(
+        // Retried whole, never held or dead-lettered: the server's, in whatever language.
+        for message in [
+            "invalid input syntax for type json",
+            "ungültige Eingabesyntax für Typ json",
+            "could not extend file: No space left on device",
+            "canceling statement due to lock timeout",
+        ] {
+            assert!(!super::schema_refuses(&db(Kind::Unknown, message)));
+        }
+        assert!(!super::schema_refuses(&db(
             Kind::ReadOnlyTransaction,
             "cannot execute COPY in a read-only transaction"
         )));
-        assert!(!super::refuses_data(&db(
-            Kind::Unknown,
-            "could not extend file: No space left on device"
-        )));
-        assert!(!super::refuses_data(&db(
-            Kind::Unknown,
-            "canceling statement due to statement timeout"
-        )));
-        assert!(!super::refuses_data(&db(
-            Kind::ClosedConnection,
-            "server closed the connection"
-        )));
-        assert!(!super::refuses_data(&Error::NotFound));
+        assert!(!super::schema_refuses(&Error::NotFound));
     }
 }

@@ -212,9 +212,11 @@ async fn serve(
             let Ok(Ok(_permit)) = permit else {
                 return close(CloseCode::Again, "too many replays; reconnect with since");
             };
+            // `replay` returns the position the live frames continue after: the last entry sent, `since`
+            // itself, or — for a `since` past the newest entry — the newest entry, which its `hello` named.
             // Boxed: the replay's state lives on the heap while it runs, not in every idle session's future.
             match Box::pin(replay(state, &mut session, &sub, since)).await {
-                Ok(last) => last_sent = last.or(Some(since)),
+                Ok(position) => last_sent = Some(position),
                 Err(end) => return end,
             }
         }
@@ -345,38 +347,47 @@ async fn send(
     }
 }
 
-/// Replays the history after `since`, preceded by a `gap` frame when part of it was trimmed. Returns the
-/// last stream id sent.
+/// Replays the history after `since`, with a `gap` frame wherever part of it was trimmed first. Returns
+/// the position live frames continue after.
+///
+/// Each page is read in one `MULTI` with an `XINFO STREAM`, so the trim check and the page see the same
+/// stream: the persister's trim may pass the cursor at any moment — before the first page, or between
+/// two pages while a send waits on a slow client — and the check is made again for every page, never
+/// from a stale `oldest`:
+/// - on the first page the cursor is `since`, which need not be an entry: entries after it are gone only
+///   if anything was ever removed (`entries-added` > `length`) and `since` is below the oldest entry held
+///   (and below the newest ever written; Redis 7.0 does not move `max-deleted-entry-id` on trims);
+/// - on later pages the cursor is the last entry sent, which the stream held: if the oldest entry is now
+///   above it, the trim passed it, and whatever lay between may be gone. The gap frame names the cursor,
+///   and the client's fill from `GET /messages?after=<cursor>` finds whatever there was (nothing, when the
+///   trim took only entries already sent).
+///
+/// The cursor advances by the raw id of the last entry in the page, whether or not it parses as a
+/// [`StreamId`] (a foreign `XADD` can write `18446744073709551615-0`, above what the API accepts): a page
+/// is never read twice.
 async fn replay(
     state: &AppState,
     session: &mut Session,
     sub: &Subscription,
     since: StreamId,
-) -> Result<Option<StreamId>, End> {
+) -> Result<StreamId, End> {
     let unavailable = |e: redis::RedisError| {
         log::warn!("replay for a client failed: {e}");
         close(CloseCode::Again, "stream unavailable; reconnect with since")
     };
     let mut redis = state.replay_redis.clone();
     let key = &state.settings.stream_key;
-    let info = stream_info(&mut redis, key).await.map_err(unavailable)?;
-    // Entries after `since` are gone when anything was ever removed from the stream (more entries added
-    // than it holds) and `since` is older than what it holds now. (Redis 7.0 does not move
-    // `max-deleted-entry-id` on trims, so the count is the reliable signal.) When `since` was itself the
-    // entry just before the oldest, the gap is empty and the client's fill from GET /messages finds nothing.
+    // `(id` for XRANGE, and the last position the client has (for gap frames).
     let mut start = format!("({since}");
-    let oldest = info.first.unwrap_or(StreamId::new(
-        info.last_generated.ms,
-        info.last_generated.seq + 1,
-    ));
-    if info.entries_added > info.length && since < oldest && since < info.last_generated {
-        send(state, session, sub, Out::Text(frames::gap(since, oldest))).await?;
-        state.metrics.frames.with_label_values(&["gap"]).inc();
-        start = oldest.to_string();
-    }
-    let mut last = None;
+    let mut position = since;
+    let mut first_page = true;
     loop {
-        let page: Value = redis::cmd("XRANGE")
+        let (info, page): (HashMap<String, Value>, Value) = match redis::pipe()
+            .atomic()
+            .cmd("XINFO")
+            .arg("STREAM")
+            .arg(key)
+            .cmd("XRANGE")
             .arg(key)
             .arg(&start)
             .arg("+")
@@ -384,26 +395,66 @@ async fn replay(
             .arg(REPLAY_PAGE)
             .query_async(&mut redis)
             .await
-            .map_err(unavailable)?;
+        {
+            Ok(reply) => reply,
+            // No stream (yet): `since` is after the newest entry there is; the client starts live from
+            // the beginning, told so.
+            Err(e) if e.to_string().contains("no such key") => {
+                let newest = if first_page {
+                    StreamId::new(0, 0)
+                } else {
+                    position
+                };
+                send(state, session, sub, Out::Text(frames::hello(newest))).await?;
+                return Ok(newest);
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        let info = stream_info(&info);
+        if first_page {
+            first_page = false;
+            // A `since` after the newest entry is taken as the newest entry (contract v1.1): the client
+            // starts live, told where. Without this, every live frame up to `since` would be dropped as
+            // already sent, silently.
+            let newest = info.last.unwrap_or(info.last_generated);
+            if since > newest {
+                send(state, session, sub, Out::Text(frames::hello(newest))).await?;
+                return Ok(newest);
+            }
+        }
+        let oldest = info.first.unwrap_or(StreamId::new(
+            info.last_generated.ms,
+            info.last_generated.seq.saturating_add(1),
+        ));
+        let trimmed_past_cursor = if position == since {
+            info.entries_added > info.length && since < oldest && since < info.last_generated
+        } else {
+            position < oldest
+        };
         let page = entry_list(page);
+        if trimmed_past_cursor && !page.is_empty() {
+            send(state, session, sub, Out::Text(frames::gap(position, oldest))).await?;
+            state.metrics.frames.with_label_values(&["gap"]).inc();
+        }
         let count = page.len();
-        if let Some(newest) = page.last().and_then(|e| reply_id(&e.id)) {
-            start = format!("({newest}");
+        if let Some(newest) = page.last() {
+            start = format!("({}", newest.id);
         }
         for frame in to_frames(&page) {
             send(state, session, sub, Out::Text(frame.text.clone())).await?;
             state.metrics.frames.with_label_values(&["replay"]).inc();
             delivered(state, &frame);
-            last = Some(frame.stream_id);
+            position = frame.stream_id;
         }
         if count < REPLAY_PAGE {
-            return Ok(last);
+            return Ok(position);
         }
     }
 }
 
 struct StreamInfo {
     first: Option<StreamId>,
+    last: Option<StreamId>,
     last_generated: StreamId,
     length: u64,
     entries_added: u64,
@@ -416,21 +467,8 @@ fn int_of(v: Option<&Value>) -> u64 {
     }
 }
 
-/// The parts of `XINFO STREAM` the replay needs; a missing stream reads as an empty one.
-async fn stream_info(
-    redis: &mut impl redis::aio::ConnectionLike,
-    key: &str,
-) -> redis::RedisResult<StreamInfo> {
-    let reply: redis::RedisResult<HashMap<String, Value>> = redis::cmd("XINFO")
-        .arg("STREAM")
-        .arg(key)
-        .query_async(redis)
-        .await;
-    let map = match reply {
-        Ok(map) => map,
-        Err(e) if e.to_string().contains("no such key") => HashMap::new(),
-        Err(e) => return Err(e),
-    };
+/// The parts of an `XINFO STREAM` reply the replay needs; a missing stream reads as an empty one.
+fn stream_info(map: &HashMap<String, Value>) -> StreamInfo {
     let id_of = |v: Option<&Value>| -> Option<StreamId> {
         match v? {
             Value::BulkString(b) => reply_id(std::str::from_utf8(b).ok()?),
@@ -443,12 +481,13 @@ async fn stream_info(
             _ => None,
         }
     };
-    Ok(StreamInfo {
+    StreamInfo {
         first: id_of(map.get("first-entry")),
+        last: id_of(map.get("last-entry")),
         last_generated: id_of(map.get("last-generated-id")).unwrap_or(StreamId::new(0, 0)),
         length: int_of(map.get("length")),
         entries_added: int_of(map.get("entries-added")),
-    })
+    }
 }
 
 /// A refused upgrade, as the one problem response of every service.

@@ -32,38 +32,62 @@ fn after_filter(
         .sql(")")
 }
 
-/// Up to `limit` messages after `after` (exclusive), in stream order.
+/// `(stream_ms, stream_seq) < below`: the committed watermark (see `ingest-api`'s `watermark.rs`).
+fn below_filter(
+    below: StreamId,
+) -> diesel::expression::SqlLiteral<Bool, impl diesel::query_builder::QueryFragment<diesel::pg::Pg>>
+{
+    let (ms, seq) = below.as_i64_pair();
+    sql::<Bool>("(stream_ms, stream_seq) < (")
+        .bind::<BigInt, _>(ms)
+        .sql(", ")
+        .bind::<BigInt, _>(seq)
+        .sql(")")
+}
+
+/// Up to `limit` messages after `after` (exclusive) and below `below` (exclusive, when given), in
+/// stream order.
 pub fn page(
     conn: &mut PgConnection,
     after: Option<StreamId>,
+    below: Option<StreamId>,
     limit: i64,
 ) -> QueryResult<Vec<MessageRow>> {
-    let query = messages::table
+    let mut query = messages::table
         .select(MessageRow::as_select())
         .order((messages::stream_ms, messages::stream_seq))
         .limit(limit)
         .into_boxed();
-    match after {
-        Some(after) => query.filter(after_filter(after)).load(conn),
-        None => query.load(conn),
+    if let Some(after) = after {
+        query = query.filter(after_filter(after));
     }
+    if let Some(below) = below {
+        query = query.filter(below_filter(below));
+    }
+    query.load(conn)
 }
 
-/// Calls `each` for every message after `after`, in stream order, one row in memory at a time (libpq's
+/// Calls `each` for up to `limit` messages after `after` (and below `below`), in stream order, one row in memory at a time (libpq's
 /// single-row mode). `each` returns `false` to stop early, e.g. when the HTTP client has gone.
 pub fn for_each(
     conn: &mut PgConnection,
     after: Option<StreamId>,
+    below: Option<StreamId>,
+    limit: i64,
     mut each: impl FnMut(MessageRow) -> bool,
 ) -> QueryResult<()> {
-    let query = messages::table
+    let mut query = messages::table
         .select(MessageRow::as_select())
         .order((messages::stream_ms, messages::stream_seq))
+        // Stopping early still drains the rest of the result from libpq: the limit bounds that too.
+        .limit(limit)
         .into_boxed();
-    let query = match after {
-        Some(after) => query.filter(after_filter(after)),
-        None => query,
-    };
+    if let Some(after) = after {
+        query = query.filter(after_filter(after));
+    }
+    if let Some(below) = below {
+        query = query.filter(below_filter(below));
+    }
     for row in query.load_iter::<MessageRow, PgRowByRowLoadingMode>(conn)? {
         if !each(row?) {
             break;

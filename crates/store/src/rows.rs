@@ -72,6 +72,29 @@ impl NewMessage {
         StreamId::from_i64_pair(self.stream_ms, self.stream_seq)
     }
 
+    /// Why Postgres would refuse this row as data (SQLSTATE class 22), checked here before it is sent.
+    ///
+    /// Diesel hands back no SQLSTATE — class 22 arrives as `DatabaseErrorKind::Unknown`, told apart from a
+    /// disk-full or timeout error only by its message, whose language follows the server's `lc_messages`.
+    /// So the persister never asks Postgres this question: a row that passes here cannot raise a data
+    /// exception, and every `Unknown` error is the server's, retried whole.
+    /// - the payload must be JSON as the `json` type parses it (RFC 8259; escapes, surrogate pairs);
+    ///   a raw NUL can only sit inside a string, where JSON forbids unescaped control characters;
+    /// - `received_at` must be within `timestamptz`'s range (4713 BC to 294276 AD).
+    pub fn refused_by_postgres(&self) -> Option<String> {
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(&self.payload.0) {
+            return Some(format!("the payload is not valid JSON ({e})"));
+        }
+        let year = chrono::Datelike::year(&self.received_at);
+        if !(-4712..=294_275).contains(&year) {
+            return Some(format!(
+                "received_at {} is outside Postgres' timestamp range",
+                self.received_at
+            ));
+        }
+        None
+    }
+
     pub(crate) fn staged(&self) -> StagedMessage<'_> {
         StagedMessage {
             stream_ms: self.stream_ms,

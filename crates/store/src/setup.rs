@@ -14,6 +14,11 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations")
 
 pub type PgPool = Pool<ConnectionManager<PgConnection>>;
 
+/// The longest one read statement may run (a page of at most 1000 rows).
+const READ_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a read waits for a lock (only DDL takes one that blocks reads).
+const READ_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// An arbitrary, fixed key for `pg_advisory_lock`: replicas that start together migrate one at a time.
 const MIGRATION_LOCK: i64 = 0x52_454c_4159; // "RELAY"
 
@@ -67,8 +72,11 @@ pub fn connect_pool(url: &str, size: u32, timeout: Duration) -> PgPool {
         .min_idle(Some(0))
         .connection_timeout(timeout)
         .test_on_check_out(true)
-        .build_unchecked(ConnectionManager::new(with_timeouts(
-            url,
-            timeout.as_secs(),
+        // Every read is short (full reads go in keyset pages), so each statement is bounded too, and a
+        // read queued behind DDL's lock fails as a 503 instead of holding the connection.
+        .build_unchecked(ConnectionManager::new(crate::url::with_session_timeouts(
+            &with_timeouts(url, timeout.as_secs()),
+            READ_STATEMENT_TIMEOUT,
+            READ_LOCK_TIMEOUT,
         )))
 }

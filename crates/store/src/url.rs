@@ -45,9 +45,67 @@ pub fn with_timeouts(url: &str, connect_timeout_secs: u64) -> String {
     u.to_string()
 }
 
+/// `url` with a `statement_timeout` and a `lock_timeout` for every statement of the session, as libpq's
+/// `options` parameter (`-c name=value`, appended to any `options` the URL has). Without them, a statement
+/// waiting on a lock (DDL, `VACUUM FULL`) waits for ever, in a blocking task nobody can cancel.
+///
+/// Percent-encoded by hand: libpq decodes `%XX` but not `+`, and refuses a second `=` in a parameter, so
+/// the url crate's form encoding (`+` for a space) would not reach it intact.
+pub fn with_session_timeouts(
+    url: &str,
+    statement: std::time::Duration,
+    lock: std::time::Duration,
+) -> String {
+    let Ok(mut u) = url::Url::parse(url) else {
+        return url.to_owned();
+    };
+    let ours = format!(
+        "-c statement_timeout={} -c lock_timeout={}",
+        statement.as_millis(),
+        lock.as_millis()
+    );
+    let mut pairs: Vec<(String, String)> = u.query_pairs().into_owned().collect();
+    match pairs.iter_mut().find(|(k, _)| k == "options") {
+        Some((_, options)) => *options = format!("{options} {ours}"),
+        None => pairs.push(("options".to_owned(), ours)),
+    }
+    let encode = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    let query: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect();
+    u.set_query(Some(&query.join("&")));
+    u.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_timeouts_reach_libpq_as_options() {
+        let d = std::time::Duration::from_millis;
+        assert_eq!(
+            with_session_timeouts("postgres://h/db?connect_timeout=5", d(30_000), d(2_000)),
+            "postgres://h/db?connect_timeout=5&options=-c%20statement_timeout%3D30000%20-c%20lock_timeout%3D2000"
+        );
+        let own = with_session_timeouts("postgres://h/db?options=-c%20work_mem%3D8MB", d(1), d(2));
+        assert!(
+            own.ends_with(
+                "options=-c%20work_mem%3D8MB%20-c%20statement_timeout%3D1%20-c%20lock_timeout%3D2"
+            ),
+            "{own}"
+        );
+    }
 
     #[test]
     fn timeouts_are_added_once_and_never_override_the_url() {

@@ -1,9 +1,9 @@
 //! `GET /messages` and `GET /messages/{id}`: reads of what the persister has stored.
 //!
 //! Diesel is blocking, so every query runs on the blocking pool. Without `limit`, the whole table is
-//! streamed: a blocking task walks the rows one at a time (libpq single-row mode) and hands ~64 KiB chunks
-//! of the JSON array to the response through a small bounded channel, so memory stays constant however
-//! many rows there are, and a client that stops reading stops the query.
+//! streamed in keyset pages (see [`stream_all`]): memory stays constant however many rows there are, and
+//! a client that stops reading holds no database connection. Every read is cut at the committed
+//! watermark (`watermark.rs`).
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -13,7 +13,6 @@ use model::StreamId;
 use serde::Deserialize;
 use service::settings::Scope;
 use store::PgPool;
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::problem::ApiError;
@@ -23,8 +22,6 @@ use crate::startup::AppState;
 pub const MAX_LIMIT: i64 = 1000;
 /// Response chunks are flushed at about this size.
 const CHUNK_BYTES: usize = 64 * 1024;
-/// Chunks buffered between the query and the socket.
-const CHUNKS_IN_FLIGHT: usize = 4;
 
 #[derive(Deserialize)]
 pub struct ListQuery {
@@ -56,19 +53,30 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         ),
         None => None,
     };
+    // Only a prefix that can no longer change is shown (see `watermark.rs`): a client paging with
+    // `after=` never steps over a row that commits later.
+    let below =
+        crate::watermark::committed_below(&mut state.redis.clone(), &state.settings.stream_key)
+            .await
+            .map_err(|e| ApiError::StreamUnavailable(e.into()))?;
     match limit {
-        Some(limit) => page(&state.db, after, limit).await,
-        None => stream_all(state.db.clone(), after).await,
+        Some(limit) => page(&state.db, after, below, limit).await,
+        None => stream_all(state, after, below).await,
     }
 }
 
 /// One page, with `Link: <…>; rel="next"` when more rows remain.
-async fn page(db: &PgPool, after: Option<StreamId>, limit: i64) -> Result<HttpResponse, ApiError> {
+async fn page(
+    db: &PgPool,
+    after: Option<StreamId>,
+    below: Option<StreamId>,
+    limit: i64,
+) -> Result<HttpResponse, ApiError> {
     let db = db.clone();
     let mut rows = web::block(move || -> Result<_, ApiError> {
         let mut conn = db.get().map_err(|e| ApiError::StoreUnavailable(e.into()))?;
         // One extra row tells whether there is a next page without a second query.
-        store::read::page(&mut conn, after, limit + 1)
+        store::read::page(&mut conn, after, below, limit + 1)
             .map_err(|e| ApiError::StoreUnavailable(e.into()))
     })
     .await
@@ -99,70 +107,112 @@ async fn page(db: &PgPool, after: Option<StreamId>, limit: i64) -> Result<HttpRe
     Ok(res.body(body))
 }
 
-/// Every row after `after`, as one JSON array, streamed.
-async fn stream_all(db: PgPool, after: Option<StreamId>) -> Result<HttpResponse, ApiError> {
-    let (tx, mut rx) = mpsc::channel::<Result<Bytes, ApiError>>(CHUNKS_IN_FLIGHT);
-    tokio::task::spawn_blocking(move || {
-        let mut conn = match db.get() {
-            Ok(conn) => conn,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(ApiError::StoreUnavailable(e.into())));
-                return;
+/// Every row after `after` (and below the watermark), as one JSON array, streamed in keyset pages.
+///
+/// A page is at most `PAGE_ROWS` rows and about `PAGE_BYTES` of JSON; each is read on the blocking pool
+/// with a pooled connection that goes back to the pool *before* the page is handed to the socket. So a
+/// client that stops reading holds no database connection (nor a blocking thread): the response stream
+/// is simply not polled, and the next page is read only when it asks. At most `full_reads` pages are
+/// being read at once, so full reads never take the whole pool.
+async fn stream_all(
+    state: web::Data<AppState>,
+    after: Option<StreamId>,
+    below: Option<StreamId>,
+) -> Result<HttpResponse, ApiError> {
+    // The first page before answering: a failure to reach Postgres then is a clean 503, not a 200 with
+    // a broken body. A failure after it can only abort the response.
+    let first = read_page(&state, after, below).await?;
+    let mut opening = Vec::with_capacity(first.json.len() + 2);
+    opening.push(b'[');
+    opening.extend_from_slice(&first.json);
+    if first.done {
+        opening.push(b']');
+    }
+    let rest = futures_util::stream::unfold(
+        (state, first.last, first.done, first.json.is_empty()),
+        move |(state, cursor, done, empty_so_far)| async move {
+            if done {
+                return None;
             }
-        };
-        let mut buf = Vec::with_capacity(CHUNK_BYTES + 4096);
-        buf.push(b'[');
-        let mut first = true;
-        let walked = store::read::for_each(&mut conn, after, |row| {
-            if !std::mem::take(&mut first) {
-                buf.push(b',');
-            }
-            row.write_json(&mut buf);
-            if buf.len() < CHUNK_BYTES {
-                return true;
-            }
-            let chunk = Bytes::from(std::mem::replace(
-                &mut buf,
-                Vec::with_capacity(CHUNK_BYTES + 4096),
-            ));
-            // An error here means the client has gone: stop reading rows.
-            tx.blocking_send(Ok(chunk)).is_ok()
-        });
-        match walked {
-            Ok(()) => {
-                buf.push(b']');
-                let _ = tx.blocking_send(Ok(Bytes::from(buf)));
-            }
-            Err(e) => {
-                let _ = tx.blocking_send(Err(ApiError::StoreUnavailable(e.into())));
-            }
-        }
-    });
-    // Wait for the first chunk before answering: a failure to reach Postgres then is a clean 503, not a
-    // 200 with a broken body. A failure after the first chunk can only abort the response.
-    let first = match rx.recv().await {
-        Some(Ok(chunk)) => chunk,
-        Some(Err(e)) => return Err(e),
-        None => {
-            return Err(ApiError::Internal(anyhow::anyhow!(
-                "the reading task ended without an answer"
-            )))
-        }
-    };
-    let rest = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| {
-            let item = item.map_err(|e| {
-                log::error!("GET /messages aborted mid-stream: {e:#}");
-                actix_web::error::ErrorServiceUnavailable("store unavailable")
-            });
-            (item, rx)
-        })
-    });
+            let item = match read_page(&state, cursor, below).await {
+                Ok(page) => {
+                    let mut chunk = Vec::with_capacity(page.json.len() + 2);
+                    if !empty_so_far && !page.json.is_empty() {
+                        chunk.push(b',');
+                    }
+                    chunk.extend_from_slice(&page.json);
+                    if page.done {
+                        chunk.push(b']');
+                    }
+                    let empty = empty_so_far && page.json.is_empty();
+                    return Some((Ok(Bytes::from(chunk)), (state, page.last, page.done, empty)));
+                }
+                Err(e) => {
+                    log::error!("GET /messages aborted mid-stream: {e:#}");
+                    Err(actix_web::error::ErrorServiceUnavailable(
+                        "store unavailable",
+                    ))
+                }
+            };
+            Some((item, (state, cursor, true, empty_so_far)))
+        },
+    );
     let body =
-        futures_util::stream::once(async move { Ok::<_, actix_web::Error>(first) }).chain(rest);
+        futures_util::stream::once(async move { Ok::<_, actix_web::Error>(Bytes::from(opening)) })
+            .chain(rest);
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .streaming(body))
+}
+
+/// Rows read per page of a full read.
+const PAGE_ROWS: i64 = 1000;
+/// A page ends after the row that takes its JSON past this size (a bound on memory per reader).
+const PAGE_BYTES: usize = 256 * 1024;
+
+/// One page of a full read: the rows' JSON (comma-separated, no brackets), the last id in it, and
+/// whether it was the last page.
+struct Page {
+    json: Vec<u8>,
+    last: Option<StreamId>,
+    done: bool,
+}
+
+async fn read_page(
+    state: &AppState,
+    after: Option<StreamId>,
+    below: Option<StreamId>,
+) -> Result<Page, ApiError> {
+    let _permit = state
+        .full_reads
+        .acquire()
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    let db = state.db.clone();
+    web::block(move || -> Result<Page, ApiError> {
+        let mut conn = db.get().map_err(|e| ApiError::StoreUnavailable(e.into()))?;
+        let mut page = Page {
+            json: Vec::with_capacity(CHUNK_BYTES),
+            last: after,
+            done: true,
+        };
+        let mut rows = 0;
+        store::read::for_each(&mut conn, after, below, PAGE_ROWS, |row| {
+            if rows > 0 {
+                page.json.push(b',');
+            }
+            row.write_json(&mut page.json);
+            page.last = Some(row.stream_id());
+            rows += 1;
+            page.json.len() < PAGE_BYTES
+        })
+        .map_err(|e| ApiError::StoreUnavailable(e.into()))?;
+        // Fewer rows than asked and under the byte bound: the table has no more.
+        page.done = rows < PAGE_ROWS && page.json.len() < PAGE_BYTES;
+        Ok(page)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(anyhow::anyhow!("blocking pool: {e}")))?
 }
 
 pub async fn one(

@@ -327,3 +327,138 @@ async fn the_openapi_document_describes_every_route_and_docs_render_it_locally()
         "the docs page fetches nothing from outside"
     );
 }
+
+#[tokio::test]
+async fn paging_with_after_never_shows_rows_committed_ahead_of_an_uncommitted_batch() {
+    let app = Relay::ingest_only(test_settings()).await;
+    let key = app.settings.stream_key.clone();
+    let ids = testkit::xadd(
+        &app.settings,
+        &(0..4)
+            .map(|i| testkit::entry(&i.to_string()))
+            .collect::<Vec<_>>(),
+    );
+    let mut redis = testkit::redis(&app.settings);
+    let group = model_group();
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&key)
+        .arg(&group)
+        .arg("0")
+        .query(&mut redis)
+        .unwrap();
+    // Replica A takes entries 0–1 and has not committed them; replica B takes 2–3, commits and acks.
+    for consumer in ["a", "b"] {
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(2)
+            .arg("STREAMS")
+            .arg(&key)
+            .arg(">")
+            .query(&mut redis)
+            .unwrap();
+    }
+    let commit = |which: &[String]| {
+        let values: Vec<String> = which
+            .iter()
+            .map(|id| {
+                let (ms, seq) = id.split_once('-').unwrap();
+                format!("({ms}, {seq}, gen_random_uuid(), now(), '1')")
+            })
+            .collect();
+        format!(
+            "INSERT INTO messages (stream_ms, stream_seq, id, received_at, payload) VALUES {}",
+            values.join(", ")
+        )
+    };
+    let sql = commit(&ids[2..]);
+    with_connection(&app.settings, move |conn| {
+        diesel::sql_query(sql).execute(conn).unwrap();
+    })
+    .await;
+    let _: usize = redis::cmd("XACK")
+        .arg(&key)
+        .arg(&group)
+        .arg(&ids[2..])
+        .query(&mut redis)
+        .unwrap();
+
+    // A tailing client: what it is shown now it will never be shown again after `after=`.
+    let page: Vec<serde_json::Value> = app
+        .get("/messages?after=0-0&limit=10")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        page.is_empty(),
+        "rows ahead of an uncommitted batch: {page:?}"
+    );
+
+    // A commits and acknowledges: now all four are a prefix that can no longer change.
+    let sql = commit(&ids[..2]);
+    with_connection(&app.settings, move |conn| {
+        diesel::sql_query(sql).execute(conn).unwrap();
+    })
+    .await;
+    let _: usize = redis::cmd("XACK")
+        .arg(&key)
+        .arg(&group)
+        .arg(&ids[..2])
+        .query(&mut redis)
+        .unwrap();
+    let page: Vec<serde_json::Value> = app
+        .get("/messages?after=0-0&limit=10")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let shown: Vec<&str> = page
+        .iter()
+        .map(|m| m["stream_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(shown, ids.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+/// The persister's group name, as the contract names it.
+fn model_group() -> String {
+    "persister".to_owned()
+}
+
+#[tokio::test]
+async fn sixteen_readers_that_never_read_hold_no_connection_a_paged_read_needs() {
+    let app = Relay::ingest_only(test_settings()).await;
+    // 20,000 rows of 1 KB: far more than a stalled reader's socket buffers hold.
+    with_connection(&app.settings, |conn| insert_rows(conn, 20_000, 1_000)).await;
+    let addr: std::net::SocketAddr = app.ingest_url()["http://".len()..].parse().unwrap();
+    let mut stalled = Vec::new();
+    for _ in 0..16 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(
+            &mut stream,
+            b"GET /messages HTTP/1.1\r\nhost: relay\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        stalled.push(stream); // and never read
+    }
+    // Let every stalled response fill its buffers and stop.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let started = std::time::Instant::now();
+    let res = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        app.get("/messages?limit=10"),
+    )
+    .await
+    .expect("a paged read answered within a second");
+    assert_eq!(res.status(), 200);
+    let page: Vec<serde_json::Value> = res.json().await.unwrap();
+    assert_eq!(page.len(), 10);
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    drop(stalled);
+}

@@ -2,4 +2,5 @@
 #![allow(clippy::unwrap_used)]
 
 mod recovery;
+mod redelivery;
 mod storing;

@@ -9,8 +9,23 @@ use testkit::{entry, pending, setup, spawn_persister, wait_for_rows, xadd};
 
 #[tokio::test]
 async fn a_persister_killed_between_commit_and_ack_loses_and_duplicates_nothing() {
-    let (settings, _cleanup) = setup();
+    let (mut settings, _cleanup) = setup();
+    // No claims during the test: only the restarted replica's pending-first read can finish its batch.
+    settings.claim_idle_ms = 3_600_000;
     testkit::db::prepare_database(&settings).await;
+    // Every row Postgres actually inserts is logged, in the inserting transaction: a second insert of an
+    // id shows here whatever the table's constraints say (drop the unique index and this catches it).
+    testkit::db::with_connection(&settings, |conn| {
+        diesel::connection::SimpleConnection::batch_execute(
+            conn,
+            "CREATE TABLE insert_log (id uuid NOT NULL); \
+             CREATE FUNCTION log_insert() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN INSERT INTO insert_log VALUES (NEW.id); RETURN NEW; END $$; \
+             CREATE TRIGGER log_insert AFTER INSERT ON messages FOR EACH ROW EXECUTE FUNCTION log_insert();",
+        )
+        .unwrap();
+    })
+    .await;
     xadd(
         &settings,
         &(0..300)
@@ -56,15 +71,26 @@ async fn a_persister_killed_between_commit_and_ack_loses_and_duplicates_nothing(
     let persister = spawn_persister(settings.clone()).await;
     assert_eq!(wait_for_rows(&settings, 300).await, 300);
     persister.stop().await;
+    let (inserts, ids_inserted_twice) = testkit::db::with_connection(&settings, |conn| {
+        (
+            testkit::db::count(conn, "insert_log").unwrap(),
+            testkit::db::count(
+                conn,
+                "(SELECT id FROM insert_log GROUP BY id HAVING count(*) > 1) AS twice",
+            )
+            .unwrap(),
+        )
+    })
+    .await;
     assert_eq!(
-        testkit::count_rows(&settings.database_url),
-        300,
-        "no duplicate"
+        ids_inserted_twice, 0,
+        "a redelivered entry was inserted again"
     );
+    assert_eq!(inserts, 300, "each entry inserted exactly once");
     assert_eq!(
         pending(&settings),
         0,
-        "everything acknowledged after the restart"
+        "the restarted replica finished its own pending batch first (claims are off)"
     );
 }
 
@@ -206,4 +232,79 @@ async fn trim(conn: &mut ConnectionManager, key: &str, retention: u64) -> u64 {
     group::trim_acknowledged(conn, key, retention, 1000)
         .await
         .unwrap()
+}
+
+/// A Redis connection that adds up how many bytes of replies it passed on.
+struct Metered<C> {
+    inner: C,
+    reply_bytes: usize,
+}
+
+impl<C: redis::aio::ConnectionLike + Send> redis::aio::ConnectionLike for Metered<C> {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        Box::pin(async move {
+            let reply = self.inner.req_packed_command(cmd).await?;
+            self.reply_bytes += format!("{reply:?}").len();
+            Ok(reply)
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        Box::pin(async move {
+            let replies = self
+                .inner
+                .req_packed_commands(pipeline, offset, count)
+                .await?;
+            self.reply_bytes += format!("{replies:?}").len();
+            Ok(replies)
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner.get_db()
+    }
+}
+
+#[tokio::test]
+async fn a_trim_pass_never_fetches_the_entries_it_removes() {
+    let (settings, _cleanup) = setup();
+    let key = &settings.stream_key;
+    // 300 acknowledged entries of 10 KB: 3 MB that the old pass read back to find one id.
+    let pad = "x".repeat(10_000);
+    xadd(
+        &settings,
+        &(0..300)
+            .map(|i| entry(&format!(r#"{{"i":{i},"pad":"{pad}"}}"#)))
+            .collect::<Vec<_>>(),
+    );
+    let client = redis::Client::open(settings.redis_url.as_str()).unwrap();
+    let mut conn: ConnectionManager = client.get_connection_manager().await.unwrap();
+    group::ensure_group(&mut conn, key).await.unwrap();
+    let all = group::read(&mut conn, key, "c", &Cursor::New, 300, 100)
+        .await
+        .unwrap();
+    let acked: Vec<&str> = all.iter().map(|d| d.raw_id.as_str()).collect();
+    group::ack(&mut conn, key, &acked).await.unwrap();
+
+    let mut metered = Metered {
+        inner: conn,
+        reply_bytes: 0,
+    };
+    let removed = group::trim_acknowledged(&mut metered, key, 10, 50_000)
+        .await
+        .unwrap();
+    assert_eq!(removed, 290);
+    assert!(
+        metered.reply_bytes < 2_000,
+        "the trim pass read {} bytes of replies",
+        metered.reply_bytes
+    );
 }

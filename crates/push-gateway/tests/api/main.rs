@@ -3,4 +3,5 @@
 
 mod browser;
 mod live;
+mod replay;
 mod security;

@@ -1,0 +1,107 @@
+//! Entries that keep coming back: a newer format version no replica understands, and an entry that
+//! crashed whoever held it. Neither may circle forever, nor hold the trim below it.
+
+use std::time::Duration;
+
+use persister::group::{self, Cursor};
+use redis::aio::ConnectionManager;
+use service::Settings;
+use testkit::{
+    entry, pending, poll_until, setup, spawn_persister, stream_len, wait_for_rows, xadd,
+};
+
+/// Claims every 500 ms, and at most two deliveries.
+fn quick_claims(settings: &mut Settings) {
+    settings.claim_idle_ms = 200;
+    settings.max_deliveries = 2;
+}
+
+#[tokio::test]
+async fn an_entry_of_a_newer_version_is_dead_lettered_after_max_deliveries_and_trimming_goes_on() {
+    let (mut settings, _cleanup) = setup();
+    quick_claims(&mut settings);
+    settings.stream_retention = 0;
+    // What a v2 ingest-api writes before a rollback to this build.
+    let mut conn = testkit::redis(&settings);
+    let v2: String = redis::cmd("XADD")
+        .arg(&settings.stream_key)
+        .arg("*")
+        .arg("v")
+        .arg("2")
+        .arg("id")
+        .arg(uuid::Uuid::now_v7().to_string())
+        .query(&mut conn)
+        .unwrap();
+    xadd(
+        &settings,
+        &(0..20).map(|i| entry(&i.to_string())).collect::<Vec<_>>(),
+    );
+    let persister = spawn_persister(settings.clone()).await;
+    assert_eq!(wait_for_rows(&settings, 20).await, 20);
+    let dead = testkit::dead_letters(&settings, 1).await;
+    // dead_letters waits 5 s; the entry needs MAX_DELIVERIES claims of CLAIM_IDLE_MS first.
+    let dead = if dead.is_empty() {
+        testkit::dead_letters(&settings, 1).await
+    } else {
+        dead
+    };
+    assert_eq!(dead.len(), 1, "the v2 entry was dead-lettered");
+    let source: String = redis::from_redis_value(dead[0].map["source_id"].clone()).unwrap();
+    let reason: String = redis::from_redis_value(dead[0].map["reason"].clone()).unwrap();
+    assert_eq!(source, v2);
+    assert!(reason.contains("version 2"), "{reason}");
+    // Nothing pins the trim any more: with no retention, every stored entry is trimmed (one pass per 5 s).
+    let left = poll_until(
+        Duration::from_secs(15),
+        || std::future::ready(stream_len(&settings)),
+        |n| *n == 0,
+    )
+    .await;
+    assert_eq!(left, 0, "the stream is trimmed past the v2 entry");
+    persister.stop().await;
+    assert_eq!(pending(&settings), 0);
+}
+
+#[tokio::test]
+async fn an_entry_delivered_more_than_max_deliveries_times_is_dead_lettered_not_redelivered_forever(
+) {
+    let (mut settings, _cleanup) = setup();
+    quick_claims(&mut settings);
+    let ids = xadd(&settings, &[entry("\"crashes whoever reads it\"")]);
+    // A replica read it and died, three times over (XCLAIM's RETRYCOUNT stands for the two restarts).
+    let client = redis::Client::open(settings.redis_url.as_str()).unwrap();
+    let mut conn: ConnectionManager = client.get_connection_manager().await.unwrap();
+    let key = &settings.stream_key;
+    group::ensure_group(&mut conn, key).await.unwrap();
+    group::read(&mut conn, key, "crashed", &Cursor::New, 10, 100)
+        .await
+        .unwrap();
+    let _: redis::Value = redis::cmd("XCLAIM")
+        .arg(key)
+        .arg(model::PERSISTER_GROUP)
+        .arg("crashed")
+        .arg(0)
+        .arg(&ids[0])
+        .arg("RETRYCOUNT")
+        .arg(3)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    xadd(&settings, &[entry("\"fine\"")]);
+
+    let persister = spawn_persister(settings.clone()).await;
+    let dead = testkit::dead_letters(&settings, 1).await;
+    assert_eq!(dead.len(), 1, "the over-delivered entry was dead-lettered");
+    let source: String = redis::from_redis_value(dead[0].map["source_id"].clone()).unwrap();
+    let reason: String = redis::from_redis_value(dead[0].map["reason"].clone()).unwrap();
+    assert_eq!(source, ids[0]);
+    assert!(reason.contains("delivered 4 times"), "{reason}");
+    assert_eq!(wait_for_rows(&settings, 1).await, 1);
+    persister.stop().await;
+    assert_eq!(pending(&settings), 0);
+    assert_eq!(
+        testkit::count_rows(&settings.database_url),
+        1,
+        "only the fine one is stored"
+    );
+}

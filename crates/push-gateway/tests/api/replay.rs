@@ -1,0 +1,143 @@
+//! Replay edges: a `since` past the newest entry, equal to it, a replay of several pages, a trim that
+//! passes the cursor mid-replay, and a foreign id no `StreamId` can hold.
+
+use std::time::Duration;
+
+use testkit::{test_settings, Relay, Seen, Ws};
+
+fn ids(accepted: &[serde_json::Value]) -> Vec<String> {
+    accepted
+        .iter()
+        .map(|a| a["stream_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn stream_ids(messages: &[serde_json::Value]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| m["stream_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_since_after_the_newest_entry_starts_live_with_a_hello_naming_the_newest() {
+    let relay = Relay::live(test_settings()).await;
+    let accepted = ids(&relay
+        .publish_batch(&(0..3).map(|i| i.to_string()).collect::<Vec<_>>())
+        .await);
+    let mut ws = relay.ws_connect("?since=99999999999999-0").await;
+    match ws.next_any().await {
+        Seen::Frame(f) => assert_eq!(
+            f,
+            serde_json::json!({"type": "hello", "position": accepted[2]})
+        ),
+        other => panic!("{other:?}"),
+    }
+    // Live frames are not dropped as "already sent" until the clock passes `since`.
+    let next = relay.publish("\"live\"".into()).await;
+    assert_eq!(stream_ids(&ws.messages(1).await), ids(&[next]));
+}
+
+#[tokio::test]
+async fn a_since_equal_to_the_newest_entry_replays_nothing_and_goes_live() {
+    let relay = Relay::live(test_settings()).await;
+    let accepted = ids(&relay
+        .publish_batch(&(0..3).map(|i| i.to_string()).collect::<Vec<_>>())
+        .await);
+    let mut ws = relay.ws_connect(&format!("?since={}", accepted[2])).await;
+    let next = relay.publish("\"live\"".into()).await;
+    assert_eq!(stream_ids(&ws.messages(1).await), ids(&[next]));
+    ws.assert_quiet(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_replay_of_several_pages_arrives_whole_in_order_and_once() {
+    let relay = Relay::live(test_settings()).await;
+    let accepted = ids(&relay
+        .publish_batch(&(0..1_234).map(|i| i.to_string()).collect::<Vec<_>>())
+        .await);
+    let mut ws = relay.ws_connect("?since=0-0").await;
+    assert_eq!(stream_ids(&ws.messages(1_234).await), accepted);
+    ws.assert_quiet(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_trim_that_passes_the_cursor_mid_replay_is_announced_with_a_gap_frame() {
+    let relay = Relay::live(test_settings()).await;
+    // 3,000 entries of 4 KB: 12 MB, far more than a slow client's socket buffers hold, so the replay is
+    // still paging when the trim comes.
+    let pad = "x".repeat(4_000);
+    let mut accepted = Vec::new();
+    for chunk in 0..3 {
+        let lines: Vec<String> = (0..1_000)
+            .map(|i| format!(r#"{{"n":{},"pad":"{pad}"}}"#, chunk * 1_000 + i))
+            .collect();
+        accepted.extend(ids(&relay.publish_batch(&lines).await));
+    }
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket
+        .connect(relay.gateway_addr().parse().unwrap())
+        .await
+        .unwrap();
+    let (slow, _) = tokio_tungstenite::client_async(
+        format!("ws://{}/ws?since=0-0", relay.gateway_addr()),
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+    )
+    .await
+    .unwrap();
+    let mut ws = Ws(slow);
+    let first = ws.messages(1).await;
+    assert_eq!(stream_ids(&first), accepted[..1]);
+    // The gateway is blocked on a send of an early page. The persister's trim (with a tiny
+    // STREAM_RETENTION) passes the cursor now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _: usize = redis::cmd("XTRIM")
+        .arg(&relay.settings.stream_key)
+        .arg("MINID")
+        .arg(&accepted[2_500])
+        .query(&mut testkit::redis(&relay.settings))
+        .unwrap();
+    let mut sent = vec![accepted[0].clone()];
+    let gap = loop {
+        let f = ws.frame().await;
+        match f["type"].as_str() {
+            Some("message") => sent.push(f["data"]["stream_id"].as_str().unwrap().to_owned()),
+            Some("gap") => break f,
+            _ => panic!("{f}"),
+        }
+        assert!(
+            sent.len() < 2_500,
+            "a trimmed entry was sent, or no gap frame came"
+        );
+    };
+    assert_eq!(
+        sent,
+        accepted[..sent.len()],
+        "everything before the gap, in order"
+    );
+    assert_eq!(
+        gap,
+        serde_json::json!({"type": "gap", "since": sent.last().unwrap(), "oldest": accepted[2_500]})
+    );
+    assert_eq!(stream_ids(&ws.messages(500).await), accepted[2_500..]);
+}
+
+#[tokio::test]
+async fn a_foreign_id_above_the_api_range_ends_a_replay_page_without_resending_it() {
+    let relay = Relay::live(test_settings()).await;
+    let accepted = ids(&relay
+        .publish_batch(&(0..499).map(|i| i.to_string()).collect::<Vec<_>>())
+        .await);
+    // The 500th entry, the last of the replay's first page: an id no StreamId holds (above i64::MAX).
+    let _: String = redis::cmd("XADD")
+        .arg(&relay.settings.stream_key)
+        .arg("9223372036854775808-0")
+        .arg("v")
+        .arg("1")
+        .query(&mut testkit::redis(&relay.settings))
+        .unwrap();
+    let mut ws = relay.ws_connect("?since=0-0").await;
+    assert_eq!(stream_ids(&ws.messages(499).await), accepted);
+    ws.assert_quiet(Duration::from_millis(500)).await;
+}
