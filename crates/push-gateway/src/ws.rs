@@ -433,7 +433,13 @@ async fn replay(
         };
         let page = entry_list(page);
         if trimmed_past_cursor && !page.is_empty() {
-            send(state, session, sub, Out::Text(frames::gap(position, oldest))).await?;
+            send(
+                state,
+                session,
+                sub,
+                Out::Text(frames::gap(position, oldest)),
+            )
+            .await?;
             state.metrics.frames.with_label_values(&["gap"]).inc();
         }
         let count = page.len();

@@ -317,7 +317,11 @@ async fn posts_get_503_with_retry_after_while_the_stream_is_over_max_stream_byte
     for _ in 0..5 {
         assert_eq!(app.post_json("1").await.status(), 503);
     }
-    assert_eq!(app.stream_len().await, before, "refused posts write nothing");
+    assert_eq!(
+        app.stream_len().await,
+        before,
+        "refused posts write nothing"
+    );
 }
 
 /// Every endpoint with no key, a wrong key, a key of the wrong scope, and the right key.
