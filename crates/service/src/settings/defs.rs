@@ -213,7 +213,7 @@ pub const DEFS: &[Def] = &[
         "TRUSTED_PROXIES",
         "",
         INGEST | GATEWAY,
-        "Comma-separated proxy addresses whose X-Forwarded-For is believed (its first address is the client's); empty: none.",
+        "Comma-separated proxy addresses or networks (10.0.0.0/8) whose X-Forwarded-For is believed (its first address is the client's); empty: none.",
     ),
     def(
         "REDIS_TIMEOUT_MS",
