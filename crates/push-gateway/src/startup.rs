@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::seams::{Gate, Seam, Seams};
 use crate::slots::Slots;
 use crate::{page, reader, ws};
 
@@ -43,6 +44,8 @@ pub struct AppState {
     pub stop: CancellationToken,
     /// Every session task: shutdown waits for them to have sent their close frames.
     pub sessions: TaskTracker,
+    /// Test hooks at a resuming session's seams (see [`crate::seams`]).
+    pub seams: Seams,
 }
 
 pub struct Application {
@@ -99,6 +102,7 @@ impl Application {
             csp: page::content_security_policy(&settings.ingest_public_url),
             stop: CancellationToken::new(),
             sessions: TaskTracker::new(),
+            seams: Seams::default(),
             settings,
         });
         log::info!("push-gateway listening on {}", listener.local_addr()?);
@@ -126,6 +130,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// A test's hold on every resuming session at `seam` (see [`crate::seams`]).
+    pub fn gate(&self, seam: Seam) -> Arc<Gate> {
+        self.state.seams.gate(seam)
     }
 
     /// Serves until `shutdown` resolves; then the reader stops, every client gets a 1001 close, and the

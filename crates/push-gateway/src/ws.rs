@@ -31,6 +31,7 @@ use service::settings::{Access, Scope};
 use crate::frames;
 use crate::hub::{Frame, Refused, Subscription};
 use crate::reader::{reply_id, to_frames};
+use crate::seams::Seam;
 use crate::slots::NoSlot;
 use crate::startup::AppState;
 use model::redis_stream::entry_list;
@@ -212,6 +213,7 @@ async fn serve(
             let Ok(Ok(_permit)) = permit else {
                 return close(CloseCode::Again, "too many replays; reconnect with since");
             };
+            state.seams.pass(Seam::BeforeReplay).await;
             // `replay` returns the position the live frames continue after: the last entry sent, `since`
             // itself, or — for a `since` past the newest entry — the newest entry, which its `hello` named.
             // Boxed: the replay's state lives on the heap while it runs, not in every idle session's future.
@@ -226,6 +228,9 @@ async fn serve(
                 return end;
             }
         }
+    }
+    if since.is_some() {
+        state.seams.pass(Seam::BeforeLive).await;
     }
     let live = state.metrics.frames.with_label_values(&["live"]);
     let timeout = client_timeout(state);

@@ -5,7 +5,9 @@
 use std::future::Future;
 use std::time::Duration;
 
+use push_gateway::seams::{Gate, Seam};
 use service::Settings;
+use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -81,7 +83,16 @@ pub async fn spawn_persister(settings: Settings) -> Running {
 
 /// A push-gateway on `settings`, once its reader has taken its position.
 pub async fn spawn_gateway(settings: Settings) -> Running {
+    spawn_gateway_held(settings, None).await.0
+}
+
+/// [`spawn_gateway`] holding every resuming session at `seam` (see `push_gateway::seams`).
+pub async fn spawn_gateway_held(
+    settings: Settings,
+    seam: Option<Seam>,
+) -> (Running, Option<Arc<Gate>>) {
     let app = push_gateway::Application::build(settings).await.unwrap();
+    let gate = seam.map(|seam| app.gate(seam));
     let gateway = Running::run(app.port(), |rx| app.run_until_stopped(stopped(rx)));
     // The reader starts at the stream's newest entry: the gateway is ready once it has that position.
     let ready = format!("{}/readyz", gateway.url());
@@ -96,7 +107,7 @@ pub async fn spawn_gateway(settings: Settings) -> Running {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    gateway
+    (gateway, gate)
 }
 
 /// ingest-api, a persister and a push-gateway on one test's stream and freshly migrated database.
@@ -165,6 +176,13 @@ impl Relay {
             settings.gateway_addr = format!("127.0.0.1:{port}").parse().unwrap();
         }
         self.gateway = Some(spawn_gateway(settings).await);
+    }
+
+    /// Starts the gateway holding every resuming session at `seam`; the gate lets each one go on.
+    pub async fn start_gateway_held(&mut self, seam: Seam) -> Arc<Gate> {
+        let (gateway, gate) = spawn_gateway_held(self.settings.clone(), Some(seam)).await;
+        self.gateway = Some(gateway);
+        gate.expect("a gate was taken")
     }
 
     /// Stops the gateway cleanly and waits until it has gone.

@@ -4,4 +4,5 @@
 mod browser;
 mod live;
 mod replay;
+mod seam;
 mod security;
