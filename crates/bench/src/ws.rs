@@ -25,8 +25,20 @@ pub fn stream_id(text: &[u8]) -> Option<model::StreamId> {
 
 pub use testkit::ws::Socket;
 
+/// Opens `ws://{addr}/ws`. A 503 is retried for up to 5 s, as the contract tells clients to: a gateway
+/// that has just started answers "not ready" until its reader has reached the stream.
 pub async fn connect(addr: &str) -> anyhow::Result<Socket> {
-    Ok(testkit::ws::connect(addr, "").await?)
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match testkit::ws::connect(addr, "").await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(res))
+                if res.status() == 503 && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            other => return Ok(other?),
+        }
+    }
 }
 
 /// How a client's reading ended.
