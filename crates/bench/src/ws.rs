@@ -25,32 +25,74 @@ pub fn stream_id(text: &[u8]) -> Option<model::StreamId> {
 
 pub use testkit::ws::Socket;
 
+/// Opens `ws://{addr}/ws`. A 503 is retried for up to 5 s, as the contract tells clients to: a gateway
+/// that has just started answers "not ready" until its reader has reached the stream.
 pub async fn connect(addr: &str) -> anyhow::Result<Socket> {
-    Ok(testkit::ws::connect(addr, "").await?)
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match testkit::ws::connect(addr, "").await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(res))
+                if res.status() == 503 && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            other => return Ok(other?),
+        }
+    }
 }
 
-/// Reads message frames until `expected` arrived or `idle` passes without one; calls `each` with every
-/// message frame's text. Returns the number of message frames.
+/// How a client's reading ended.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadEnd {
+    /// Message frames read.
+    pub frames: usize,
+    /// The close code, when the server closed the connection with a close frame.
+    pub close_code: Option<u16>,
+}
+
+/// Reads message frames until `expected` arrived, the server closes, or `idle` passes without one;
+/// calls `each` with every message frame's text.
 pub async fn read_messages(
     ws: &mut Socket,
     expected: usize,
     idle: std::time::Duration,
     mut each: impl FnMut(&[u8]),
-) -> usize {
-    let mut n = 0;
-    while n < expected {
+) -> ReadEnd {
+    let mut end = ReadEnd {
+        frames: 0,
+        close_code: None,
+    };
+    while end.frames < expected {
         match tokio::time::timeout(idle, ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => {
                 if t.as_bytes().starts_with(b"{\"type\":\"message\"") {
                     each(t.as_bytes());
-                    n += 1;
+                    end.frames += 1;
                 }
+            }
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                end.close_code = frame.map(|f| u16::from(f.code));
+                break;
             }
             Ok(Some(Ok(_))) => {}
             _ => break,
         }
     }
-    n
+    end
+}
+
+/// Opens `ws://{addr}/ws` from the local address `from` (one of 127.0.0.0/8): a single source address
+/// has only ~28,000 ephemeral ports, fewer than the idle-sockets row holds.
+pub async fn connect_from(addr: &str, from: std::net::Ipv4Addr) -> anyhow::Result<Socket> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((from, 0).into())?;
+    let stream = socket.connect(addr.parse()?).await?;
+    let (ws, _) = tokio_tungstenite::client_async(
+        format!("ws://{addr}/ws"),
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+    )
+    .await?;
+    Ok(ws)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod backlog;
+pub mod group_commit;
 pub mod idempotency;
 pub mod metrics;
 pub mod problem;

@@ -17,6 +17,7 @@ use store::PgPool;
 use utoipa_actix_web::AppExt;
 
 use crate::backlog::Backlog;
+use crate::group_commit::GroupCommit;
 use crate::metrics::Metrics;
 use crate::rate::PublishRate;
 use crate::routes;
@@ -104,6 +105,9 @@ impl Application {
                 service::redis::shared_connection(&app_state.settings).unwrap_or_else(|e| {
                     unreachable!("REDIS_URL was checked when the server was built: {e}")
                 });
+            // Single-entry XADDs of this worker's concurrent requests, coalesced into one pipeline on
+            // the same connection (see group_commit); its task runs on this worker's runtime too.
+            let group = GroupCommit::start(redis.clone());
             App::new()
                 .into_utoipa_app()
                 .configure(|cfg| routes::configure(cfg, health.clone()))
@@ -111,6 +115,7 @@ impl Application {
                 .wrap(cors(&app_state.settings.allowed_origins))
                 .app_data(app_state.clone())
                 .app_data(web::Data::new(WorkerRedis(redis)))
+                .app_data(web::Data::new(group))
                 .app_data(doc.clone())
         })?;
         Ok(Self {

@@ -1,6 +1,7 @@
 //! The scenarios, one file each. Each starts the release binaries it needs on a stream key and database
 //! of its own, measures, checks the counts, and stops them. What they share is here.
 
+mod cold_start;
 mod drain;
 mod end_to_end;
 mod fan_out;
@@ -17,6 +18,7 @@ use hdrhistogram::Histogram;
 use service::Settings;
 use testkit::procs::{with_env, Service};
 
+pub use cold_start::cold_start;
 pub use drain::drain;
 pub use end_to_end::end_to_end;
 pub use fan_out::fan_out;
@@ -70,6 +72,8 @@ impl Env {
                 ("REDIS_TIMEOUT_MS", "2000"),
                 ("MAX_BACKLOG", "100000000"),
                 ("MAX_CONNECTIONS", "50000"),
+                // Every bench client comes from 127.0.0.0/8: the per-address cap would refuse them.
+                ("MAX_CONNECTIONS_PER_IP", "100000"),
                 (
                     "RUST_LOG",
                     "warn,ingest_api=info,persister=info,push_gateway=info",
@@ -79,6 +83,15 @@ impl Env {
         let env = with_env(&env, extra);
         // Service::start waits with blocking HTTP calls.
         tokio::task::block_in_place(|| Service::start(service, &env))
+    }
+
+    /// `relay-floor` in `mode` (`broadcast` or `pipeline`) on the scenario's stream key.
+    pub(crate) fn start_floor(&self, mode: &str, s: &Settings) -> Service {
+        let env = with_env(
+            &testkit::procs::env_for(s),
+            &[("FLOOR_MODE", mode), ("WS_SEND_QUEUE", "1024")],
+        );
+        tokio::task::block_in_place(|| Service::start("relay-floor", &env))
     }
 
     pub fn cleanup(&self) {

@@ -91,8 +91,9 @@ async fn post_messages(
     body: web::Payload,
     state: web::Data<AppState>,
     worker_redis: web::Data<WorkerRedis>,
+    group: web::Data<crate::group_commit::GroupCommit>,
 ) -> Result<HttpResponse, ApiError> {
-    publish::publish(req, body, state, worker_redis).await
+    publish::publish(req, body, state, worker_redis, group).await
 }
 
 /// Every persisted message in stream order, streamed with constant memory; or a page of them.

@@ -20,6 +20,7 @@ use service::http::Reservation;
 use service::settings::Scope;
 use uuid::Uuid;
 
+use crate::group_commit::GroupCommit;
 use crate::idempotency;
 use crate::problem::ApiError;
 use crate::rate::Publisher;
@@ -31,9 +32,10 @@ pub async fn publish(
     body: web::Payload,
     state: web::Data<AppState>,
     worker_redis: web::Data<WorkerRedis>,
+    group: web::Data<GroupCommit>,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
-    let result = accept(&req, body, &state, &worker_redis).await;
+    let result = accept(&req, body, &state, &worker_redis, &group).await;
     match &result {
         Ok((_, accepted)) => {
             state
@@ -64,6 +66,7 @@ async fn accept(
     body: web::Payload,
     state: &AppState,
     worker_redis: &WorkerRedis,
+    group: &GroupCommit,
 ) -> Result<(BodyKind, Vec<Accepted>), ApiError> {
     let settings = &state.settings;
     let caller = crate::auth::require(req, &settings.api_keys, Scope::Publish)?;
@@ -120,6 +123,7 @@ async fn accept(
     let accepted = append(
         state,
         worker_redis,
+        group,
         payloads,
         idempotency,
         service::http::RequestId::of(req).0,
@@ -173,10 +177,16 @@ async fn read_limited(
 /// The buffer a body starts with; larger ones grow as their bytes arrive.
 const FIRST_BUFFER: usize = 64 * 1024;
 
-/// Appends the entries and answers what each became. Waits on Redis at most `REDIS_TIMEOUT_MS`.
+/// Appends the entries and answers what each became. Waits on Redis at most `REDIS_TIMEOUT_MS`, queueing
+/// for the worker's next pipeline included.
+///
+/// A single entry goes through the worker's [`GroupCommit`], in one pipeline with the other requests'
+/// entries; a batch stays one `MULTI`/`EXEC` of its own (all of its lines or none), and an idempotent
+/// append stays one Lua call: neither may be split or interleaved.
 async fn append(
     state: &AppState,
     worker_redis: &WorkerRedis,
+    group: &GroupCommit,
     payloads: Vec<Box<RawValue>>,
     idempotency: Option<(String, String)>,
     request_id: String,
@@ -199,8 +209,7 @@ async fn append(
         return bounded(timeout, once).await?;
     }
     let ids: Vec<String> = if let [entry] = entries.as_slice() {
-        let cmd = xadd_cmd(key, entry);
-        let id: String = bounded(timeout, cmd.query_async(&mut redis)).await?;
+        let id = bounded(timeout, group.xadd(xadd_cmd(key, entry))).await?;
         vec![id]
     } else {
         let mut pipe = redis::pipe();
