@@ -93,7 +93,8 @@ impl Application {
             settings,
         });
         let app_state = state.clone();
-        let options = ServerOptions::new(&state.settings, SHUTDOWN_GRACE);
+        let options = ServerOptions::new(&state.settings, SHUTDOWN_GRACE)
+            .with_pool_share(state.settings.database_pool_size);
         let doc = web::Data::new(routes::ApiDoc(
             routes::openapi()
                 .to_pretty_json()
