@@ -218,14 +218,7 @@ async fn the_page_sends_its_csp_and_no_referrer_and_the_ws_auth_matrix_holds() {
         assert_eq!(res.status(), 200, "{open} stays open");
     }
     let mut client = relay.ws_connect("?access_token=sub").await;
-    relay
-        .post()
-        .bearer_auth("pub")
-        .header("content-type", "application/json")
-        .body("1")
-        .send()
-        .await
-        .unwrap();
+    relay.post_with_key("pub", "application/json", "1").await;
     assert!(matches!(client.next().await, Seen::Frame(_)));
 }
 
