@@ -41,11 +41,7 @@ fn a_persister_sigkilled_twice_under_steady_load_stores_every_accepted_message_o
         persister = Service::start("persister", &env);
     }
     let log = poster.finish(false);
-    assert!(
-        log.failed.is_empty() && log.refused == 0,
-        "posts failed: {:?}",
-        log.failed.first()
-    );
+    log.assert_none_failed("posts failed");
     assert_eq!(log.accepted.len(), 5000);
     assert_exactly_once(&settings.database_url, &log.accepted, true, DRAIN);
     drop(persister);
@@ -134,11 +130,7 @@ fn with_postgres_stopped_for_10_seconds_posts_keep_answering_202_and_all_arrive_
     std::thread::sleep(Duration::from_secs(10).saturating_sub(stopped.elapsed()));
     pg.restart();
     let log = poster.finish(true);
-    assert!(
-        log.failed.is_empty() && log.refused == 0,
-        "posts failed while Postgres was down: {:?}",
-        log.failed.first()
-    );
+    log.assert_none_failed("posts failed while Postgres was down");
     assert!(
         log.accepted.len() > 2000,
         "only {} accepted",
