@@ -380,10 +380,7 @@ async fn commit_and_ack(app: &Relay, redis: &mut redis::Connection, group: &str,
         "INSERT INTO messages (stream_ms, stream_seq, id, received_at, payload) VALUES {}",
         values.join(", ")
     );
-    with_connection(&app.settings, move |conn| {
-        diesel::sql_query(sql).execute(conn).unwrap();
-    })
-    .await;
+    testkit::db::execute(&app.settings, sql).await;
     let _: usize = redis::cmd("XACK")
         .arg(&app.settings.stream_key)
         .arg(group)

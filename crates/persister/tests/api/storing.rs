@@ -76,13 +76,10 @@ async fn a_check_violation_during_a_migration_holds_the_row_until_the_schema_tak
     settings.max_deliveries = 1_000;
     // Sabotage the database: a constraint that refuses one payload, as a half-done migration might.
     testkit::db::prepare_database(&settings).await;
-    with_connection(&settings, |conn| {
-        diesel::RunQueryDsl::execute(
-            diesel::sql_query("ALTER TABLE messages ADD CONSTRAINT no_poison CHECK (payload::text NOT LIKE '%poison%')"),
-            conn,
-        )
-        .unwrap();
-    })
+    testkit::db::execute(
+        &settings,
+        "ALTER TABLE messages ADD CONSTRAINT no_poison CHECK (payload::text NOT LIKE '%poison%')",
+    )
     .await;
     xadd(
         &settings,
@@ -105,14 +102,7 @@ async fn a_check_violation_during_a_migration_holds_the_row_until_the_schema_tak
         "the refused row is held, not acknowledged"
     );
     // The migration finishes.
-    with_connection(&settings, |conn| {
-        diesel::RunQueryDsl::execute(
-            diesel::sql_query("ALTER TABLE messages DROP CONSTRAINT no_poison"),
-            conn,
-        )
-        .unwrap();
-    })
-    .await;
+    testkit::db::execute(&settings, "ALTER TABLE messages DROP CONSTRAINT no_poison").await;
     assert_eq!(
         wait_for_rows(&settings, 3).await,
         3,
