@@ -261,11 +261,13 @@ impl Relay {
 
     /// `GET` a path (and query) of ingest-api.
     pub async fn get(&self, path_and_query: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}{path_and_query}", self.ingest_url()))
-            .send()
+        self.get_url(format!("{}{path_and_query}", self.ingest_url()))
             .await
-            .unwrap()
+    }
+
+    /// `GET` any URL (another service, another instance) with the test's client.
+    pub async fn get_url(&self, url: impl reqwest::IntoUrl) -> reqwest::Response {
+        self.client.get(url).send().await.unwrap()
     }
 
     /// `GET` a path (and query) of ingest-api that answers a JSON array, such as a page of `/messages`.

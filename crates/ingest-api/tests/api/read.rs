@@ -128,12 +128,7 @@ async fn postgres_unreachable_makes_reads_a_503_while_posts_still_succeed() {
         "/messages?limit=10",
         &format!("/messages/{}", uuid::Uuid::now_v7()),
     ] {
-        let res = app
-            .client
-            .get(format!("{address}{path}"))
-            .send()
-            .await
-            .unwrap();
+        let res = app.get_url(format!("{address}{path}")).await;
         assert_eq!(res.status(), 503, "{path}");
         assert!(res.headers().contains_key("retry-after"));
     }
@@ -144,15 +139,7 @@ async fn postgres_unreachable_makes_reads_a_503_while_posts_still_succeed() {
         .body("1")
         .send();
     assert_eq!(res.await.unwrap().status(), 202);
-    assert_eq!(
-        app.client
-            .get(format!("{address}/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.get_url(format!("{address}/readyz")).await.status(), 200);
 }
 
 /// Reads `/messages` of 100,000 rows (~100 MiB of JSON) from the real ingest-api binary while sampling its

@@ -224,11 +224,8 @@ async fn refusals_bad_since_foreign_origin_missing_key_and_the_connection_cap() 
     assert!(matches!(first.next().await, Seen::Frame(_)));
     assert_eq!(
         relay
-            .client
-            .get(format!("http://{}/healthz", relay.gateway_addr()))
-            .send()
+            .get_url(format!("http://{}/healthz", relay.gateway_addr()))
             .await
-            .unwrap()
             .status(),
         200
     );
