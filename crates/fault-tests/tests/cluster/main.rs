@@ -152,12 +152,14 @@ fn on_a_redis_cluster_messages_round_trip_once_dead_letters_land_on_the_stream_s
 #[test]
 fn on_a_redis_cluster_a_stream_key_without_a_hash_tag_stops_each_service_at_start() {
     for name in ["ingest-api", "persister", "push-gateway"] {
-        let out = std::process::Command::new(testkit::procs::bin_path(name))
-            .env_clear()
-            .env("REDIS_URL", "redis+cluster://127.0.0.1:7000,127.0.0.1:7001")
-            .env("STREAM_KEY", "messages")
-            .output()
-            .unwrap();
+        let out = testkit::procs::run_to_exit(
+            name,
+            &[],
+            &[
+                ("REDIS_URL", "redis+cluster://127.0.0.1:7000,127.0.0.1:7001"),
+                ("STREAM_KEY", "messages"),
+            ],
+        );
         assert_eq!(out.status.code(), Some(2), "{name}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(stderr.trim().lines().count(), 1, "{name}: {stderr}");

@@ -245,11 +245,7 @@ fn sigterm_to_each_service_under_load_exits_0_and_loses_nothing() {
 #[test]
 fn a_malformed_setting_stops_each_service_at_start_with_one_line_naming_it() {
     for service in ["ingest-api", "persister", "push-gateway"] {
-        let out = std::process::Command::new(testkit::procs::bin_path(service))
-            .env_clear()
-            .env("WS_SEND_QUEUE", "lots")
-            .output()
-            .unwrap();
+        let out = testkit::procs::run_to_exit(service, &[], &[("WS_SEND_QUEUE", "lots")]);
         assert_eq!(out.status.code(), Some(2), "{service} exit code");
         let stderr = String::from_utf8_lossy(&out.stderr);
         let lines: Vec<&str> = stderr.lines().collect();
