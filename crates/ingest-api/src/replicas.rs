@@ -38,25 +38,21 @@ pub async fn confirm(
     let wait = Duration::from_millis(settings.redis_ack_timeout_ms);
     // WAIT answers by itself after `wait`; the outer bound only covers a Redis that stopped answering.
     let limit = wait + Duration::from_millis(settings.redis_timeout_ms);
-    let acked = tokio::time::timeout(
+    let acked = answer(
         limit,
+        "WAIT",
+        "WAIT for replicas",
         redis.wait_for_replicas(&settings.stream_key, wanted, wait),
     )
-    .await;
-    match acked {
-        Ok(Ok(acked)) if acked >= wanted => match last {
-            Some(id) => still_there(settings, redis, id).await,
-            None => Ok(()),
-        },
-        Ok(Ok(acked)) => Err(ApiError::StreamUnavailable(anyhow::anyhow!(
+    .await?;
+    if acked < wanted {
+        return Err(ApiError::StreamUnavailable(anyhow::anyhow!(
             "{acked} of REDIS_ACK_REPLICAS={wanted} replicas confirmed the entry within {wait:?}"
-        ))),
-        Ok(Err(e)) => Err(ApiError::StreamUnavailable(
-            anyhow::Error::new(e).context("WAIT for replicas"),
-        )),
-        Err(_) => Err(ApiError::StreamUnavailable(anyhow::anyhow!(
-            "no answer to WAIT within {limit:?}"
-        ))),
+        )));
+    }
+    match last {
+        Some(id) => still_there(settings, redis, id).await,
+        None => Ok(()),
     }
 }
 
@@ -67,26 +63,39 @@ async fn still_there(
     id: model::StreamId,
 ) -> Result<(), ApiError> {
     let id = id.to_string();
-    let limit = Duration::from_millis(settings.redis_timeout_ms);
-    let found = tokio::time::timeout(
-        limit,
+    let found = answer(
+        Duration::from_millis(settings.redis_timeout_ms),
+        "XRANGE",
+        "looking the entry up after WAIT",
         redis::cmd("XRANGE")
             .arg(&settings.stream_key)
             .arg(&id)
             .arg(&id)
             .query_async::<redis::streams::StreamRangeReply>(redis),
     )
-    .await;
-    match found {
-        Ok(Ok(reply)) if !reply.ids.is_empty() => Ok(()),
-        Ok(Ok(_)) => Err(ApiError::StreamUnavailable(anyhow::anyhow!(
+    .await?;
+    if found.ids.is_empty() {
+        return Err(ApiError::StreamUnavailable(anyhow::anyhow!(
             "entry {id} is gone from the stream after WAIT (lost in a failover)"
-        ))),
+        )));
+    }
+    Ok(())
+}
+
+/// The reply to `command` within `limit`; a Redis error (with `context`) or no answer is 503.
+async fn answer<T>(
+    limit: Duration,
+    command: &str,
+    context: &'static str,
+    reply: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(limit, reply).await {
+        Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(ApiError::StreamUnavailable(
-            anyhow::Error::new(e).context("looking the entry up after WAIT"),
+            anyhow::Error::new(e).context(context),
         )),
         Err(_) => Err(ApiError::StreamUnavailable(anyhow::anyhow!(
-            "no answer to XRANGE within {limit:?}"
+            "no answer to {command} within {limit:?}"
         ))),
     }
 }

@@ -189,14 +189,6 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
-        /// 1,000 cases (about a second) unless `PROPTEST_CASES` asks for more.
-        fn cases() -> u32 {
-            std::env::var("PROPTEST_CASES")
-                .ok()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(1000)
-        }
-
         /// The real depth of a JSON value (a scalar is 0, `[]` is 1).
         fn depth(v: &serde_json::Value) -> usize {
             match v {
@@ -230,7 +222,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(cases()))]
+            #![proptest_config(ProptestConfig::with_cases(model::testing::proptest_cases()))]
 
             #[test]
             fn arbitrary_bytes_never_panic_and_what_is_accepted_is_json_within_the_depth(

@@ -272,14 +272,6 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
-        /// 1,000 cases (about a second) unless `PROPTEST_CASES` asks for more.
-        fn cases() -> u32 {
-            std::env::var("PROPTEST_CASES")
-                .ok()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(1000)
-        }
-
         fn json() -> impl Strategy<Value = serde_json::Value> {
             let leaf = prop_oneof![
                 Just(serde_json::Value::Null),
@@ -334,7 +326,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(cases()))]
+            #![proptest_config(ProptestConfig::with_cases(crate::testing::proptest_cases()))]
 
             #[test]
             fn every_entry_round_trips_exactly(entry in entry()) {

@@ -6,6 +6,8 @@ pub mod keys;
 pub mod message;
 pub mod redis_stream;
 pub mod stream_id;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use codec::{DecodeError, EntryParts, StreamEntry, ENTRY_VERSION};
 pub use keys::{dead_letter_key, idempotency_key, PERSISTER_GROUP};

@@ -96,15 +96,7 @@ pub async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>
     let addr = state.settings.trusted_proxies.client_addr(&req);
     let slot = match state.slots.take(addr) {
         Ok(slot) => slot,
-        Err(NoSlot::Full) => {
-            state.metrics.refused.inc();
-            return problem(
-                503,
-                "too-many-connections",
-                "Too many connections",
-                "the gateway is at MAX_CONNECTIONS; retry later".into(),
-            );
-        }
+        Err(NoSlot::Full) => return gateway_full(&state),
         Err(NoSlot::AddressFull) => {
             state.metrics.refused.inc();
             let detail = "this address has MAX_CONNECTIONS_PER_IP WebSockets open; close one first";
@@ -120,15 +112,7 @@ pub async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>
     };
     let subscription = match state.hub.subscribe() {
         Ok(subscription) => subscription,
-        Err(Refused::Full) => {
-            state.metrics.refused.inc();
-            return problem(
-                503,
-                "too-many-connections",
-                "Too many connections",
-                "the gateway is at MAX_CONNECTIONS; retry later".into(),
-            );
-        }
+        Err(Refused::Full) => return gateway_full(&state),
         Err(Refused::NotReady) => {
             return problem(
                 503,
@@ -502,6 +486,17 @@ fn stream_info(map: &HashMap<String, Value>) -> StreamInfo {
 }
 
 /// A refused upgrade, as the one problem response of every service.
+/// 503 for a gateway at `MAX_CONNECTIONS`, counted as refused.
+fn gateway_full(state: &AppState) -> HttpResponse {
+    state.metrics.refused.inc();
+    problem(
+        503,
+        "too-many-connections",
+        "Too many connections",
+        "the gateway is at MAX_CONNECTIONS; retry later".into(),
+    )
+}
+
 fn problem(status: u16, slug: &str, title: &'static str, detail: String) -> HttpResponse {
     let status = actix_web::http::StatusCode::from_u16(status)
         .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);

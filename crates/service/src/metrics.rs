@@ -73,9 +73,7 @@ pub fn histogram(
 ) -> prometheus::Histogram {
     register(
         registry,
-        prometheus::Histogram::with_opts(
-            prometheus::HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-        ),
+        prometheus::Histogram::with_opts(seconds(name, help, buckets)),
     )
 }
 
@@ -89,11 +87,13 @@ pub fn histogram_vec(
 ) -> prometheus::HistogramVec {
     register(
         registry,
-        prometheus::HistogramVec::new(
-            prometheus::HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-            labels,
-        ),
+        prometheus::HistogramVec::new(seconds(name, help, buckets), labels),
     )
+}
+
+/// The options of a histogram in seconds with `buckets`.
+fn seconds(name: &str, help: &str, buckets: &[f64]) -> prometheus::HistogramOpts {
+    prometheus::HistogramOpts::new(name, help).buckets(buckets.to_vec())
 }
 
 /// Buckets for request and delivery latencies, from 0.5 ms to 10 s.

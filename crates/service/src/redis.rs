@@ -34,33 +34,42 @@ pub enum Conn {
     Cluster(ClusterConnection),
 }
 
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
+/// `ConnectionLike` for an enum of a `Single` and a `Cluster` connection: each call goes to the variant
+/// held. A macro because the two enums hold different types, one of them a pool's `Object`, which is
+/// neither ours nor a `ConnectionLike` itself (it only derefs to one), so no generic impl can cover both.
+macro_rules! connection_like_by_variant {
+    ($enum:ty) => {
+        impl ConnectionLike for $enum {
+            fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+                match self {
+                    Self::Single(c) => c.req_packed_command(cmd),
+                    Self::Cluster(c) => c.req_packed_command(cmd),
+                }
+            }
 
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
+            fn req_packed_commands<'a>(
+                &'a mut self,
+                pipeline: &'a Pipeline,
+                offset: usize,
+                count: usize,
+            ) -> RedisFuture<'a, Vec<Value>> {
+                match self {
+                    Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+                    Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+                }
+            }
 
-    fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
+            fn get_db(&self) -> i64 {
+                match self {
+                    Self::Single(c) => c.get_db(),
+                    Self::Cluster(c) => c.get_db(),
+                }
+            }
         }
-    }
+    };
 }
+
+connection_like_by_variant!(Conn);
 
 impl Conn {
     /// `WAIT replicas timeout` on the primary that holds `key`, after this connection's writes to it:
@@ -180,33 +189,7 @@ impl BlockingPool {
     }
 }
 
-impl ConnectionLike for BlockingConn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
-        }
-    }
-}
+connection_like_by_variant!(BlockingConn);
 
 /// A pool for blocking reads of up to `block`: the response timeout leaves room for the block itself.
 pub fn blocking_pool(
@@ -218,30 +201,38 @@ pub fn blocking_pool(
     let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("REDIS_URL: {e}");
     if let Some(seeds) = settings.redis_cluster_seeds() {
         let client = cluster_client(seeds, timeout, block + timeout).map_err(|e| err(&e))?;
-        return managed::Pool::builder(ClusterManager { client })
-            .max_size(size)
-            .wait_timeout(Some(timeout))
-            .create_timeout(Some(timeout))
-            .recycle_timeout(Some(timeout))
-            .runtime(deadpool::Runtime::Tokio1)
-            .build()
-            .map(BlockingPool::Cluster)
-            .map_err(|e| err(&e));
+        return bounded(
+            managed::Pool::builder(ClusterManager { client }),
+            size,
+            timeout,
+        )
+        .map(BlockingPool::Cluster)
+        .map_err(|e| err(&e));
     }
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(block + timeout));
     let manager = deadpool_redis::Manager::new_with_config(settings.redis_url.as_str(), config)
         .map_err(|e| err(&e))?;
-    deadpool_redis::Pool::builder(manager)
+    bounded(deadpool_redis::Pool::builder(manager), size, timeout)
+        .map(BlockingPool::Single)
+        .map_err(|e| err(&e))
+}
+
+/// A pool of `size` whose every wait — for a free connection, a new one, a recycle check — ends after
+/// `timeout`.
+fn bounded<M: managed::Manager, W: From<managed::Object<M>>>(
+    builder: managed::PoolBuilder<M, W>,
+    size: usize,
+    timeout: Duration,
+) -> Result<managed::Pool<M, W>, managed::BuildError> {
+    builder
         .max_size(size)
         .wait_timeout(Some(timeout))
         .create_timeout(Some(timeout))
         .recycle_timeout(Some(timeout))
-        .runtime(deadpool_redis::Runtime::Tokio1)
+        .runtime(deadpool::Runtime::Tokio1)
         .build()
-        .map(BlockingPool::Single)
-        .map_err(|e| err(&e))
 }
 
 /// Whether Redis answers a `PING` within `timeout`; the error says why not (for the log, not a client).

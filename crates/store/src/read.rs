@@ -1,7 +1,7 @@
 //! The read side: one message, a page, or every message streamed row by row in constant memory.
 
-use diesel::dsl::sql;
-use diesel::pg::{PgConnection, PgRowByRowLoadingMode};
+use diesel::dsl::{sql, AsSelect, SqlTypeOf};
+use diesel::pg::{Pg, PgConnection, PgRowByRowLoadingMode};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool};
 use model::StreamId;
@@ -18,31 +18,42 @@ pub fn find(conn: &mut PgConnection, id: Uuid) -> QueryResult<Option<MessageRow>
         .optional()
 }
 
-/// `(stream_ms, stream_seq) > after`, written as a row comparison so that Postgres walks the primary key
-/// from `after` on (an `a > x OR (a = x AND b > y)` filter would not be an index range).
-fn after_filter(
-    after: StreamId,
+/// `(stream_ms, stream_seq) <cmp> at` (`cmp` is `>` or `<`), written as a row comparison so that Postgres
+/// walks the primary key from `at` on (an `a > x OR (a = x AND b > y)` filter would not be an index
+/// range). `> after` starts a page; `< below` stops it at the committed watermark (see `ingest-api`'s
+/// `watermark.rs`).
+fn position_filter(
+    cmp: &'static str,
+    at: StreamId,
 ) -> diesel::expression::SqlLiteral<Bool, impl diesel::query_builder::QueryFragment<diesel::pg::Pg>>
 {
-    let (ms, seq) = after.as_i64_pair();
-    sql::<Bool>("(stream_ms, stream_seq) > (")
+    let (ms, seq) = at.as_i64_pair();
+    sql::<Bool>(&format!("(stream_ms, stream_seq) {cmp} ("))
         .bind::<BigInt, _>(ms)
         .sql(", ")
         .bind::<BigInt, _>(seq)
         .sql(")")
 }
 
-/// `(stream_ms, stream_seq) < below`: the committed watermark (see `ingest-api`'s `watermark.rs`).
-fn below_filter(
-    below: StreamId,
-) -> diesel::expression::SqlLiteral<Bool, impl diesel::query_builder::QueryFragment<diesel::pg::Pg>>
-{
-    let (ms, seq) = below.as_i64_pair();
-    sql::<Bool>("(stream_ms, stream_seq) < (")
-        .bind::<BigInt, _>(ms)
-        .sql(", ")
-        .bind::<BigInt, _>(seq)
-        .sql(")")
+/// Messages after `after` (exclusive) and below `below` (exclusive, when given), in stream order, at
+/// most `limit` of them.
+fn window(
+    after: Option<StreamId>,
+    below: Option<StreamId>,
+    limit: i64,
+) -> messages::BoxedQuery<'static, Pg, SqlTypeOf<AsSelect<MessageRow, Pg>>> {
+    let mut query = messages::table
+        .select(MessageRow::as_select())
+        .order((messages::stream_ms, messages::stream_seq))
+        .limit(limit)
+        .into_boxed();
+    if let Some(after) = after {
+        query = query.filter(position_filter(">", after));
+    }
+    if let Some(below) = below {
+        query = query.filter(position_filter("<", below));
+    }
+    query
 }
 
 /// Up to `limit` messages after `after` (exclusive) and below `below` (exclusive, when given), in
@@ -53,18 +64,7 @@ pub fn page(
     below: Option<StreamId>,
     limit: i64,
 ) -> QueryResult<Vec<MessageRow>> {
-    let mut query = messages::table
-        .select(MessageRow::as_select())
-        .order((messages::stream_ms, messages::stream_seq))
-        .limit(limit)
-        .into_boxed();
-    if let Some(after) = after {
-        query = query.filter(after_filter(after));
-    }
-    if let Some(below) = below {
-        query = query.filter(below_filter(below));
-    }
-    query.load(conn)
+    window(after, below, limit).load(conn)
 }
 
 /// Calls `each` for up to `limit` messages after `after` (and below `below`), in stream order, one row in memory at a time (libpq's
@@ -76,19 +76,9 @@ pub fn for_each(
     limit: i64,
     mut each: impl FnMut(MessageRow) -> bool,
 ) -> QueryResult<()> {
-    let mut query = messages::table
-        .select(MessageRow::as_select())
-        .order((messages::stream_ms, messages::stream_seq))
-        // Stopping early still drains the rest of the result from libpq: the limit bounds that too.
-        .limit(limit)
-        .into_boxed();
-    if let Some(after) = after {
-        query = query.filter(after_filter(after));
-    }
-    if let Some(below) = below {
-        query = query.filter(below_filter(below));
-    }
-    for row in query.load_iter::<MessageRow, PgRowByRowLoadingMode>(conn)? {
+    // Stopping early still drains the rest of the result from libpq: the limit bounds that too.
+    let rows = window(after, below, limit).load_iter::<MessageRow, PgRowByRowLoadingMode>(conn)?;
+    for row in rows {
         if !each(row?) {
             break;
         }

@@ -227,6 +227,22 @@ impl Relay {
         self.post_as("application/x-ndjson", body).await
     }
 
+    /// `POST /messages` of `body` as `content_type`, with API key `key`.
+    pub async fn post_with_key(
+        &self,
+        key: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.post()
+            .bearer_auth(key)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// `POST /messages` of `body` as `content_type`.
     pub async fn post_as(
         &self,
@@ -255,13 +271,26 @@ impl Relay {
         res.json().await.unwrap()
     }
 
+    /// Publishes the messages `0`, `1`, … up to `n - 1` as one NDJSON batch; returns the accepted ids.
+    pub async fn publish_numbers(&self, n: usize) -> Vec<serde_json::Value> {
+        self.publish_batch(&(0..n).map(|i| i.to_string()).collect::<Vec<_>>())
+            .await
+    }
+
     /// `GET` a path (and query) of ingest-api.
     pub async fn get(&self, path_and_query: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}{path_and_query}", self.ingest_url()))
-            .send()
+        self.get_url(format!("{}{path_and_query}", self.ingest_url()))
             .await
-            .unwrap()
+    }
+
+    /// `GET` any URL (another service, another instance) with the test's client.
+    pub async fn get_url(&self, url: impl reqwest::IntoUrl) -> reqwest::Response {
+        self.client.get(url).send().await.unwrap()
+    }
+
+    /// `GET` a path (and query) of ingest-api that answers a JSON array, such as a page of `/messages`.
+    pub async fn get_page(&self, path_and_query: &str) -> Vec<serde_json::Value> {
+        self.get(path_and_query).await.json().await.unwrap()
     }
 
     /// Every persisted message, through `GET /messages`.

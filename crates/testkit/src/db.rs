@@ -77,3 +77,12 @@ pub async fn with_connection<T: Send + 'static>(
         .await
         .unwrap()
 }
+
+/// Runs one SQL statement on the test's database (a sabotage, a migration step, rows written by hand).
+pub async fn execute(settings: &Settings, sql: impl Into<String>) {
+    let sql = sql.into();
+    with_connection(settings, move |conn| {
+        diesel::RunQueryDsl::execute(diesel::sql_query(sql), conn).unwrap();
+    })
+    .await;
+}

@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 pub use app::{spawn_gateway, spawn_ingest, spawn_persister, spawn_relay, Relay, Running};
 pub use db::{count_rows, wait_for_rows};
-pub use stream::{dead_letters, entry, pending, stream_len, xadd};
+pub use stream::{dead_letters, entry, pending, stream_len, xadd, xadd_fields};
 pub use ws::{Seen, Ws};
 
 /// Settings for one test: database `relay_test_<uuid>`, stream `test:<uuid>`, OS-chosen ports, and a
@@ -79,6 +79,14 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The `stream_id` of each value: accepted answers, messages, frames' data.
+pub fn stream_ids(values: &[serde_json::Value]) -> Vec<String> {
+    values
+        .iter()
+        .map(|v| v["stream_id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// Drops the test's database and its stream keys. Runs on a plain thread, since it may be called from

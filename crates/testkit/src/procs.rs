@@ -257,6 +257,17 @@ pub fn bin_path(name: &str) -> PathBuf {
     path
 }
 
+/// Runs service `name` with `args` and nothing but `env` in its environment, and waits for it to exit (a
+/// service that refuses to start, or `--help`).
+pub fn run_to_exit(name: &str, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(bin_path(name))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
 /// One service binary running as a child process, its log kept for the test's failure message.
 pub struct Service {
     pub name: &'static str,

@@ -28,6 +28,33 @@ pub fn xadd(settings: &Settings, entries: &[StreamEntry]) -> Vec<String> {
         .collect()
 }
 
+/// `XADD key id field value …` straight to Redis, fields as given (what another version, a foreign
+/// writer or a corruption leaves in the stream); returns the entry's id. `conn` may be a cluster's.
+pub fn xadd_fields<K: redis::ToRedisArgs, V: redis::ToRedisArgs>(
+    conn: &mut impl redis::ConnectionLike,
+    key: &str,
+    id: &str,
+    fields: impl IntoIterator<Item = (K, V)>,
+) -> String {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(key).arg(id);
+    for (field, value) in fields {
+        cmd.arg(field).arg(value);
+    }
+    cmd.query(conn).unwrap()
+}
+
+/// Every entry of stream `key`, now (`XRANGE key - +`).
+pub fn range(conn: &mut impl redis::ConnectionLike, key: &str) -> Vec<redis::streams::StreamId> {
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query(conn)
+        .unwrap();
+    reply.ids
+}
+
 /// Entries in the test's stream.
 pub fn stream_len(settings: &Settings) -> usize {
     redis::cmd("XLEN")
@@ -52,15 +79,7 @@ pub async fn dead_letters(settings: &Settings, n: usize) -> Vec<redis::streams::
     let dead_key = model::dead_letter_key(&settings.stream_key);
     crate::poll_until(
         Duration::from_secs(5),
-        || {
-            let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-                .arg(&dead_key)
-                .arg("-")
-                .arg("+")
-                .query(&mut conn)
-                .unwrap();
-            std::future::ready(reply.ids)
-        },
+        || std::future::ready(range(&mut conn, &dead_key)),
         |ids| ids.len() >= n,
     )
     .await

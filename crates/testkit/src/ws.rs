@@ -21,6 +21,21 @@ pub async fn connect(
     Ok(ws)
 }
 
+/// Opens `ws://{addr}/ws{query}` over a socket with a 4 KiB receive buffer: a client whose kernel
+/// buffers fill at once when it stops reading (a slow client).
+pub async fn connect_slow(addr: &str, query: &str) -> Socket {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr.parse().unwrap()).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(
+        format!("ws://{addr}/ws{query}"),
+        MaybeTlsStream::Plain(stream),
+    )
+    .await
+    .unwrap();
+    ws
+}
+
 pub struct Ws(pub Socket);
 
 /// What a client saw next.

@@ -131,25 +131,16 @@ fn on_a_redis_cluster_messages_round_trip_once_dead_letters_land_on_the_stream_s
 
     // Dead letters: an undecodable entry written straight to the stream ends in `<STREAM_KEY>:dead`.
     let mut conn = cluster.connection();
-    let poison: String = redis::cmd("XADD")
-        .arg(&settings.stream_key)
-        .arg("*")
-        .arg("v")
-        .arg("1")
-        .arg("id")
-        .arg("not-a-uuid")
-        .query(&mut conn)
-        .unwrap();
+    let poison = testkit::xadd_fields(
+        &mut conn,
+        &settings.stream_key,
+        "*",
+        [("v", "1"), ("id", "not-a-uuid")],
+    );
     let dead_key = model::dead_letter_key(&settings.stream_key);
     let mut dead = Vec::new();
     wait_until("the poison entry to be dead-lettered", DRAIN, || {
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(&dead_key)
-            .arg("-")
-            .arg("+")
-            .query(&mut conn)
-            .unwrap();
-        dead = reply.ids;
+        dead = testkit::stream::range(&mut conn, &dead_key);
         !dead.is_empty()
     });
     let letter = format!("{:?}", dead[0].map);
@@ -161,12 +152,14 @@ fn on_a_redis_cluster_messages_round_trip_once_dead_letters_land_on_the_stream_s
 #[test]
 fn on_a_redis_cluster_a_stream_key_without_a_hash_tag_stops_each_service_at_start() {
     for name in ["ingest-api", "persister", "push-gateway"] {
-        let out = std::process::Command::new(testkit::procs::bin_path(name))
-            .env_clear()
-            .env("REDIS_URL", "redis+cluster://127.0.0.1:7000,127.0.0.1:7001")
-            .env("STREAM_KEY", "messages")
-            .output()
-            .unwrap();
+        let out = testkit::procs::run_to_exit(
+            name,
+            &[],
+            &[
+                ("REDIS_URL", "redis+cluster://127.0.0.1:7000,127.0.0.1:7001"),
+                ("STREAM_KEY", "messages"),
+            ],
+        );
         assert_eq!(out.status.code(), Some(2), "{name}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(stderr.trim().lines().count(), 1, "{name}: {stderr}");
@@ -497,11 +490,7 @@ fn the_binaries_with_the_compose_environment_two_persisters_and_two_gateways_pus
         })
         .collect();
     let log = post_to(&ingest, 300, 1000, 4).finish(false);
-    assert!(
-        log.failed.is_empty() && log.refused == 0,
-        "{:?}",
-        log.failed.first()
-    );
+    log.assert_none_failed("posts failed");
     let accepted: std::collections::HashSet<&String> = log.accepted.iter().collect();
     for (i, ws) in sockets.iter_mut().enumerate() {
         let seen = rt.block_on(ws.messages(300));
@@ -545,11 +534,7 @@ fn a_rolling_deploy_of_persister_replicas_under_steady_load_loses_and_doubles_no
         assert_eq!(old.terminate(Duration::from_secs(15)), Some(0));
     }
     let log = poster.finish(false);
-    assert!(
-        log.failed.is_empty() && log.refused == 0,
-        "posts failed: {:?}",
-        log.failed.first()
-    );
+    log.assert_none_failed("posts failed");
     assert_eq!(log.accepted.len(), 6000);
     assert_exactly_once(&settings.database_url, &log.accepted, true, DRAIN);
     drop((running, ingest));

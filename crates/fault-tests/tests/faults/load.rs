@@ -86,6 +86,17 @@ pub struct PostLog {
     pub slowest: Duration,
 }
 
+impl PostLog {
+    /// Asserts that no post failed and none was refused; `what` heads the first failure in the message.
+    pub fn assert_none_failed(&self, what: &str) {
+        assert!(
+            self.failed.is_empty() && self.refused == 0,
+            "{what}: {:?}",
+            self.failed.first()
+        );
+    }
+}
+
 /// Posts `{"n":…}` messages to `url` from `workers` threads at about `rate` per second in total, until
 /// `total` were attempted or `stop` is set.
 pub struct Poster {

@@ -41,11 +41,7 @@ fn a_persister_sigkilled_twice_under_steady_load_stores_every_accepted_message_o
         persister = Service::start("persister", &env);
     }
     let log = poster.finish(false);
-    assert!(
-        log.failed.is_empty() && log.refused == 0,
-        "posts failed: {:?}",
-        log.failed.first()
-    );
+    log.assert_none_failed("posts failed");
     assert_eq!(log.accepted.len(), 5000);
     assert_exactly_once(&settings.database_url, &log.accepted, true, DRAIN);
     drop(persister);
@@ -134,11 +130,7 @@ fn with_postgres_stopped_for_10_seconds_posts_keep_answering_202_and_all_arrive_
     std::thread::sleep(Duration::from_secs(10).saturating_sub(stopped.elapsed()));
     pg.restart();
     let log = poster.finish(true);
-    assert!(
-        log.failed.is_empty() && log.refused == 0,
-        "posts failed while Postgres was down: {:?}",
-        log.failed.first()
-    );
+    log.assert_none_failed("posts failed while Postgres was down");
     assert!(
         log.accepted.len() > 2000,
         "only {} accepted",
@@ -253,11 +245,7 @@ fn sigterm_to_each_service_under_load_exits_0_and_loses_nothing() {
 #[test]
 fn a_malformed_setting_stops_each_service_at_start_with_one_line_naming_it() {
     for service in ["ingest-api", "persister", "push-gateway"] {
-        let out = std::process::Command::new(testkit::procs::bin_path(service))
-            .env_clear()
-            .env("WS_SEND_QUEUE", "lots")
-            .output()
-            .unwrap();
+        let out = testkit::procs::run_to_exit(service, &[], &[("WS_SEND_QUEUE", "lots")]);
         assert_eq!(out.status.code(), Some(2), "{service} exit code");
         let stderr = String::from_utf8_lossy(&out.stderr);
         let lines: Vec<&str> = stderr.lines().collect();

@@ -237,15 +237,16 @@ fn help_prints_every_setting_it_reads_and_binds_nothing() {
         ("push-gateway", GATEWAY),
     ] {
         // Every listen address points at a port this test holds: binding it would fail the start.
-        let out = std::process::Command::new(testkit::procs::bin_path(binary))
-            .arg("--help")
-            .env_clear()
-            .env("INGEST_ADDR", &addr)
-            .env("GATEWAY_ADDR", &addr)
-            .env("PERSISTER_ADDR", &addr)
-            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
-            .output()
-            .unwrap();
+        let out = testkit::procs::run_to_exit(
+            binary,
+            &["--help"],
+            &[
+                ("INGEST_ADDR", addr.as_str()),
+                ("GATEWAY_ADDR", addr.as_str()),
+                ("PERSISTER_ADDR", addr.as_str()),
+                ("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none"),
+            ],
+        );
         assert_eq!(out.status.code(), Some(0), "{binary}");
         let help = String::from_utf8_lossy(&out.stdout);
         for d in DEFS.iter().filter(|d| d.used_by & users != 0) {

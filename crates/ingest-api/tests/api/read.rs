@@ -5,7 +5,7 @@ use diesel::{PgConnection, RunQueryDsl};
 
 use testkit::db::{pg, with_connection};
 use testkit::procs::{free_port, memory_kib, Service};
-use testkit::{test_settings, Relay};
+use testkit::{stream_ids, test_settings, Relay};
 
 /// Inserts `n` rows straight into the test's table: `payload_bytes` of JSON each, stream ids 1-0 … n-0.
 fn insert_rows(conn: &mut PgConnection, n: i64, payload_bytes: usize) {
@@ -55,18 +55,9 @@ async fn after_is_exclusive_and_compares_stream_ids_numerically() {
     let app = Relay::ingest_only(test_settings()).await;
     with_connection(&app.settings, |conn| insert_rows(conn, 12, 1)).await;
     // "9-0" < "10-0" numerically, though not as strings.
-    let page: Vec<serde_json::Value> = app
-        .get("/messages?after=9-0&limit=10")
-        .await
-        .json()
-        .await
-        .unwrap();
-    let ids: Vec<&str> = page
-        .iter()
-        .map(|m| m["stream_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, ["10-0", "11-0", "12-0"]);
-    let all: Vec<serde_json::Value> = app.get("/messages?after=9-0").await.json().await.unwrap();
+    let page = app.get_page("/messages?after=9-0&limit=10").await;
+    assert_eq!(stream_ids(&page), ["10-0", "11-0", "12-0"]);
+    let all = app.get_page("/messages?after=9-0").await;
     assert_eq!(all.len(), 3, "after works without limit too");
 }
 
@@ -137,12 +128,7 @@ async fn postgres_unreachable_makes_reads_a_503_while_posts_still_succeed() {
         "/messages?limit=10",
         &format!("/messages/{}", uuid::Uuid::now_v7()),
     ] {
-        let res = app
-            .client
-            .get(format!("{address}{path}"))
-            .send()
-            .await
-            .unwrap();
+        let res = app.get_url(format!("{address}{path}")).await;
         assert_eq!(res.status(), 503, "{path}");
         assert!(res.headers().contains_key("retry-after"));
     }
@@ -153,15 +139,7 @@ async fn postgres_unreachable_makes_reads_a_503_while_posts_still_succeed() {
         .body("1")
         .send();
     assert_eq!(res.await.unwrap().status(), 202);
-    assert_eq!(
-        app.client
-            .get(format!("{address}/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.get_url(format!("{address}/readyz")).await.status(), 200);
 }
 
 /// Reads `/messages` of 100,000 rows (~100 MiB of JSON) from the real ingest-api binary while sampling its
@@ -361,66 +339,41 @@ async fn paging_with_after_never_shows_rows_committed_ahead_of_an_uncommitted_ba
             .query(&mut redis)
             .unwrap();
     }
-    let commit = |which: &[String]| {
-        let values: Vec<String> = which
-            .iter()
-            .map(|id| {
-                let (ms, seq) = id.split_once('-').unwrap();
-                format!("({ms}, {seq}, gen_random_uuid(), now(), '1')")
-            })
-            .collect();
-        format!(
-            "INSERT INTO messages (stream_ms, stream_seq, id, received_at, payload) VALUES {}",
-            values.join(", ")
-        )
-    };
-    let sql = commit(&ids[2..]);
-    with_connection(&app.settings, move |conn| {
-        diesel::sql_query(sql).execute(conn).unwrap();
-    })
-    .await;
-    let _: usize = redis::cmd("XACK")
-        .arg(&key)
-        .arg(&group)
-        .arg(&ids[2..])
-        .query(&mut redis)
-        .unwrap();
+    commit_and_ack(&app, &mut redis, &group, &ids[2..]).await;
 
     // A tailing client: what it is shown now it will never be shown again after `after=`.
-    let page: Vec<serde_json::Value> = app
-        .get("/messages?after=0-0&limit=10")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let page = app.get_page("/messages?after=0-0&limit=10").await;
     assert!(
         page.is_empty(),
         "rows ahead of an uncommitted batch: {page:?}"
     );
 
     // A commits and acknowledges: now all four are a prefix that can no longer change.
-    let sql = commit(&ids[..2]);
-    with_connection(&app.settings, move |conn| {
-        diesel::sql_query(sql).execute(conn).unwrap();
-    })
-    .await;
-    let _: usize = redis::cmd("XACK")
-        .arg(&key)
-        .arg(&group)
-        .arg(&ids[..2])
-        .query(&mut redis)
-        .unwrap();
-    let page: Vec<serde_json::Value> = app
-        .get("/messages?after=0-0&limit=10")
-        .await
-        .json()
-        .await
-        .unwrap();
-    let shown: Vec<&str> = page
+    commit_and_ack(&app, &mut redis, &group, &ids[..2]).await;
+    let page = app.get_page("/messages?after=0-0&limit=10").await;
+    assert_eq!(stream_ids(&page), ids);
+}
+
+/// Stores the entries `which` (stream ids) as rows and acknowledges them in `group`: a replica's commit.
+async fn commit_and_ack(app: &Relay, redis: &mut redis::Connection, group: &str, which: &[String]) {
+    let values: Vec<String> = which
         .iter()
-        .map(|m| m["stream_id"].as_str().unwrap())
+        .map(|id| {
+            let (ms, seq) = id.split_once('-').unwrap();
+            format!("({ms}, {seq}, gen_random_uuid(), now(), '1')")
+        })
         .collect();
-    assert_eq!(shown, ids.iter().map(String::as_str).collect::<Vec<_>>());
+    let sql = format!(
+        "INSERT INTO messages (stream_ms, stream_seq, id, received_at, payload) VALUES {}",
+        values.join(", ")
+    );
+    testkit::db::execute(&app.settings, sql).await;
+    let _: usize = redis::cmd("XACK")
+        .arg(&app.settings.stream_key)
+        .arg(group)
+        .arg(which)
+        .query(redis)
+        .unwrap();
 }
 
 /// The persister's group name, as the contract names it.

@@ -217,29 +217,18 @@ async fn a_burst_over_publish_rate_gets_429_with_retry_after_while_another_key_i
     settings.api_keys = "key-a:publish,key-b:publish".parse().unwrap();
     let app = Relay::ingest_only(settings).await;
     let post = |key: &'static str, content_type: &'static str, body: &'static str| {
-        app.post()
-            .bearer_auth(key)
-            .header("content-type", content_type)
-            .body(body)
-            .send()
+        app.post_with_key(key, content_type, body)
     };
     assert_eq!(
         post("key-a", "application/x-ndjson", "1\n2\n3\n")
             .await
-            .unwrap()
             .status(),
         202
     );
     for _ in 0..2 {
-        assert_eq!(
-            post("key-a", "application/json", "1")
-                .await
-                .unwrap()
-                .status(),
-            202
-        );
+        assert_eq!(post("key-a", "application/json", "1").await.status(), 202);
     }
-    let refused = post("key-a", "application/json", "6").await.unwrap();
+    let refused = post("key-a", "application/json", "6").await;
     let retry_after: u64 = refused.headers()["retry-after"]
         .to_str()
         .unwrap()
@@ -251,17 +240,10 @@ async fn a_burst_over_publish_rate_gets_429_with_retry_after_while_another_key_i
         problem["detail"].as_str().unwrap().contains("PUBLISH_RATE"),
         "{problem}"
     );
-    assert_problem(
-        post("key-a", "application/x-ndjson", "1\n2\n")
-            .await
-            .unwrap(),
-        429,
-    )
-    .await;
+    assert_problem(post("key-a", "application/x-ndjson", "1\n2\n").await, 429).await;
     assert_eq!(
         post("key-b", "application/x-ndjson", "1\n2\n3\n4\n5\n")
             .await
-            .unwrap()
             .status(),
         202,
         "another key has its own budget"
@@ -270,10 +252,7 @@ async fn a_burst_over_publish_rate_gets_429_with_retry_after_while_another_key_i
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(
-        post("key-a", "application/json", "7")
-            .await
-            .unwrap()
-            .status(),
+        post("key-a", "application/json", "7").await.status(),
         202,
         "the budget refills"
     );

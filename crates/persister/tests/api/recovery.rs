@@ -217,14 +217,9 @@ async fn trim_after_ack(
     let acked: Vec<&str> = acked.iter().map(String::as_str).collect();
     group::ack(conn, key, &acked).await.unwrap();
     let removed = trim(conn, key, retention).await;
-    let all: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(key)
-        .arg("-")
-        .arg("+")
-        .query(redis)
-        .unwrap();
-    let first = all.ids.first().map(|e| e.id.clone()).unwrap_or_default();
-    (removed, (all.ids.len(), first))
+    let all = testkit::stream::range(redis, key);
+    let first = all.first().map(|e| e.id.clone()).unwrap_or_default();
+    (removed, (all.len(), first))
 }
 
 /// One trim as the persister runs it, 1000 entries at the most; how many it removed.

@@ -8,6 +8,7 @@ use redis::aio::ConnectionManager;
 use service::Settings;
 use testkit::{
     entry, pending, poll_until, setup, spawn_persister, stream_len, wait_for_rows, xadd,
+    xadd_fields,
 };
 
 /// Claims every 500 ms, and at most two deliveries.
@@ -23,15 +24,13 @@ async fn an_entry_of_a_newer_version_is_dead_lettered_after_max_deliveries_and_t
     settings.stream_retention = 0;
     // What a v2 ingest-api writes before a rollback to this build.
     let mut conn = testkit::redis(&settings);
-    let v2: String = redis::cmd("XADD")
-        .arg(&settings.stream_key)
-        .arg("*")
-        .arg("v")
-        .arg("2")
-        .arg("id")
-        .arg(uuid::Uuid::now_v7().to_string())
-        .query(&mut conn)
-        .unwrap();
+    let id = uuid::Uuid::now_v7().to_string();
+    let v2 = xadd_fields(
+        &mut conn,
+        &settings.stream_key,
+        "*",
+        [("v", "2"), ("id", id.as_str())],
+    );
     xadd(
         &settings,
         &(0..20).map(|i| entry(&i.to_string())).collect::<Vec<_>>(),

@@ -4,7 +4,7 @@ use model::StreamId;
 use service::Settings;
 use store::NewMessage;
 use testkit::db::with_connection;
-use testkit::{entry, pending, setup, spawn_persister, wait_for_rows, xadd};
+use testkit::{entry, pending, setup, spawn_persister, wait_for_rows, xadd, xadd_fields};
 
 #[tokio::test]
 async fn the_persister_creates_its_database_and_stores_what_was_posted_before_it_started() {
@@ -49,15 +49,12 @@ async fn an_undecodable_entry_goes_to_the_dead_letter_stream_and_its_neighbours_
     let (settings, _cleanup) = setup();
     xadd(&settings, &[entry("1")]);
     let mut conn = testkit::redis(&settings);
-    let poison: String = redis::cmd("XADD")
-        .arg(&settings.stream_key)
-        .arg("*")
-        .arg("v")
-        .arg("1")
-        .arg("id")
-        .arg("not-a-uuid")
-        .query(&mut conn)
-        .unwrap();
+    let poison = xadd_fields(
+        &mut conn,
+        &settings.stream_key,
+        "*",
+        [("v", "1"), ("id", "not-a-uuid")],
+    );
     xadd(&settings, &[entry("3")]);
     let persister = spawn_persister(settings.clone()).await;
     assert_eq!(wait_for_rows(&settings, 2).await, 2);
@@ -79,13 +76,10 @@ async fn a_check_violation_during_a_migration_holds_the_row_until_the_schema_tak
     settings.max_deliveries = 1_000;
     // Sabotage the database: a constraint that refuses one payload, as a half-done migration might.
     testkit::db::prepare_database(&settings).await;
-    with_connection(&settings, |conn| {
-        diesel::RunQueryDsl::execute(
-            diesel::sql_query("ALTER TABLE messages ADD CONSTRAINT no_poison CHECK (payload::text NOT LIKE '%poison%')"),
-            conn,
-        )
-        .unwrap();
-    })
+    testkit::db::execute(
+        &settings,
+        "ALTER TABLE messages ADD CONSTRAINT no_poison CHECK (payload::text NOT LIKE '%poison%')",
+    )
     .await;
     xadd(
         &settings,
@@ -108,14 +102,7 @@ async fn a_check_violation_during_a_migration_holds_the_row_until_the_schema_tak
         "the refused row is held, not acknowledged"
     );
     // The migration finishes.
-    with_connection(&settings, |conn| {
-        diesel::RunQueryDsl::execute(
-            diesel::sql_query("ALTER TABLE messages DROP CONSTRAINT no_poison"),
-            conn,
-        )
-        .unwrap();
-    })
-    .await;
+    testkit::db::execute(&settings, "ALTER TABLE messages DROP CONSTRAINT no_poison").await;
     assert_eq!(
         wait_for_rows(&settings, 3).await,
         3,
@@ -136,17 +123,15 @@ async fn a_payload_postgres_would_refuse_is_dead_lettered_without_asking_postgre
     let bad = entry("1");
     xadd(&settings, &[entry("\"fine 1\"")]);
     let mut conn = testkit::redis(&settings);
-    let mut cmd = redis::cmd("XADD");
-    cmd.arg(&settings.stream_key).arg("*");
-    for (field, value) in bad.to_fields() {
+    let fields = bad.to_fields().into_iter().map(|(field, value)| {
         let value = if field == "payload" {
             "{\"unterminated\":".to_owned()
         } else {
             value
         };
-        cmd.arg(field).arg(value);
-    }
-    let poison: String = cmd.query(&mut conn).unwrap();
+        (field, value)
+    });
+    let poison = xadd_fields(&mut conn, &settings.stream_key, "*", fields);
     xadd(&settings, &[entry("\"fine 2\"")]);
     let persister = spawn_persister(settings.clone()).await;
     assert_eq!(wait_for_rows(&settings, 2).await, 2);
@@ -173,12 +158,7 @@ async fn a_different_message_reusing_a_stored_stream_position_is_dead_lettered_n
     .await;
     let second = entry("\"another at 5-0\"");
     let mut conn = testkit::redis(&settings);
-    let mut cmd = redis::cmd("XADD");
-    cmd.arg(&settings.stream_key).arg("5-0");
-    for (field, value) in second.to_fields() {
-        cmd.arg(field).arg(value);
-    }
-    let _: String = cmd.query(&mut conn).unwrap();
+    xadd_fields(&mut conn, &settings.stream_key, "5-0", second.to_fields());
     xadd(&settings, &[entry("\"after\"")]);
 
     let persister = spawn_persister(settings.clone()).await;

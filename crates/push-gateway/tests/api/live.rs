@@ -6,21 +6,7 @@ use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
-use testkit::{test_settings, Relay, Seen};
-
-fn ids(accepted: &[serde_json::Value]) -> Vec<String> {
-    accepted
-        .iter()
-        .map(|a| a["stream_id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-fn stream_ids(messages: &[serde_json::Value]) -> Vec<String> {
-    messages
-        .iter()
-        .map(|m| m["stream_id"].as_str().unwrap().to_owned())
-        .collect()
-}
+use testkit::{stream_ids, test_settings, Relay, Seen};
 
 #[tokio::test]
 async fn every_posted_message_reaches_a_socket_in_order_with_its_payload() {
@@ -37,7 +23,7 @@ async fn every_posted_message_reaches_a_socket_in_order_with_its_payload() {
         );
     }
     let got = ws.messages(200).await;
-    assert_eq!(stream_ids(&got), ids(&accepted));
+    assert_eq!(stream_ids(&got), stream_ids(&accepted));
     for (i, (m, a)) in got.iter().zip(&accepted).enumerate() {
         assert_eq!(m["id"], a["id"]);
         assert_eq!(m["received_at"], a["received_at"]);
@@ -93,7 +79,7 @@ async fn a_reconnect_with_since_gets_exactly_the_missing_messages_then_live_ones
     let rest = ws.messages(350).await;
     assert_eq!(
         stream_ids(&rest),
-        ids(&accepted[50..]),
+        stream_ids(&accepted[50..]),
         "exactly the missing ones, then live, in order"
     );
     ws.assert_quiet(Duration::from_millis(300)).await;
@@ -102,10 +88,8 @@ async fn a_reconnect_with_since_gets_exactly_the_missing_messages_then_live_ones
 #[tokio::test]
 async fn since_older_than_the_stream_starts_with_a_gap_frame() {
     let relay = Relay::live(test_settings()).await;
-    let accepted = relay
-        .publish_batch(&(0..20).map(|i| i.to_string()).collect::<Vec<_>>())
-        .await;
-    let ids = ids(&accepted);
+    let accepted = relay.publish_numbers(20).await;
+    let ids = stream_ids(&accepted);
     // Trim the first ten entries, as retention would.
     let mut redis = testkit::redis(&relay.settings);
     let _: usize = redis::cmd("XTRIM")
@@ -129,14 +113,9 @@ async fn since_older_than_the_stream_starts_with_a_gap_frame() {
     assert_eq!(stream_ids(&ws.messages(4).await), ids[16..]);
     // Nor does any `since` on a stream that was never trimmed.
     let relay = Relay::live(test_settings()).await;
-    let accepted = relay
-        .publish_batch(&(0..3).map(|i| i.to_string()).collect::<Vec<_>>())
-        .await;
+    let accepted = relay.publish_numbers(3).await;
     let mut ws = relay.ws_connect("?since=0-0").await;
-    assert_eq!(
-        stream_ids(&ws.messages(3).await),
-        crate::live::ids(&accepted)
-    );
+    assert_eq!(stream_ids(&ws.messages(3).await), stream_ids(&accepted));
 }
 
 #[tokio::test]
@@ -147,18 +126,7 @@ async fn a_client_that_stops_reading_is_closed_with_1013_and_others_get_everythi
     settings.ws_send_queue = 600;
     let relay = Relay::live(settings).await;
     // The slow client: a tiny receive buffer, and it reads nothing until the end.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket
-        .connect(relay.gateway_addr().parse().unwrap())
-        .await
-        .unwrap();
-    let (mut slow, _) = tokio_tungstenite::client_async(
-        format!("ws://{}/ws", relay.gateway_addr()),
-        tokio_tungstenite::MaybeTlsStream::Plain(stream),
-    )
-    .await
-    .unwrap();
+    let mut slow = testkit::ws::connect_slow(&relay.gateway_addr(), "").await;
     let mut fast = relay.ws_connect("").await;
 
     // 20 × 500 messages of 1 KB: far more than the slow client's socket buffers and queue can hold.
@@ -173,7 +141,7 @@ async fn a_client_that_stops_reading_is_closed_with_1013_and_others_get_everythi
     }
     assert_eq!(
         stream_ids(&got),
-        ids(&accepted),
+        stream_ids(&accepted),
         "the fast client got everything, in order"
     );
 
@@ -251,23 +219,13 @@ async fn refusals_bad_since_foreign_origin_missing_key_and_the_connection_cap() 
     )
     .await;
     assert_eq!(refused.status(), 503, "over MAX_CONNECTIONS");
-    let posted = relay
-        .post()
-        .bearer_auth("pub")
-        .header("content-type", "application/json")
-        .body("1")
-        .send()
-        .await
-        .unwrap();
+    let posted = relay.post_with_key("pub", "application/json", "1").await;
     assert_eq!(posted.status(), 202);
     assert!(matches!(first.next().await, Seen::Frame(_)));
     assert_eq!(
         relay
-            .client
-            .get(format!("http://{}/healthz", relay.gateway_addr()))
-            .send()
+            .get_url(format!("http://{}/healthz", relay.gateway_addr()))
             .await
-            .unwrap()
             .status(),
         200
     );
@@ -285,14 +243,12 @@ async fn a_gateway_restart_closes_clients_with_1001_and_they_resume_with_since()
         Seen::Closed(Some(c)) => assert_eq!(c.code, CloseCode::Away),
         other => panic!("expected a 1001 close, got {other:?}"),
     }
-    let during: Vec<_> = relay
-        .publish_batch(&(0..10).map(|i| i.to_string()).collect::<Vec<_>>())
-        .await;
+    let during: Vec<_> = relay.publish_numbers(10).await;
     relay.start_gateway(Some(port)).await;
     let mut ws = relay
         .ws_connect(&format!("?since={}", first["stream_id"].as_str().unwrap()))
         .await;
-    assert_eq!(stream_ids(&ws.messages(10).await), ids(&during));
+    assert_eq!(stream_ids(&ws.messages(10).await), stream_ids(&during));
     ws.assert_quiet(Duration::from_millis(200)).await;
 }
 

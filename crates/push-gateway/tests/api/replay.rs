@@ -3,28 +3,12 @@
 
 use std::time::Duration;
 
-use testkit::{test_settings, Relay, Seen, Ws};
-
-fn ids(accepted: &[serde_json::Value]) -> Vec<String> {
-    accepted
-        .iter()
-        .map(|a| a["stream_id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-fn stream_ids(messages: &[serde_json::Value]) -> Vec<String> {
-    messages
-        .iter()
-        .map(|m| m["stream_id"].as_str().unwrap().to_owned())
-        .collect()
-}
+use testkit::{stream_ids, test_settings, Relay, Seen, Ws};
 
 #[tokio::test]
 async fn a_since_after_the_newest_entry_starts_live_with_a_hello_naming_the_newest() {
     let relay = Relay::live(test_settings()).await;
-    let accepted = ids(&relay
-        .publish_batch(&(0..3).map(|i| i.to_string()).collect::<Vec<_>>())
-        .await);
+    let accepted = stream_ids(&relay.publish_numbers(3).await);
     let mut ws = relay.ws_connect("?since=99999999999999-0").await;
     match ws.next_any().await {
         Seen::Frame(f) => assert_eq!(
@@ -35,27 +19,23 @@ async fn a_since_after_the_newest_entry_starts_live_with_a_hello_naming_the_newe
     }
     // Live frames are not dropped as "already sent" until the clock passes `since`.
     let next = relay.publish("\"live\"".into()).await;
-    assert_eq!(stream_ids(&ws.messages(1).await), ids(&[next]));
+    assert_eq!(stream_ids(&ws.messages(1).await), stream_ids(&[next]));
 }
 
 #[tokio::test]
 async fn a_since_equal_to_the_newest_entry_replays_nothing_and_goes_live() {
     let relay = Relay::live(test_settings()).await;
-    let accepted = ids(&relay
-        .publish_batch(&(0..3).map(|i| i.to_string()).collect::<Vec<_>>())
-        .await);
+    let accepted = stream_ids(&relay.publish_numbers(3).await);
     let mut ws = relay.ws_connect(&format!("?since={}", accepted[2])).await;
     let next = relay.publish("\"live\"".into()).await;
-    assert_eq!(stream_ids(&ws.messages(1).await), ids(&[next]));
+    assert_eq!(stream_ids(&ws.messages(1).await), stream_ids(&[next]));
     ws.assert_quiet(Duration::from_millis(300)).await;
 }
 
 #[tokio::test]
 async fn a_replay_of_several_pages_arrives_whole_in_order_and_once() {
     let relay = Relay::live(test_settings()).await;
-    let accepted = ids(&relay
-        .publish_batch(&(0..1_234).map(|i| i.to_string()).collect::<Vec<_>>())
-        .await);
+    let accepted = stream_ids(&relay.publish_numbers(1_234).await);
     let mut ws = relay.ws_connect("?since=0-0").await;
     assert_eq!(stream_ids(&ws.messages(1_234).await), accepted);
     ws.assert_quiet(Duration::from_millis(300)).await;
@@ -72,21 +52,9 @@ async fn a_trim_that_passes_the_cursor_mid_replay_is_announced_with_a_gap_frame(
         let lines: Vec<String> = (0..1_000)
             .map(|i| format!(r#"{{"n":{},"pad":"{pad}"}}"#, chunk * 1_000 + i))
             .collect();
-        accepted.extend(ids(&relay.publish_batch(&lines).await));
+        accepted.extend(stream_ids(&relay.publish_batch(&lines).await));
     }
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket
-        .connect(relay.gateway_addr().parse().unwrap())
-        .await
-        .unwrap();
-    let (slow, _) = tokio_tungstenite::client_async(
-        format!("ws://{}/ws?since=0-0", relay.gateway_addr()),
-        tokio_tungstenite::MaybeTlsStream::Plain(stream),
-    )
-    .await
-    .unwrap();
-    let mut ws = Ws(slow);
+    let mut ws = Ws(testkit::ws::connect_slow(&relay.gateway_addr(), "?since=0-0").await);
     let first = ws.messages(1).await;
     assert_eq!(stream_ids(&first), accepted[..1]);
     // The gateway is blocked on a send of an early page. The persister's trim (with a tiny
@@ -126,17 +94,14 @@ async fn a_trim_that_passes_the_cursor_mid_replay_is_announced_with_a_gap_frame(
 #[tokio::test]
 async fn a_foreign_id_above_the_api_range_ends_a_replay_page_without_resending_it() {
     let relay = Relay::live(test_settings()).await;
-    let accepted = ids(&relay
-        .publish_batch(&(0..499).map(|i| i.to_string()).collect::<Vec<_>>())
-        .await);
+    let accepted = stream_ids(&relay.publish_numbers(499).await);
     // The 500th entry, the last of the replay's first page: an id no StreamId holds (above i64::MAX).
-    let _: String = redis::cmd("XADD")
-        .arg(&relay.settings.stream_key)
-        .arg("9223372036854775808-0")
-        .arg("v")
-        .arg("1")
-        .query(&mut testkit::redis(&relay.settings))
-        .unwrap();
+    testkit::xadd_fields(
+        &mut testkit::redis(&relay.settings),
+        &relay.settings.stream_key,
+        "9223372036854775808-0",
+        [("v", "1")],
+    );
     let mut ws = relay.ws_connect("?since=0-0").await;
     assert_eq!(stream_ids(&ws.messages(499).await), accepted);
     ws.assert_quiet(Duration::from_millis(500)).await;

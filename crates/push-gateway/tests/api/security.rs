@@ -11,11 +11,8 @@ use testkit::{test_settings, Relay, Seen};
 /// `relay_gateway_connections` as `/metrics` shows it.
 async fn connections(relay: &Relay) -> i64 {
     let text = relay
-        .client
-        .get(format!("http://{}/metrics", relay.gateway_addr()))
-        .send()
+        .get_url(format!("http://{}/metrics", relay.gateway_addr()))
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -167,12 +164,7 @@ async fn the_page_sends_its_csp_and_no_referrer_and_the_ws_auth_matrix_holds() {
     let relay = Relay::live(settings).await;
     let gateway = format!("http://{}", relay.gateway_addr());
 
-    let page = relay
-        .client
-        .get(format!("{gateway}/"))
-        .send()
-        .await
-        .unwrap();
+    let page = relay.get_url(format!("{gateway}/")).await;
     assert_eq!(page.status(), 200, "the page stays open");
     let header = |name: &str| page.headers()[name].to_str().unwrap().to_owned();
     let csp = header("content-security-policy");
@@ -209,23 +201,11 @@ async fn the_page_sends_its_csp_and_no_referrer_and_the_ws_auth_matrix_holds() {
     assert_eq!(ws("", Some("sub")).await.status(), 101);
     assert_eq!(ws("?access_token=sub", None).await.status(), 101);
     for open in ["/healthz", "/readyz", "/metrics", "/app.js", "/style.css"] {
-        let res = relay
-            .client
-            .get(format!("{gateway}{open}"))
-            .send()
-            .await
-            .unwrap();
+        let res = relay.get_url(format!("{gateway}{open}")).await;
         assert_eq!(res.status(), 200, "{open} stays open");
     }
     let mut client = relay.ws_connect("?access_token=sub").await;
-    relay
-        .post()
-        .bearer_auth("pub")
-        .header("content-type", "application/json")
-        .body("1")
-        .send()
-        .await
-        .unwrap();
+    relay.post_with_key("pub", "application/json", "1").await;
     assert!(matches!(client.next().await, Seen::Frame(_)));
 }
 
