@@ -93,8 +93,9 @@ impl Application {
             settings,
         });
         let app_state = state.clone();
-        let options = ServerOptions::new(&state.settings, SHUTDOWN_GRACE)
-            .with_pool_share(state.settings.database_pool_size);
+        // Two blocking threads per worker run every Postgres read (see ServerOptions::blocking_threads);
+        // full reads take at most half the pool, so paged reads and GET /messages/{id} always get one.
+        let options = ServerOptions::new(&state.settings, SHUTDOWN_GRACE).with_blocking_threads(2);
         let doc = web::Data::new(routes::ApiDoc(
             routes::openapi()
                 .to_pretty_json()

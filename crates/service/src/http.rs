@@ -34,10 +34,9 @@ pub struct ServerOptions {
     /// socket's descriptor, one more file descriptor per connection): for servers whose handlers must be
     /// able to drop a client that will never read, which actix alone would keep flushing to forever.
     pub closable_sockets: bool,
-    /// Blocking threads per worker (`web::block`); `None`: actix's default (hundreds). A server whose
-    /// blocking work is Postgres needs no more than its share of the pool: every extra thread that
-    /// runs libpq gets a malloc arena of its own, and a full read spread over many threads grew
-    /// ingest-api by 34 MiB where two threads grew it by 12.
+    /// Blocking threads per worker (`web::block`); `None`: actix's default (hundreds). Every thread
+    /// that runs libpq gets a C malloc arena of its own: a full read spread over many threads grew
+    /// ingest-api by 34-42 MiB, over two threads per worker by 14-20 MiB.
     pub blocking_threads: Option<usize>,
 }
 
@@ -52,13 +51,9 @@ impl ServerOptions {
         }
     }
 
-    /// Blocking threads for a server whose blocking work holds one of `pool_size` Postgres connections:
-    /// the pool's share of each worker, at least two.
-    pub fn with_pool_share(mut self, pool_size: u32) -> Self {
-        let workers = self
-            .workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-        self.blocking_threads = Some((pool_size as usize).div_ceil(workers.max(1)).max(2));
+    /// `threads` blocking threads per worker (at least one).
+    pub fn with_blocking_threads(mut self, threads: usize) -> Self {
+        self.blocking_threads = Some(threads.max(1));
         self
     }
 }

@@ -122,35 +122,35 @@ async fn stream_all(
     // The first page before answering: a failure to reach Postgres then is a clean 503, not a 200 with
     // a broken body. A failure after it can only abort the response.
     let first = read_page(&state, after, below, FIRST_PAGE_ROWS).await?;
-    let mut opening = Vec::with_capacity(first.json.len() + 2);
-    opening.push(b'[');
-    opening.extend_from_slice(&first.json);
-    if first.done {
+    // The page's own buffer becomes the chunk (brackets and commas added in place): one allocation
+    // per page, not two.
+    let (first_last, first_done, first_empty, first_limit) = (
+        first.last,
+        first.done,
+        first.json.is_empty(),
+        first.next_limit,
+    );
+    let mut opening = first.json;
+    opening.insert(0, b'[');
+    if first_done {
         opening.push(b']');
     }
     let rest = futures_util::stream::unfold(
-        (
-            state,
-            first.last,
-            first.done,
-            first.json.is_empty(),
-            first.next_limit,
-        ),
+        (state, first_last, first_done, first_empty, first_limit),
         move |(state, cursor, done, empty_so_far, limit)| async move {
             if done {
                 return None;
             }
             let item = match read_page(&state, cursor, below, limit).await {
                 Ok(page) => {
-                    let mut chunk = Vec::with_capacity(page.json.len() + 2);
-                    if !empty_so_far && !page.json.is_empty() {
-                        chunk.push(b',');
+                    let empty = empty_so_far && page.json.is_empty();
+                    let mut chunk = page.json;
+                    if !empty_so_far && !chunk.is_empty() {
+                        chunk.insert(0, b',');
                     }
-                    chunk.extend_from_slice(&page.json);
                     if page.done {
                         chunk.push(b']');
                     }
-                    let empty = empty_so_far && page.json.is_empty();
                     let next = (state, page.last, page.done, empty, page.next_limit);
                     return Some((Ok(Bytes::from(chunk)), next));
                 }
@@ -178,9 +178,10 @@ async fn stream_all(
 const PAGE_ROWS: i64 = 1000;
 /// Rows the first page asks for, before any row size is known.
 const FIRST_PAGE_ROWS: i64 = 64;
-/// A page ends after the row that takes its JSON past this size (a bound on memory per reader: 256 KiB
-/// pages grew ingest-api by ~30 MiB while streaming 100 MiB, 64 KiB pages by ~18 MiB).
-const PAGE_BYTES: usize = 64 * 1024;
+/// A page ends after the row that takes its JSON past this size: a bound on memory per reader, and a
+/// trade against the round trip per page (streaming 100 MiB grew ingest-api by ~14 MiB with 64 KiB
+/// pages, ~19 with 128 KiB, ~23 with 256 KiB; reading 1M rows took 1.9 s, 1.6 s and 1.2 s).
+const PAGE_BYTES: usize = 128 * 1024;
 
 /// One page of a full read: the rows' JSON (comma-separated, no brackets), the last id in it, and
 /// whether it was the last page.
