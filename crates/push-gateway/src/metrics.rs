@@ -44,7 +44,7 @@ impl Metrics {
             delivery_delay: histogram(
                 &r,
                 "relay_gateway_delivery_delay_seconds",
-                "From a message's received_at to its frame written to a client",
+                "From a message's received_at to its frame written to a client (live: once per burst of frames, for its newest)",
                 LATENCY_BUCKETS,
             ),
             registry: r,
