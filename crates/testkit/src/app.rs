@@ -97,7 +97,14 @@ pub async fn spawn_gateway_held(
     // The reader starts at the stream's newest entry: the gateway is ready once it has that position.
     let ready = format!("{}/readyz", gateway.url());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !reqwest::get(&ready)
+    // Each poll has a deadline of its own: a gateway that accepts but never answers fails the test.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    while !client
+        .get(&ready)
+        .send()
         .await
         .is_ok_and(|r| r.status().is_success())
     {

@@ -196,6 +196,37 @@ fn readiness_follows_redis_and_postgres_and_ingest_stays_ready_without_postgres(
 }
 
 #[test]
+fn with_log_format_json_every_log_line_is_one_json_object() {
+    let (settings, _cleanup) = testkit::setup();
+    let env = with_env(&env_for(&settings), &[("LOG_FORMAT", "json")]);
+    let ingest = Service::start("ingest-api", &env);
+    let res = reqwest::blocking::Client::new()
+        .post(format!("{}/messages", ingest.url()))
+        .header("content-type", "application/json")
+        .header("x-request-id", "json-log-1")
+        .body("{\"log\":\"json\"}")
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    wait_until("the access line", Duration::from_secs(10), || {
+        ingest.log().contains("json-log-1")
+    });
+    let log = ingest.log();
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(
+        lines.len() >= 3,
+        "start-up, settings and access lines: {log}"
+    );
+    for line in lines {
+        let object: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not one JSON object ({e}): {line}"));
+        for field in ["ts", "level", "target", "msg"] {
+            assert!(object[field].is_string(), "{field} missing: {line}");
+        }
+    }
+}
+
+#[test]
 fn one_request_id_appears_in_the_log_of_every_service() {
     let (settings, _cleanup) = testkit::setup();
     let env = with_env(&env_for(&settings), &[("RUST_LOG", "debug")]);
