@@ -11,15 +11,14 @@
 //! to keep in step in Postgres). When there is no persister group, nothing is written through the stream
 //! and there is no watermark.
 
+use std::sync::LazyLock;
+
 use model::StreamId;
 use redis::aio::ConnectionLike;
 
-/// The exclusive upper bound of what reads may return, or `None` when there is no persister group.
-pub async fn committed_below(
-    conn: &mut impl ConnectionLike,
-    stream_key: &str,
-) -> redis::RedisResult<Option<StreamId>> {
-    let script = redis::Script::new(
+/// One round trip, one consistent answer; hashed once per process, not per request.
+static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
         r"
 local groups = redis.pcall('XINFO', 'GROUPS', KEYS[1])
 if groups['err'] then return false end -- no stream: no persister has started
@@ -34,8 +33,15 @@ local pending = redis.call('XPENDING', KEYS[1], ARGV[1])
 if pending[1] > 0 then return '<' .. pending[2] end
 return '=' .. last_delivered
 ",
-    );
-    let reply: Option<String> = script
+    )
+});
+
+/// The exclusive upper bound of what reads may return, or `None` when there is no persister group.
+pub async fn committed_below(
+    conn: &mut impl ConnectionLike,
+    stream_key: &str,
+) -> redis::RedisResult<Option<StreamId>> {
+    let reply: Option<String> = SCRIPT
         .key(stream_key)
         .arg(model::PERSISTER_GROUP)
         .invoke_async(conn)

@@ -199,10 +199,15 @@ async fn read_page(
     below: Option<StreamId>,
     limit: i64,
 ) -> Result<Page, ApiError> {
-    let _permit = state
-        .full_reads
-        .acquire()
+    // Waiting for a turn is bounded like waiting for a pooled connection: a 503, not a hang.
+    let wait = std::time::Duration::from_millis(state.settings.redis_timeout_ms);
+    let _permit = tokio::time::timeout(wait, state.full_reads.acquire())
         .await
+        .map_err(|_| {
+            ApiError::StoreUnavailable(anyhow::anyhow!(
+                "no turn for a full read within {wait:?}: too many at once"
+            ))
+        })?
         .map_err(|e| ApiError::Internal(e.into()))?;
     let db = state.db.clone();
     web::block(move || -> Result<Page, ApiError> {
