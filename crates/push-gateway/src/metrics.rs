@@ -10,6 +10,7 @@ pub struct Metrics {
     /// Frames written to clients, by kind: `live`, `replay`, `gap`.
     pub frames: IntCounterVec,
     pub slow_clients: IntCounter,
+    pub catch_ups: IntCounter,
     pub refused: IntCounter,
     /// From a message's `received_at` to its frame written to a client.
     pub delivery_delay: Histogram,
@@ -35,6 +36,11 @@ impl Metrics {
                 &r,
                 "relay_gateway_slow_clients_total",
                 "Clients closed with 1013 for falling behind",
+            ),
+            catch_ups: counter(
+                &r,
+                "relay_gateway_catch_ups_total",
+                "Times a client's queue filled and it caught up from recent frames or the stream",
             ),
             refused: counter(
                 &r,

@@ -77,8 +77,8 @@ pub async fn run(
         count = next_count(&frames);
         if !frames.is_empty() {
             metrics.entries_read.inc_by(frames.len() as u64);
-            let slow = hub.publish(&frames);
-            metrics.slow_clients.inc_by(slow as u64);
+            let fell_behind = hub.publish(&frames);
+            metrics.catch_ups.inc_by(fell_behind as u64);
         }
     }
 }

@@ -11,6 +11,12 @@
 //!
 //! Anything published before step 1 is in the stream by then; anything after is in the queue: no gap.
 //!
+//! A client whose queue fills (one large post, a slow link) falls behind rather than being closed: the
+//! session sends what was queued, then catches up from the hub's shared history of recent frames — or
+//! from the stream, the same replay as above, when the history no longer reaches back to it — and the hub
+//! subscribes it again exactly after the last frame sent ([`catch_up`]). Only a client still behind
+//! after `WS_CATCH_UP_MS` is too slow to keep up, and is closed with 1013.
+//!
 //! Everything the server writes — frames, pings, pongs, closes — goes through [`send`], which gives up
 //! when the client makes no progress reading for `CLIENT_TIMEOUT_MS`: a client that floods pings and never
 //! reads can no longer park its session in a `pong().await` that never returns. The connection's slot is
@@ -30,7 +36,7 @@ use serde::Deserialize;
 use service::settings::{Access, Scope};
 
 use crate::frames;
-use crate::hub::{Frame, Refused, Subscription};
+use crate::hub::{CatchUp, Frame, Refused, Subscription};
 use crate::reader::{reply_id, to_frames};
 use crate::seams::Seam;
 use crate::slots::NoSlot;
@@ -42,6 +48,8 @@ use model::redis_stream::entry_list;
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// Entries per `XRANGE` page while replaying.
 const REPLAY_PAGE: usize = 500;
+/// Frames taken from the hub's history at once while catching up.
+const CATCH_UP_PAGE: usize = 256;
 
 #[derive(Deserialize)]
 pub struct WsQuery {
@@ -186,7 +194,7 @@ async fn serve(
     mut sub: Subscription,
     since: Option<StreamId>,
 ) -> End {
-    let mut last_sent = Some(sub.position);
+    let mut last_sent = sub.position;
     match since {
         // Boxed: the replay's state lives on the heap while it runs, not in every idle session's future.
         Some(since) => {
@@ -203,7 +211,7 @@ async fn serve(
             // itself, or — for a `since` past the newest entry — the newest entry, which its `hello` named.
             // Boxed: the replay's state lives on the heap while it runs, not in every idle session's future.
             match Box::pin(replay(state, &mut session, &sub, since)).await {
-                Ok(position) => last_sent = Some(position),
+                Ok(position) => last_sent = position,
                 Err(end) => return end,
             }
         }
@@ -224,16 +232,20 @@ async fn serve(
     // Made once, not per loop turn: at a thousand frames a second per client, re-creating these
     // futures on every turn was a sixth of the gateway's CPU.
     let stopping = state.stop.cancelled();
-    let too_slow_signal = sub.too_slow.clone();
-    let falling_behind = too_slow_signal.cancelled();
-    tokio::pin!(stopping, falling_behind);
+    tokio::pin!(stopping);
     loop {
         tokio::select! {
             biased;
             () = &mut stopping => return close(CloseCode::Away, "server shutting down"),
-            () = &mut falling_behind => return too_slow(),
             frame = sub.recv() => {
-                let Some(frame) = frame else { return too_slow() };
+                let Some(frame) = frame else {
+                    // Behind: everything queued has been sent; the rest comes from the history.
+                    match catch_up(state, &mut session, &sub, &mut last_sent).await {
+                        Ok(again) => sub = again,
+                        Err(end) => return end,
+                    }
+                    continue;
+                };
                 // Send it and whatever else is already queued, without another turn of the select.
                 // The burst is counted once and its delay observed once, for its newest frame (the
                 // latest-accepted, so the burst's largest delay but for clock noise): per frame, at a
@@ -243,13 +255,13 @@ async fn serve(
                 let mut burst: Option<Arc<Frame>> = None;
                 let mut sent = 0;
                 while let Some(frame) = next.take() {
-                    if last_sent.is_none_or(|last| frame.stream_id > last) {
+                    if frame.stream_id > last_sent {
                         let text = Out::Text(frame.text.clone());
                         if let Err(end) = send(state, &mut session, &sub, text).await {
                             return end;
                         }
                         sent += 1;
-                        last_sent = Some(frame.stream_id);
+                        last_sent = frame.stream_id;
                         burst = Some(frame);
                     } // else: already sent during the replay
                     next = sub.try_recv();
@@ -292,11 +304,58 @@ fn delivered(state: &AppState, frame: &Frame) {
     state.metrics.delivery_delay.observe(delay);
 }
 
-fn too_slow() -> End {
+/// Brings a client that fell behind back to live: the frames it missed from the hub's history (or from
+/// the stream, when the history no longer reaches back to them), then a new subscription that continues
+/// exactly after the last frame sent. A client still behind after the catch-up window is closed with 1013.
+async fn catch_up(
+    state: &AppState,
+    session: &mut Session,
+    behind: &Subscription,
+    last_sent: &mut StreamId,
+) -> Result<Subscription, End> {
+    let window = catch_up_window(state);
+    let live = state.metrics.frames.with_label_values(&["live"]);
+    loop {
+        if behind.behind.elapsed() > window {
+            return Err(too_slow(state));
+        }
+        match state.hub.catch_up(behind.id, *last_sent, CATCH_UP_PAGE) {
+            CatchUp::Live(again) => return Ok(again),
+            CatchUp::Frames(frames) => {
+                for frame in &frames {
+                    send(state, session, behind, Out::Text(frame.text.clone())).await?;
+                    *last_sent = frame.stream_id;
+                }
+                live.inc_by(frames.len() as u64);
+                if let Some(newest) = frames.last() {
+                    delivered(state, newest);
+                }
+            }
+            CatchUp::Evicted => {
+                let left = window.saturating_sub(behind.behind.elapsed());
+                let permit =
+                    tokio::time::timeout(left, state.replays.clone().acquire_owned()).await;
+                let Ok(Ok(_permit)) = permit else {
+                    return Err(too_slow(state));
+                };
+                *last_sent = Box::pin(replay(state, session, behind, *last_sent)).await?;
+            }
+        }
+    }
+}
+
+fn too_slow(state: &AppState) -> End {
+    state.metrics.slow_clients.inc();
     close(
         CloseCode::Again,
-        "too slow: more than WS_SEND_QUEUE frames waiting; reconnect with since",
+        "too slow: still behind after WS_CATCH_UP_MS; reconnect with since",
     )
+}
+
+/// `WS_CATCH_UP_MS`, but at most half of `CLIENT_TIMEOUT_MS`, so that a client that stopped reading is
+/// told it was too slow before its socket is given up for silent.
+fn catch_up_window(state: &AppState) -> Duration {
+    Duration::from_millis(state.settings.ws_catch_up_ms).min(client_timeout(state) / 2)
 }
 
 /// `CLIENT_TIMEOUT_MS`: how long a client may go without reading (or saying anything) before it is closed.
@@ -317,7 +376,7 @@ enum Out {
 }
 
 /// Writes to the client. A client that does not read would hold this forever, so it gives up when the
-/// client is marked too slow, when the gateway stops, or after `CLIENT_TIMEOUT_MS` without progress. A
+/// client has been behind for the catch-up window (1013), when the gateway stops, or after `CLIENT_TIMEOUT_MS` without progress. A
 /// client that has not read for that long gets no close frame (it would not read that either): the
 /// session ends, and the socket with it.
 async fn send(
@@ -340,7 +399,7 @@ async fn send(
     }
     tokio::select! {
         biased;
-        () = sub.too_slow.cancelled() => Err(too_slow()),
+        () = sub.behind.longer_than(catch_up_window(state)) => Err(too_slow(state)),
         () = state.stop.cancelled() => Err(close(CloseCode::Away, "server shutting down")),
         () = tokio::time::sleep(client_timeout(state)) => Err(None),
         sent = &mut sent => sent.map_err(|_| None),

@@ -124,6 +124,8 @@ async fn a_client_that_stops_reading_is_closed_with_1013_and_others_get_everythi
     // Each batch below is published to the hub at once, so the queue must hold one batch: the fast client
     // drains it before the next; the slow one never does.
     settings.ws_send_queue = 600;
+    // A client whose queue filled has this long to catch up; this one does not read in that time.
+    settings.ws_catch_up_ms = 1_000;
     let relay = Relay::live(settings).await;
     // The slow client: a tiny receive buffer, and it reads nothing until the end.
     let mut slow = testkit::ws::connect_slow(&relay.gateway_addr(), "").await;
@@ -145,10 +147,13 @@ async fn a_client_that_stops_reading_is_closed_with_1013_and_others_get_everythi
         "the fast client got everything, in order"
     );
 
-    // The slow client now reads what was buffered, and then the 1013 close.
+    // The slow client, still not reading past WS_CATCH_UP_MS, now reads what was buffered, and then the
+    // 1013 close. (A deadline for the whole read: server pings would keep a per-frame one alive.)
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
     let mut frames = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let code = loop {
-        match tokio::time::timeout(Duration::from_secs(15), slow.next())
+        match tokio::time::timeout_at(deadline, slow.next())
             .await
             .expect("the slow client was never closed")
         {
@@ -165,6 +170,86 @@ async fn a_client_that_stops_reading_is_closed_with_1013_and_others_get_everythi
         frames < 10_000,
         "the slow client was cut off, not served everything ({frames})"
     );
+}
+
+/// Reads `n` message frames the way a client on a slow link does: a pause every `pause_every` frames.
+/// Panics on a close (a client cut off by the burst).
+async fn read_slowly(
+    ws: &mut testkit::ws::Ws,
+    n: usize,
+    pause_every: usize,
+) -> Vec<serde_json::Value> {
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        got.extend(ws.messages(pause_every.min(n - got.len())).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    got
+}
+
+#[tokio::test]
+async fn one_post_of_10000_lines_reaches_a_client_on_a_slow_link_whole_and_it_stays_live() {
+    // The default WS_SEND_QUEUE (1,024): the post reaches the hub as ten reads of 1,000 back to back.
+    let relay = Relay::live(test_settings()).await;
+    let mut far = testkit::ws::Ws(testkit::ws::connect_slow(&relay.gateway_addr(), "").await);
+    // 1 KB each: 10 MB, more than the kernel's socket buffers absorb at once, as on a link far away.
+    let pad = "x".repeat(1000);
+    let lines: Vec<String> = (0..10_000)
+        .map(|i| format!(r#"{{"n":{i},"pad":"{pad}"}}"#))
+        .collect();
+    let accepted = relay.publish_batch(&lines).await;
+
+    let got = read_slowly(&mut far, 10_000, 500).await;
+    assert_eq!(
+        stream_ids(&got),
+        stream_ids(&accepted),
+        "every line, in order, once"
+    );
+    let scrape = testkit::metrics::scrape(&relay.gateway_url()).await;
+    assert!(
+        scrape.value("relay_gateway_catch_ups_total", &[]) >= 1.0,
+        "the client fell behind and caught up (else this test proves nothing)"
+    );
+    assert_eq!(scrape.value("relay_gateway_slow_clients_total", &[]), 0.0);
+    // Live again, exactly after the burst.
+    let next = relay.publish(r#"{"after":"burst"}"#.into()).await;
+    assert_eq!(stream_ids(&far.messages(1).await), stream_ids(&[next]));
+    far.assert_quiet(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn a_client_behind_more_than_the_recent_frames_catches_up_from_the_stream() {
+    let mut settings = test_settings();
+    // A queue of 20 keeps the 320 newest frames: a post of 5,000 reaches back further.
+    settings.ws_send_queue = 20;
+    let relay = Relay::live(settings).await;
+    let mut far = testkit::ws::Ws(testkit::ws::connect_slow(&relay.gateway_addr(), "").await);
+    let mut near = relay.ws_connect("").await;
+    // 5 MB: more than the kernel's socket buffers hold for the far client, which reads nothing until the
+    // near one has it all — by then the history no longer reaches back to where the far one stopped.
+    let pad = "x".repeat(1000);
+    let lines: Vec<String> = (0..5_000)
+        .map(|i| format!(r#"{{"n":{i},"pad":"{pad}"}}"#))
+        .collect();
+    let accepted = relay.publish_batch(&lines).await;
+    assert_eq!(
+        stream_ids(&near.messages(5_000).await),
+        stream_ids(&accepted)
+    );
+
+    let got = read_slowly(&mut far, 5_000, 500).await;
+    assert_eq!(
+        stream_ids(&got),
+        stream_ids(&accepted),
+        "every line, in order, once"
+    );
+    let replayed = testkit::metrics::scrape(&relay.gateway_url())
+        .await
+        .value("relay_gateway_frames_total", &[("kind", "replay")]);
+    assert!(replayed > 0.0, "part of it came from the stream");
+    let next = relay.publish(r#"{"after":"burst"}"#.into()).await;
+    assert_eq!(stream_ids(&far.messages(1).await), stream_ids(&[next]));
+    far.assert_quiet(Duration::from_millis(200)).await;
 }
 
 #[tokio::test]

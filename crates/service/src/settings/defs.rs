@@ -141,13 +141,19 @@ pub const DEFS: &[Def] = &[
         "WS_SEND_QUEUE",
         "1024",
         GATEWAY,
-        "Frames waiting for one WebSocket client before it is closed with 1013.",
+        "Frames queued for one WebSocket client; a client whose queue fills catches up from the gateway's recent frames (16 × this) or the stream.",
     ),
     def(
         "WS_SEND_QUEUE_BYTES",
         "8388608",
         GATEWAY,
-        "Bytes of frames waiting for one WebSocket client before it is closed with 1013 (one frame larger than this still goes to an idle client).",
+        "Bytes of frames queued for one WebSocket client (one frame larger than this still goes to an idle client); the recent frames kept for catching up are bounded by 4 × this.",
+    ),
+    def(
+        "WS_CATCH_UP_MS",
+        "5000",
+        GATEWAY,
+        "How long a WebSocket client whose queue filled may take to catch up before it is closed with 1013 (at most half of CLIENT_TIMEOUT_MS).",
     ),
     def(
         "MAX_CONNECTIONS",

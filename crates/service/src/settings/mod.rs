@@ -67,6 +67,8 @@ pub struct Settings {
     #[serde(deserialize_with = "values::positive")]
     pub ws_send_queue_bytes: usize,
     #[serde(deserialize_with = "values::positive")]
+    pub ws_catch_up_ms: u64,
+    #[serde(deserialize_with = "values::positive")]
     pub max_connections: usize,
     #[serde(deserialize_with = "values::positive")]
     pub max_body_bytes: usize,
