@@ -11,13 +11,14 @@ use testkit::Cleanup;
 
 mod load;
 
-use load::{assert_exactly_once, post_to, Poster};
+use load::{assert_exactly_once, post_to, prepare_logged_database, Poster};
 
 /// A persister, then an ingest-api, on `settings`; and the environment they were started with.
 fn start_write_path(
     settings: &service::Settings,
 ) -> (Vec<(&'static str, String)>, Service, Service) {
     let env = env_for(settings);
+    prepare_logged_database(&settings.database_url);
     let persister = Service::start("persister", &env);
     let ingest = Service::start("ingest-api", &env);
     (env, persister, ingest)
@@ -54,6 +55,7 @@ fn entries_pending_on_a_sigkilled_replica_are_claimed_and_stored_by_the_other() 
         &env_for(&settings),
         &[("CLAIM_IDLE_MS", "1000"), ("PERSISTER_BATCH_SIZE", "200")],
     );
+    prepare_logged_database(&settings.database_url);
     let replica_a = Service::start(
         "persister",
         &with_env(&env, &[("CONSUMER_NAME", "replica-a")]),
