@@ -171,8 +171,17 @@ impl Consumer {
             s.claim_idle_ms,
             s.persister_batch_size,
         );
-        let claimed =
-            group::autoclaim(&mut self.redis, &key, &me, idle, &self.claim_cursor, count).await;
+        let budget = group::ReplyBudget::from_settings(s);
+        let claimed = group::autoclaim(
+            &mut self.redis,
+            &key,
+            &me,
+            idle,
+            &self.claim_cursor,
+            count,
+            budget,
+        )
+        .await;
         let (mut batch, next) = match claimed {
             Ok(claimed) => claimed,
             Err(e) => {
@@ -181,6 +190,7 @@ impl Consumer {
             }
         };
         self.claim_cursor = next;
+        self.metrics.observe_read(&batch);
         if batch.is_empty() {
             return;
         }
