@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::group::{self, Delivered};
 use crate::metrics::Metrics;
 use crate::reading::read_ahead;
+use crate::seams::{Armed, Seam};
 use crate::storing::{store_blocking, Outcome};
 
 /// How often the stream is trimmed below the acknowledged point.
@@ -47,6 +48,8 @@ pub struct Consumer {
     claim_cursor: String,
     next_claim: Instant,
     next_trim: Instant,
+    /// The test-only hold point (`seams.rs`); disarmed in production.
+    seam: Armed,
 }
 
 /// The result of storing a batch.
@@ -63,6 +66,7 @@ impl Consumer {
         reads: BlockingPool,
         redis: Conn,
         metrics: Arc<Metrics>,
+        seam: Option<Seam>,
     ) -> Self {
         let now = Instant::now();
         Self {
@@ -74,6 +78,7 @@ impl Consumer {
             claim_cursor: "0-0".into(),
             next_claim: now,
             next_trim: now,
+            seam: Armed::new(seam),
         }
     }
 
@@ -166,8 +171,17 @@ impl Consumer {
             s.claim_idle_ms,
             s.persister_batch_size,
         );
-        let claimed =
-            group::autoclaim(&mut self.redis, &key, &me, idle, &self.claim_cursor, count).await;
+        let budget = group::ReplyBudget::from_settings(s);
+        let claimed = group::autoclaim(
+            &mut self.redis,
+            &key,
+            &me,
+            idle,
+            &self.claim_cursor,
+            count,
+            budget,
+        )
+        .await;
         let (mut batch, next) = match claimed {
             Ok(claimed) => claimed,
             Err(e) => {
@@ -176,6 +190,7 @@ impl Consumer {
             }
         };
         self.claim_cursor = next;
+        self.metrics.observe_read(&batch);
         if batch.is_empty() {
             return;
         }
@@ -242,10 +257,17 @@ impl Consumer {
                 }
             }
         }
+        if !rows.is_empty() && self.seam.pass(Seam::BeforeCommit, rows.len(), stop).await {
+            return;
+        }
+        let stored = rows.len();
         let outcome = match self.store(rows, stop).await {
             Stored::Committed(outcome) => outcome,
             Stored::Stopped => return, // nothing acknowledged: the batch stays pending
         };
+        if stored > 0 && self.seam.pass(Seam::AfterCommit, stored, stop).await {
+            return; // committed and not acknowledged: what a crash right here leaves
+        }
         let mut done: Vec<String> = Vec::with_capacity(row_entries.len() + poison.len());
         let mut dead = outcome.dead.into_iter().peekable();
         let mut held = outcome.held.into_iter().peekable();

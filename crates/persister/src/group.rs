@@ -12,6 +12,14 @@
 //!   Redelivered batches read that count back ([`with_delivery_counts`]) so that an entry which keeps
 //!   coming back — one that crashes the persister, or one of a format version no replica understands —
 //!   is dead-lettered after `MAX_DELIVERIES` instead of circling (and pinning the trim) forever.
+//! - A reply is bounded in bytes, not only in entries ([`ReplyBudget`]): a read or claim changes the
+//!   group's state in Redis before its reply crosses the network, so a reply too large to arrive within
+//!   `REDIS_TIMEOUT_MS` would leave entries pending on a consumer that never saw them. Redis has no byte
+//!   limit on `XREADGROUP` or `XAUTOCLAIM`, so a script issues them in chunks, server-side, each chunk's
+//!   `COUNT` small enough that the entries read so far plus a chunk of the largest possible entries stay
+//!   within the budget.
+
+use std::sync::LazyLock;
 
 use model::redis_stream::{read_reply, RawEntry};
 use model::{dead_letter_key, DecodeError, EntryParts, StreamId, PERSISTER_GROUP};
@@ -73,7 +81,119 @@ pub async fn ensure_group(
     }
 }
 
-/// Reads up to `count` entries for `consumer`, waiting up to `block_ms` when there are none.
+/// How many bytes (entry ids, field names and values) one reply of [`read`] or [`autoclaim`] may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyBudget {
+    /// The budget (`PERSISTER_READ_BYTES`).
+    pub bytes: usize,
+    /// The largest entry the stream is expected to hold: a chunk's `COUNT` is what is left of the budget
+    /// over this (or over the largest entry seen in the reply, when that is larger).
+    pub entry_bytes: usize,
+}
+
+/// An entry's fields besides its payload (id, received-at, request id, version) take far less than this.
+const ENVELOPE_BYTES: usize = 4096;
+
+impl ReplyBudget {
+    /// `PERSISTER_READ_BYTES`, and entries of at most `MAX_BODY_BYTES` of payload plus their envelope.
+    pub fn from_settings(settings: &service::Settings) -> Self {
+        Self {
+            bytes: settings.persister_read_bytes,
+            entry_bytes: settings.max_body_bytes + ENVELOPE_BYTES,
+        }
+    }
+}
+
+impl Default for ReplyBudget {
+    fn default() -> Self {
+        Self::from_settings(&service::Settings::defaults())
+    }
+}
+
+/// The bytes of `entries` as a reply carries them (ids, field names and values).
+pub fn reply_bytes(entries: &[Delivered]) -> usize {
+    entries
+        .iter()
+        .map(|d| {
+            d.raw_id.len()
+                + d.fields
+                    .iter()
+                    .map(|(f, v)| f.len() + v.len())
+                    .sum::<usize>()
+        })
+        .sum()
+}
+
+/// The chunking both bounded scripts share: `chunk()` is the next `COUNT` (0: stop), `add(entry)` counts
+/// an entry read. A lone entry larger than the budget still comes back, alone: it must be stored too.
+const BUDGET_LUA: &str = r"
+local left, budget, largest = tonumber(ARGV[#ARGV - 2]), tonumber(ARGV[#ARGV - 1]), tonumber(ARGV[#ARGV])
+local out, used = {}, 0
+local function chunk()
+  if left <= 0 then return 0 end
+  local n = math.floor((budget - used) / largest)
+  if n < 1 then
+    if #out > 0 then return 0 end
+    n = 1
+  end
+  return math.min(n, left)
+end
+local function add(e)
+  local size = #e[1]
+  if e[2] then for _, v in ipairs(e[2]) do size = size + #v end end
+  used = used + size
+  if size > largest then largest = size end
+  out[#out + 1] = e
+  left = left - 1
+end
+";
+
+/// `XREADGROUP` (without `BLOCK`: a script cannot block) in chunks within the budget. KEYS: the stream;
+/// ARGV: group, consumer, start (`>` or an id), count, budget, entry bytes. The reply has `XREADGROUP`'s
+/// shape.
+static READ_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        r"{BUDGET_LUA}
+local key, start = KEYS[1], ARGV[3]
+while true do
+  local n = chunk()
+  if n == 0 then break end
+  local reply = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', n, 'STREAMS', key, start)
+  if not reply then break end
+  local entries = reply[1][2]
+  for _, e in ipairs(entries) do add(e) end
+  if #entries < n then break end
+  if start ~= '>' then start = entries[#entries][1] end
+end
+if #out == 0 then return false end
+return {{ {{ key, out }} }}
+"
+    ))
+});
+
+/// `XAUTOCLAIM` in chunks within the budget, as long as each chunk comes back full (one scan of the
+/// pending list per pass, as a single `XAUTOCLAIM` would). KEYS: the stream; ARGV: group, consumer, min
+/// idle, cursor, count, budget, entry bytes. The reply has `XAUTOCLAIM`'s shape.
+static CLAIM_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        r"{BUDGET_LUA}
+local key, cursor, deleted = KEYS[1], ARGV[4], {{}}
+while true do
+  local n = chunk()
+  if n == 0 then break end
+  local reply = redis.call('XAUTOCLAIM', key, ARGV[1], ARGV[2], ARGV[3], cursor, 'COUNT', n)
+  cursor = reply[1]
+  for _, e in ipairs(reply[2]) do add(e) end
+  for _, id in ipairs(reply[3] or {{}}) do deleted[#deleted + 1] = id end
+  if cursor == '0-0' or #reply[2] < n then break end
+end
+return {{ cursor, out, deleted }}
+"
+    ))
+});
+
+/// Reads up to `count` entries for `consumer`, at most `budget` bytes of them (see [`ReplyBudget`]),
+/// waiting up to `block_ms` for one when there are no new entries.
 pub async fn read(
     conn: &mut impl ConnectionLike,
     stream_key: &str,
@@ -81,22 +201,41 @@ pub async fn read(
     cursor: &Cursor,
     count: usize,
     block_ms: u64,
+    budget: ReplyBudget,
 ) -> redis::RedisResult<Vec<Delivered>> {
-    let mut cmd = redis::cmd("XREADGROUP");
-    cmd.arg("GROUP")
+    let start = match cursor {
+        Cursor::Pending(after) => after.as_str(),
+        Cursor::New => ">",
+    };
+    let reply: Value = READ_SCRIPT
+        .key(stream_key)
+        .arg(PERSISTER_GROUP)
+        .arg(consumer)
+        .arg(start)
+        .arg(count)
+        .arg(budget.bytes)
+        .arg(budget.entry_bytes)
+        .invoke_async(conn)
+        .await?;
+    let entries = read_reply(reply);
+    if !entries.is_empty() || *cursor != Cursor::New {
+        return Ok(entries.into_iter().map(Delivered::from).collect());
+    }
+    // Nothing new: wait for the next entry with a plain blocking read of one entry (bounded by the
+    // entry's size); the next read takes whatever came with it, within the budget.
+    let reply: Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
         .arg(PERSISTER_GROUP)
         .arg(consumer)
         .arg("COUNT")
-        .arg(count);
-    let start = match cursor {
-        Cursor::Pending(after) => after.as_str(),
-        Cursor::New => {
-            cmd.arg("BLOCK").arg(block_ms);
-            ">"
-        }
-    };
-    cmd.arg("STREAMS").arg(stream_key).arg(start);
-    let reply: Value = cmd.query_async(conn).await?;
+        .arg(1)
+        .arg("BLOCK")
+        .arg(block_ms)
+        .arg("STREAMS")
+        .arg(stream_key)
+        .arg(">")
+        .query_async(conn)
+        .await?;
     Ok(read_reply(reply).into_iter().map(Delivered::from).collect())
 }
 
@@ -138,9 +277,9 @@ pub async fn dead_letter(
     cmd.query_async(conn).await
 }
 
-/// `XAUTOCLAIM`: takes over up to `count` entries that have been pending on any consumer for at least
-/// `min_idle_ms` (their consumer died, or is stuck). Returns the claimed entries and the cursor to continue
-/// from (`0-0` once the whole pending list was scanned).
+/// `XAUTOCLAIM`: takes over up to `count` entries, at most `budget` bytes of them, that have been pending
+/// on any consumer for at least `min_idle_ms` (their consumer died, or is stuck). Returns the claimed
+/// entries and the cursor to continue from (`0-0` once the whole pending list was scanned).
 pub async fn autoclaim(
     conn: &mut impl ConnectionLike,
     stream_key: &str,
@@ -148,16 +287,18 @@ pub async fn autoclaim(
     min_idle_ms: u64,
     cursor: &str,
     count: usize,
+    budget: ReplyBudget,
 ) -> redis::RedisResult<(Vec<Delivered>, String)> {
-    let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-        .arg(stream_key)
+    let reply: StreamAutoClaimReply = CLAIM_SCRIPT
+        .key(stream_key)
         .arg(PERSISTER_GROUP)
         .arg(consumer)
         .arg(min_idle_ms)
         .arg(cursor)
-        .arg("COUNT")
         .arg(count)
-        .query_async(conn)
+        .arg(budget.bytes)
+        .arg(budget.entry_bytes)
+        .invoke_async(conn)
         .await?;
     let claimed = reply
         .claimed

@@ -5,6 +5,7 @@ pub mod consumer;
 pub mod group;
 pub mod metrics;
 mod reading;
+pub mod seams;
 pub mod startup;
 mod storing;
 

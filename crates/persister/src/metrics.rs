@@ -17,6 +17,8 @@ pub struct Metrics {
     pub claimed: IntCounter,
     /// Failed attempts to store a batch (each is retried).
     pub store_errors: IntCounter,
+    /// The largest reply of one read or claim since start, bytes (bounded by `PERSISTER_READ_BYTES`).
+    pub largest_read_bytes: IntGauge,
     /// Time to store one batch, seconds.
     pub batch_seconds: Histogram,
     /// Entries in the stream, sampled.
@@ -53,6 +55,11 @@ impl Metrics {
                 "relay_persister_store_errors_total",
                 "Failed attempts to store a batch",
             ),
+            largest_read_bytes: gauge(
+                &r,
+                "relay_persister_largest_read_bytes",
+                "The largest reply of one stream read or claim since start, bytes",
+            ),
             batch_seconds: histogram(
                 &r,
                 "relay_persister_batch_seconds",
@@ -71,6 +78,16 @@ impl Metrics {
                 "Entries delivered to the persister group and not yet acknowledged",
             ),
             registry: r,
+        }
+    }
+}
+
+impl Metrics {
+    /// Records the size of one read or claim reply.
+    pub fn observe_read(&self, entries: &[crate::group::Delivered]) {
+        let bytes = i64::try_from(crate::group::reply_bytes(entries)).unwrap_or(i64::MAX);
+        if bytes > self.largest_read_bytes.get() {
+            self.largest_read_bytes.set(bytes);
         }
     }
 }

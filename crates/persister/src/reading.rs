@@ -7,7 +7,7 @@ use service::redis::{BlockingPool, Conn};
 use service::{Backoff, Settings};
 use tokio_util::sync::CancellationToken;
 
-use crate::group::{self, Cursor, Delivered};
+use crate::group::{self, Cursor, Delivered, ReplyBudget};
 use crate::metrics::Metrics;
 
 /// Reads batches for this consumer: first its own pending entries, then new ones; re-creates the group if
@@ -23,6 +23,11 @@ pub async fn read_ahead(
     let key = &settings.stream_key;
     let mut backoff = Backoff::new();
     let mut cursor = Cursor::Pending("0-0".into());
+    // The last entry handed to the storing loop: a read that failed may still have been delivered to
+    // this consumer by Redis (a timeout after `XREADGROUP` ran), and those entries are pending here with
+    // ids above it.
+    let mut handed = "0-0".to_owned();
+    let budget = ReplyBudget::from_settings(&settings);
     while !stop.is_cancelled() {
         let read = async {
             let mut conn = reads.get().await.context("getting a Redis connection")?;
@@ -34,6 +39,7 @@ pub async fn read_ahead(
                 &cursor,
                 s.persister_batch_size,
                 s.persister_block_ms,
+                budget,
             )
             .await?;
             let mut entries = entries;
@@ -57,6 +63,12 @@ pub async fn read_ahead(
                 if !backoff.wait(&stop).await {
                     break;
                 }
+                // The failed read may have changed the group before its reply was lost (a timeout): the
+                // entries it delivered are pending on this consumer after the last one handed over. Read
+                // them pending-first rather than leave them to a claim after CLAIM_IDLE_MS.
+                if cursor == Cursor::New {
+                    cursor = Cursor::Pending(handed.clone());
+                }
                 // Redis lost the group (restarted without persistence, or the key was deleted): create it
                 // again and start over from this consumer's pending entries.
                 if format!("{e:#}").contains("NOGROUP") {
@@ -71,6 +83,11 @@ pub async fn read_ahead(
                 continue;
             }
         };
+        metrics.observe_read(&entries);
+        // Each read's ids are above the previous one's: own pending entries in order, then `>`.
+        if let Some(last) = entries.last() {
+            handed.clone_from(&last.raw_id);
+        }
         if cursor != Cursor::New {
             // This consumer's own pending entries: delivered before, to a run of it that stopped.
             metrics.redeliveries.inc_by(entries.len() as u64);

@@ -80,7 +80,8 @@ impl Application {
             settings.stream_key.clone(),
             Arc::clone(&metrics),
         );
-        let consumer = Consumer::new(settings, reads, redis, metrics);
+        let seam = crate::seams::Seam::from_env()?;
+        let consumer = Consumer::new(settings, reads, redis, metrics, seam);
         Ok(Self {
             port,
             server,

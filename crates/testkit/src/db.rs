@@ -86,3 +86,54 @@ pub async fn execute(settings: &Settings, sql: impl Into<String>) {
     })
     .await;
 }
+
+/// Installs, in a test's own database (never the migrations), a log of every row Postgres *commits*
+/// into `messages`: an `AFTER INSERT` row trigger writes the id into `insert_log` in the inserting
+/// transaction. So the log counts deliveries to Postgres, independently of the table's constraints:
+/// - the fast path's binary `COPY` fires the trigger per row; a `COPY` that fails on a unique violation
+///   is rolled back to its savepoint, and its log rows with it;
+/// - the slow path's `INSERT … ON CONFLICT (id) DO NOTHING` fires `AFTER INSERT` only for rows it
+///   inserted, not for the ones it skipped;
+/// - a transaction that never commits (a persister killed mid-batch) leaves nothing.
+///
+/// An id logged twice is a message stored twice — whether or not a unique index stopped a second *row*
+/// (drop the index, or rewrite a stored row by delete and insert, and this still sees it).
+pub fn log_inserts(conn: &mut PgConnection) -> anyhow::Result<()> {
+    diesel::connection::SimpleConnection::batch_execute(
+        conn,
+        "CREATE TABLE insert_log (id uuid NOT NULL); \
+         CREATE FUNCTION log_insert() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN INSERT INTO insert_log VALUES (NEW.id); RETURN NEW; END $$; \
+         CREATE TRIGGER log_insert AFTER INSERT ON messages \
+         FOR EACH ROW EXECUTE FUNCTION log_insert();",
+    )
+    .context("installing the insert log")
+}
+
+/// Creates and migrates `database_url` (as the persister would at start) and installs [`log_inserts`]
+/// on it; the persister started afterwards finds the schema in place.
+pub fn prepare_with_insert_log(database_url: &str) -> anyhow::Result<()> {
+    store::prepare_database(database_url)?;
+    log_inserts(&mut pg(database_url)?)
+}
+
+/// How many committed inserts [`log_inserts`] saw for each id.
+pub fn inserts_per_id(
+    conn: &mut PgConnection,
+) -> anyhow::Result<std::collections::HashMap<String, i64>> {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        id: String,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    Ok(
+        diesel::sql_query("SELECT id::text AS id, count(*) AS n FROM insert_log GROUP BY id")
+            .load::<Row>(conn)
+            .context("reading the insert log")?
+            .into_iter()
+            .map(|r| (r.id, r.n))
+            .collect(),
+    )
+}

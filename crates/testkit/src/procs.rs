@@ -384,6 +384,14 @@ impl Service {
     pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
+
+    /// Waits up to `limit` for a log line containing `needle` (a test seam's marker, say).
+    pub fn wait_for_log(&self, needle: &str, limit: Duration) {
+        let what = format!("{} to log {needle:?}", self.name);
+        wait_until(&what, limit, || {
+            self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+        });
+    }
 }
 
 impl Drop for Service {

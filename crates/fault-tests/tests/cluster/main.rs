@@ -63,6 +63,7 @@ fn on_a_redis_cluster_messages_round_trip_once_dead_letters_land_on_the_stream_s
     let cluster = OwnCluster::start();
     let (settings, _cleanup) = cluster_settings(&cluster);
     let env = env_for(&settings);
+    load::prepare_logged_database(&settings.database_url);
     let persister = Service::start("persister", &env);
     let ingest = Service::start("ingest-api", &env);
     let gateway = Service::start("push-gateway", &env);
@@ -283,6 +284,7 @@ fn with_redis_ack_replicas_1_every_202_survives_the_failover_of_the_streams_prim
             ("CLAIM_IDLE_MS", "1000"),
         ],
     );
+    load::prepare_logged_database(&settings.database_url);
     let persister = Service::start("persister", &env);
     let ingest = Service::start("ingest-api", &env);
     let poster = KeyedPoster::start(ingest.url(), 4);
@@ -466,6 +468,7 @@ fn the_binaries_with_the_compose_environment_two_persisters_and_two_gateways_pus
     let redis = OwnRedis::start();
     let (settings, _cleanup) = testkit::setup();
     let env = natively(&compose, &redis, &settings.database_url);
+    load::prepare_logged_database(&settings.database_url);
     // Docker gives each container its own host name, the persister's default CONSUMER_NAME; processes
     // on one machine share one, so each replica gets the name its container's host name would give it —
     // unless the compose file sets CONSUMER_NAME, which then wins, as it would in the containers.
@@ -524,6 +527,7 @@ fn a_rolling_deploy_of_persister_replicas_under_steady_load_loses_and_doubles_no
             &with_env(&env, &[("CONSUMER_NAME", &format!("persister-7d9f8-{n}x"))]),
         )
     };
+    load::prepare_logged_database(&settings.database_url);
     let mut running = std::collections::VecDeque::from([pod(0), pod(1)]);
     let ingest = Service::start("ingest-api", &env);
     let poster = post_to(&ingest, 6000, 1000, 4);

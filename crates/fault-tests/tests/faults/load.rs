@@ -4,28 +4,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Every stored message id, with how many rows each has.
-pub fn stored_ids(database_url: &str) -> std::collections::HashMap<String, i64> {
-    use diesel::{Connection, PgConnection, RunQueryDsl};
-    #[derive(diesel::QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        id: String,
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    let mut conn = PgConnection::establish(database_url).unwrap();
-    diesel::sql_query("SELECT id::text AS id, count(*) AS n FROM messages GROUP BY id")
-        .load::<Row>(&mut conn)
-        .unwrap()
-        .into_iter()
-        .map(|r| (r.id, r.n))
-        .collect()
-}
-
-/// Asserts that Postgres holds each of `accepted` exactly once, waiting up to `limit` for the persister to
-/// drain. With `only`, nothing else either (without it, rows may exist for requests that got a 503 after a
-/// timeout although their entry reached the stream, which the contract allows).
+/// Asserts that Postgres committed each of `accepted` exactly once, waiting up to `limit` for the
+/// persister to drain. It reads the database's insert log (`testkit::db::log_inserts`, installed before the
+/// persister started: see [`prepare_logged_database`]), not the rows: the rows are unique on id and stream
+/// position, so counting them could never show a message stored twice; the log counts every committed
+/// insert, whatever the constraints. With `only`, nothing else either (without it, rows may exist for
+/// requests that got a 503 after a timeout although their entry reached the stream, which the contract
+/// allows).
 pub fn assert_exactly_once(database_url: &str, accepted: &[String], only: bool, limit: Duration) {
     let expected: std::collections::HashSet<&str> = accepted.iter().map(String::as_str).collect();
     assert_eq!(
@@ -35,17 +20,24 @@ pub fn assert_exactly_once(database_url: &str, accepted: &[String], only: bool, 
     );
     let deadline = Instant::now() + limit;
     loop {
-        let stored = stored_ids(database_url);
+        let inserted = testkit::db::pg(database_url)
+            .and_then(|mut conn| testkit::db::inserts_per_id(&mut conn))
+            .unwrap();
         let missing = expected
             .iter()
-            .filter(|id| !stored.contains_key(**id))
+            .filter(|id| !inserted.contains_key(**id))
             .count();
-        let doubled: Vec<_> = stored.iter().filter(|(_, n)| **n > 1).collect();
-        let unknown = stored
+        let twice: Vec<_> = inserted.iter().filter(|(_, n)| **n > 1).collect();
+        let unknown = inserted
             .keys()
             .filter(|id| !expected.contains(id.as_str()))
             .count();
-        assert!(doubled.is_empty(), "duplicated rows: {doubled:?}");
+        assert!(
+            twice.is_empty(),
+            "{} messages committed more than once, e.g. {:?}",
+            twice.len(),
+            twice.first()
+        );
         assert!(
             !only || unknown == 0,
             "{unknown} rows for messages that were never accepted"
@@ -60,6 +52,12 @@ pub fn assert_exactly_once(database_url: &str, accepted: &[String], only: bool, 
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Creates and migrates `database_url` with the insert log that [`assert_exactly_once`] reads; call it
+/// before the first persister starts.
+pub fn prepare_logged_database(database_url: &str) {
+    testkit::db::prepare_with_insert_log(database_url).unwrap();
 }
 
 /// A [`Poster`] to `ingest`'s `POST /messages`.

@@ -5,19 +5,19 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use diesel::{Connection, PgConnection, RunQueryDsl};
 use testkit::procs::{env_for, wait_until, with_env, OwnPostgres, OwnRedis, Service};
 use testkit::Cleanup;
 
 mod load;
 
-use load::{assert_exactly_once, post_to, Poster};
+use load::{assert_exactly_once, post_to, prepare_logged_database, Poster};
 
 /// A persister, then an ingest-api, on `settings`; and the environment they were started with.
 fn start_write_path(
     settings: &service::Settings,
 ) -> (Vec<(&'static str, String)>, Service, Service) {
     let env = env_for(settings);
+    prepare_logged_database(&settings.database_url);
     let persister = Service::start("persister", &env);
     let ingest = Service::start("ingest-api", &env);
     (env, persister, ingest)
@@ -30,20 +30,73 @@ fn shared_url(url: &str) -> Arc<Mutex<String>> {
     Arc::new(Mutex::new(url.to_owned()))
 }
 
+/// Arms the persister's test seam (`persister/src/seams.rs`): its first batch with rows is held at
+/// `moment` (`before-commit` or `after-commit`) and a marker line is logged.
+fn held_at(env: &[(&'static str, String)], moment: &str) -> Vec<(&'static str, String)> {
+    with_env(env, &[("PERSISTER_TEST_SEAM", moment)])
+}
+
+/// Waits until `persister` holds its batch at `moment`.
+fn wait_held(persister: &Service, moment: &str) {
+    persister.wait_for_log(
+        &format!("test seam reached: {moment}"),
+        Duration::from_secs(20),
+    );
+}
+
+/// Entries pending on `consumer` in the persister group.
+fn pending_on(settings: &service::Settings, consumer: &str) -> usize {
+    let mut redis = testkit::redis(settings);
+    let consumers: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(&settings.stream_key)
+        .arg(model::PERSISTER_GROUP)
+        .query(&mut redis)
+        .unwrap();
+    consumers
+        .iter()
+        .find(|c| c.get("name") == Some(&redis::Value::BulkString(consumer.as_bytes().to_vec())))
+        .and_then(|c| match c.get("pending") {
+            Some(redis::Value::Int(n)) => Some(*n as usize),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
 #[test]
-fn a_persister_sigkilled_twice_under_steady_load_stores_every_accepted_message_once() {
+fn a_persister_sigkilled_twice_mid_batch_under_steady_load_stores_every_accepted_message_once() {
     let (settings, _cleanup) = testkit::setup();
-    let (env, mut persister, ingest) = start_write_path(&settings);
+    // No claims: what a killed run held can only be stored by the next run of the same replica (same
+    // CONSUMER_NAME), reading its own pending entries first.
+    let env = with_env(
+        &env_for(&settings),
+        &[
+            ("CLAIM_IDLE_MS", "3600000"),
+            ("PERSISTER_BATCH_SIZE", "200"),
+        ],
+    );
+    prepare_logged_database(&settings.database_url);
+    let ingest = Service::start("ingest-api", &env);
     let poster = post_to(&ingest, 5000, 1000, 4);
-    for _ in 0..2 {
-        std::thread::sleep(Duration::from_millis(1500));
+    // The first run dies with a batch committed and not acknowledged (stored *and* pending: the worst
+    // moment), the second with its first batch — the first run's leftovers, read pending-first — read
+    // and not committed.
+    for moment in ["after-commit", "before-commit"] {
+        let persister = Service::start("persister", &held_at(&env, moment));
+        wait_held(&persister, moment);
+        assert!(pending_on(&settings, &settings.consumer_name) > 0);
         persister.kill();
-        persister = Service::start("persister", &env);
     }
+    let persister = Service::start("persister", &env);
     let log = poster.finish(false);
     log.assert_none_failed("posts failed");
     assert_eq!(log.accepted.len(), 5000);
     assert_exactly_once(&settings.database_url, &log.accepted, true, DRAIN);
+    wait_until(
+        "the restarted replica to finish its own pending entries",
+        Duration::from_secs(10),
+        || pending_on(&settings, &settings.consumer_name) == 0,
+    );
     drop(persister);
 }
 
@@ -52,49 +105,24 @@ fn entries_pending_on_a_sigkilled_replica_are_claimed_and_stored_by_the_other() 
     let (settings, _cleanup) = testkit::setup();
     let env = with_env(
         &env_for(&settings),
-        &[("CLAIM_IDLE_MS", "1000"), ("PERSISTER_BATCH_SIZE", "200")],
+        &[("CLAIM_IDLE_MS", "1000"), ("PERSISTER_BATCH_SIZE", "50")],
     );
-    let replica_a = Service::start(
-        "persister",
-        &with_env(&env, &[("CONSUMER_NAME", "replica-a")]),
-    );
-    // Hold a lock on the table: replica A reads a batch (now pending on it) and blocks on its COPY.
-    let mut blocker = PgConnection::establish(&settings.database_url).unwrap();
-    diesel::sql_query("BEGIN").execute(&mut blocker).unwrap();
-    diesel::sql_query("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut blocker)
-        .unwrap();
+    prepare_logged_database(&settings.database_url);
     let ingest = Service::start("ingest-api", &env);
     let log = post_to(&ingest, 150, 2000, 2).finish(false);
     assert_eq!(log.accepted.len(), 150);
-    let pending_on = |consumer: &str| -> usize {
-        let mut redis = testkit::redis(&settings);
-        let consumers: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
-            .arg("CONSUMERS")
-            .arg(&settings.stream_key)
-            .arg(model::PERSISTER_GROUP)
-            .query(&mut redis)
-            .unwrap();
-        consumers
-            .iter()
-            .find(|c| {
-                c.get("name") == Some(&redis::Value::BulkString(consumer.as_bytes().to_vec()))
-            })
-            .and_then(|c| match c.get("pending") {
-                Some(redis::Value::Int(n)) => Some(*n as usize),
-                _ => None,
-            })
-            .unwrap_or(0)
-    };
-    wait_until(
-        "entries pending on replica A",
-        Duration::from_secs(10),
-        || pending_on("replica-a") > 0,
+    // Replica A commits its first batch, reads the next one ahead, and dies before acknowledging either.
+    let replica_a = Service::start(
+        "persister",
+        &held_at(
+            &with_env(&env, &[("CONSUMER_NAME", "replica-a")]),
+            "after-commit",
+        ),
     );
+    wait_held(&replica_a, "after-commit");
     replica_a.kill();
-    diesel::sql_query("ROLLBACK").execute(&mut blocker).unwrap();
-    let stranded = pending_on("replica-a");
-    assert!(stranded > 0);
+    let stranded = pending_on(&settings, "replica-a");
+    assert!(stranded >= 50, "{stranded} pending on replica A");
 
     let replica_b = Service::start(
         "persister",
@@ -104,7 +132,7 @@ fn entries_pending_on_a_sigkilled_replica_are_claimed_and_stored_by_the_other() 
     wait_until(
         "replica A's entries to be claimed",
         Duration::from_secs(10),
-        || pending_on("replica-a") == 0,
+        || pending_on(&settings, "replica-a") == 0,
     );
     drop(replica_b);
 }

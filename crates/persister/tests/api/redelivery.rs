@@ -72,9 +72,17 @@ async fn an_entry_delivered_more_than_max_deliveries_times_is_dead_lettered_not_
     let mut conn: ConnectionManager = client.get_connection_manager().await.unwrap();
     let key = &settings.stream_key;
     group::ensure_group(&mut conn, key).await.unwrap();
-    group::read(&mut conn, key, "crashed", &Cursor::New, 10, 100)
-        .await
-        .unwrap();
+    group::read(
+        &mut conn,
+        key,
+        "crashed",
+        &Cursor::New,
+        10,
+        100,
+        Default::default(),
+    )
+    .await
+    .unwrap();
     let _: redis::Value = redis::cmd("XCLAIM")
         .arg(key)
         .arg(model::PERSISTER_GROUP)

@@ -132,6 +132,12 @@ pub const DEFS: &[Def] = &[
         "Entries read, and written in one transaction, at a time.",
     ),
     def(
+        "PERSISTER_READ_BYTES",
+        "33554432",
+        PERSISTER,
+        "Bytes of entries one read (or claim) from the stream brings back at most, whatever PERSISTER_BATCH_SIZE says (an entry larger than this comes alone).",
+    ),
+    def(
         "PERSISTER_BLOCK_MS",
         "1000",
         PERSISTER,
@@ -164,8 +170,8 @@ pub const DEFS: &[Def] = &[
     def(
         "MAX_BODY_BYTES",
         "1048576",
-        INGEST,
-        "The size limit of one JSON message (and of each NDJSON line).",
+        INGEST | PERSISTER,
+        "The size limit of one JSON message (and of each NDJSON line); the persister sizes its reads by it.",
     ),
     def(
         "MAX_BATCH_LINES",

@@ -61,6 +61,8 @@ pub struct Settings {
     #[serde(deserialize_with = "values::positive")]
     pub persister_batch_size: usize,
     #[serde(deserialize_with = "values::positive")]
+    pub persister_read_bytes: usize,
+    #[serde(deserialize_with = "values::positive")]
     pub persister_block_ms: u64,
     #[serde(deserialize_with = "values::positive")]
     pub ws_send_queue: usize,
