@@ -1,6 +1,12 @@
 //! The consumer loop of one persister replica: read a batch, store it, acknowledge it, repeat; and, on
 //! the side, claim what dead replicas left pending and trim what everyone has stored.
 //!
+//! Up to [`IN_FLIGHT`] batches are stored at once, each in its own transaction on its own Postgres
+//! connection, and each is acknowledged as soon as *its* transaction has committed: while one batch waits
+//! for its commit (`fdatasync`), the next one is already being copied, and its acknowledgement overlaps
+//! the next batch's store. Rows therefore commit out of stream order, as they do with several replicas;
+//! readers only see the prefix below the group's oldest pending entry (ingest-api's `watermark.rs`).
+//!
 //! Nothing is acknowledged that is not committed. When Postgres is unreachable, the same batch is retried
 //! with backoff until it commits or the service is stopped; a stop leaves the batch pending in the group,
 //! and the next start of this replica (same `CONSUMER_NAME`) reads its own pending entries before anything
@@ -15,6 +21,7 @@ use model::DecodeError;
 use service::redis::{BlockingPool, Conn};
 use service::{Backoff, Settings};
 use store::NewMessage;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::group::{self, Delivered};
@@ -34,6 +41,9 @@ const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 /// A consumer with nothing pending that has been silent this long is a replica that was scaled away.
 const CONSUMER_GONE_MS: u64 = 3_600_000;
+/// Batches stored at the same time, each on its own Postgres connection. Two is enough to hide one
+/// batch's commit behind the next one's `COPY`; more would only queue on the same disk.
+const IN_FLIGHT: usize = 2;
 
 pub struct Consumer {
     settings: Settings,
@@ -41,13 +51,24 @@ pub struct Consumer {
     reads: BlockingPool,
     /// Acks, claims, trims and dead letters.
     redis: Conn,
-    /// This replica's one Postgres connection, taken while a batch is being stored on the blocking pool
-    /// and dropped after an error so that the next attempt reconnects.
-    pg: Option<PgConnection>,
+    /// What every batch in flight shares.
+    batches: Arc<Batches>,
     metrics: Arc<Metrics>,
     claim_cursor: String,
     next_claim: Instant,
     next_trim: Instant,
+}
+
+/// What a batch needs to be stored, dead-lettered and acknowledged on its own task.
+struct Batches {
+    settings: Settings,
+    /// The session's URL: every statement bounded (`store::url::with_session_timeouts`).
+    url: String,
+    redis: Conn,
+    metrics: Arc<Metrics>,
+    /// Idle Postgres connections, at most one per batch in flight. A batch takes one while it is being
+    /// stored on the blocking pool; one is dropped after an error so that the next attempt reconnects.
+    idle_pg: std::sync::Mutex<Vec<PgConnection>>,
     /// The test-only hold point (`seams.rs`); disarmed in production.
     seam: Armed,
 }
@@ -69,16 +90,30 @@ impl Consumer {
         seam: Option<Seam>,
     ) -> Self {
         let now = Instant::now();
+        // A COPY that waits on a lock (DDL, VACUUM FULL) fails after LOCK_TIMEOUT and is retried, with
+        // backoff, where a stop is noticed — a blocking task cannot be cancelled, so it must end by itself.
+        let url = store::url::with_session_timeouts(
+            &store::with_timeouts(&settings.database_url, 5),
+            STATEMENT_TIMEOUT,
+            LOCK_TIMEOUT,
+        );
+        let batches = Arc::new(Batches {
+            settings: settings.clone(),
+            url,
+            redis: redis.clone(),
+            metrics: Arc::clone(&metrics),
+            idle_pg: std::sync::Mutex::new(Vec::with_capacity(IN_FLIGHT)),
+            seam: Armed::new(seam),
+        });
         Self {
             settings,
             reads,
             redis,
-            pg: None,
+            batches,
             metrics,
             claim_cursor: "0-0".into(),
             next_claim: now,
             next_trim: now,
-            seam: Armed::new(seam),
         }
     }
 
@@ -110,17 +145,25 @@ impl Consumer {
             stop.clone(),
         ));
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut in_flight = JoinSet::new();
         loop {
             tokio::select! {
                 biased;
                 () = stop.cancelled() => break,
-                batch = next.recv() => match batch {
-                    Some(entries) => self.handle(entries, &stop).await,
+                Some(done) = in_flight.join_next() => log_failed(done),
+                batch = next.recv(), if in_flight.len() < IN_FLIGHT => match batch {
+                    Some(entries) => {
+                        in_flight.spawn(Arc::clone(&self.batches).handle(entries, stop.clone()));
+                    }
                     None => break,
                 },
                 _ = tick.tick() => {}
             }
-            self.maintain(&stop).await;
+            self.maintain(&mut in_flight, &stop).await;
+        }
+        // The batches in hand are committed and acknowledged, or (stopped) left pending.
+        while let Some(done) = in_flight.join_next().await {
+            log_failed(done);
         }
         drop(next);
         let _ = reader.await;
@@ -128,11 +171,18 @@ impl Consumer {
     }
 
     /// Claims entries other consumers left pending too long, and trims the stream; each when due.
-    async fn maintain(&mut self, stop: &CancellationToken) {
+    async fn maintain(&mut self, in_flight: &mut JoinSet<()>, stop: &CancellationToken) {
         let now = Instant::now();
         if now >= self.next_claim {
             self.next_claim =
                 now + Duration::from_millis((self.settings.claim_idle_ms / 2).max(500));
+            // `XAUTOCLAIM` does not spare this consumer's own entries: a batch that has been retried
+            // for longer than CLAIM_IDLE_MS (Postgres down) would be claimed back while it is in flight,
+            // its delivery count raised by every pass until it is dead-lettered *and* stored. So a claim
+            // pass waits for the batches in flight, as when batches were stored one at a time.
+            while let Some(done) = in_flight.join_next().await {
+                log_failed(done);
+            }
             self.claim(stop).await;
         }
         if now >= self.next_trim {
@@ -207,11 +257,21 @@ impl Consumer {
         );
         self.metrics.claimed.inc_by(batch.len() as u64);
         self.metrics.redeliveries.inc_by(batch.len() as u64);
-        self.handle(batch, stop).await;
+        Arc::clone(&self.batches).handle(batch, stop.clone()).await;
     }
+}
 
+/// A batch task that panicked: its entries stay pending (nothing was acknowledged after the panic) and
+/// come back with the next claim.
+fn log_failed(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        log::error!("a batch task failed (its entries stay pending): {e}");
+    }
+}
+
+impl Batches {
     /// Stores what can be stored, dead-letters what never can, then acknowledges both.
-    async fn handle(&mut self, batch: Vec<Delivered>, stop: &CancellationToken) {
+    async fn handle(self: Arc<Self>, batch: Vec<Delivered>, stop: CancellationToken) {
         let key = self.settings.stream_key.clone();
         let mut rows = Vec::with_capacity(batch.len());
         let mut row_entries = Vec::with_capacity(batch.len());
@@ -257,15 +317,15 @@ impl Consumer {
                 }
             }
         }
-        if !rows.is_empty() && self.seam.pass(Seam::BeforeCommit, rows.len(), stop).await {
+        if !rows.is_empty() && self.seam.pass(Seam::BeforeCommit, rows.len(), &stop).await {
             return;
         }
         let stored = rows.len();
-        let outcome = match self.store(rows, stop).await {
+        let outcome = match self.store(rows, &stop).await {
             Stored::Committed(outcome) => outcome,
             Stored::Stopped => return, // nothing acknowledged: the batch stays pending
         };
-        if stored > 0 && self.seam.pass(Seam::AfterCommit, stored, stop).await {
+        if stored > 0 && self.seam.pass(Seam::AfterCommit, stored, &stop).await {
             return; // committed and not acknowledged: what a crash right here leaves
         }
         let mut done: Vec<String> = Vec::with_capacity(row_entries.len() + poison.len());
@@ -282,8 +342,9 @@ impl Consumer {
                 done.push(raw_id);
             }
         }
+        let mut redis = self.redis.clone();
         for (raw_id, fields, reason) in poison {
-            match group::dead_letter(&mut self.redis, &key, &raw_id, &fields, &reason).await {
+            match group::dead_letter(&mut redis, &key, &raw_id, &fields, &reason).await {
                 Ok(()) => {
                     log::warn!("entry {raw_id} moved to the dead-letter stream: {reason}");
                     self.metrics.dead_letters.inc();
@@ -293,7 +354,7 @@ impl Consumer {
             }
         }
         let ids: Vec<&str> = done.iter().map(String::as_str).collect();
-        match group::ack(&mut self.redis, &key, &ids).await {
+        match group::ack(&mut redis, &key, &ids).await {
             Ok(n) => self.metrics.acked.inc_by(n as u64),
             // The rows are committed; the entries will be delivered again and stored as no-ops.
             Err(e) => log::warn!(
@@ -304,38 +365,32 @@ impl Consumer {
     }
 
     /// Commits `rows`, retrying with backoff while Postgres is unreachable.
-    async fn store(&mut self, rows: Vec<NewMessage>, stop: &CancellationToken) -> Stored {
+    async fn store(self: &Arc<Self>, rows: Vec<NewMessage>, stop: &CancellationToken) -> Stored {
         if rows.is_empty() {
             return Stored::Committed(Outcome::default());
         }
         let rows = Arc::new(rows);
         let mut backoff = Backoff::new();
-        // Every statement of the session is bounded (`store::url::with_session_timeouts`): a COPY that waits
-        // on a lock (DDL, VACUUM FULL) fails after LOCK_TIMEOUT and is retried here, with backoff, where a
-        // stop is noticed — a blocking task cannot be cancelled, so it must end by itself.
-        let url = store::url::with_session_timeouts(
-            &store::with_timeouts(&self.settings.database_url, 5),
-            STATEMENT_TIMEOUT,
-            LOCK_TIMEOUT,
-        );
         loop {
             let started = Instant::now();
-            let conn = self.pg.take();
-            let url = url.clone();
+            let this = Arc::clone(self);
             let batch = Arc::clone(&rows);
-            let outcome =
-                tokio::task::spawn_blocking(move || store_blocking(conn, &url, &batch)).await;
+            let outcome = tokio::task::spawn_blocking(move || {
+                let conn = this.take_pg();
+                let (conn, outcome) = store_blocking(conn, &this.url, &batch);
+                this.put_pg(conn);
+                outcome
+            })
+            .await;
             match outcome {
-                Ok((conn, Ok(outcome))) => {
-                    self.pg = conn;
+                Ok(Ok(outcome)) => {
                     self.metrics.rows.inc_by(outcome.new_rows as u64);
                     self.metrics
                         .batch_seconds
                         .observe(started.elapsed().as_secs_f64());
                     return Stored::Committed(outcome);
                 }
-                Ok((conn, Err(e))) => {
-                    self.pg = conn;
+                Ok(Err(e)) => {
                     log::warn!("{} entries not stored yet (retrying): {e:#}", rows.len());
                 }
                 Err(e) => log::error!("storing task failed (retrying): {e}"),
@@ -344,6 +399,24 @@ impl Consumer {
             if !backoff.wait(stop).await {
                 return Stored::Stopped;
             }
+        }
+    }
+
+    fn take_pg(&self) -> Option<PgConnection> {
+        // The lock is held for a push or a pop, never across a statement; a poisoned one still holds
+        // plain connections.
+        self.idle_pg
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
+    }
+
+    fn put_pg(&self, conn: Option<PgConnection>) {
+        if let Some(conn) = conn {
+            self.idle_pg
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(conn);
         }
     }
 }

@@ -1,17 +1,26 @@
-//! The read side of a persister replica: batches from the consumer group, one ahead of storing.
+//! The read side of a persister replica: batches from the consumer group, ahead of storing.
 
 use std::sync::Arc;
 
 use anyhow::Context;
 use service::redis::{BlockingPool, Conn};
 use service::{Backoff, Settings};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::group::{self, Cursor, Delivered, ReplyBudget};
 use crate::metrics::Metrics;
 
+/// Reads of new entries at the same time, each on its own connection of the blocking pool: Redis builds
+/// one reply while the previous one is parsed here, which alone took as long as storing it (a drain's
+/// profile: most of the persister's CPU in the reply parser). Own pending entries are read one after
+/// the other, since each read starts after the last id of the one before.
+pub const NEW_READS: usize = 2;
+
 /// Reads batches for this consumer: first its own pending entries, then new ones; re-creates the group if
-/// Redis lost it. Ends when `stop` is cancelled or the storing loop is gone.
+/// Redis lost it. Ends when `stop` is cancelled or the storing loop is gone. New entries come from
+/// [`NEW_READS`] reads at once, so batches may reach the storing loop out of stream order, as they do
+/// across replicas.
 pub async fn read_ahead(
     settings: Settings,
     reads: BlockingPool,
@@ -20,38 +29,44 @@ pub async fn read_ahead(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
+    let settings = Arc::new(settings);
     let key = &settings.stream_key;
     let mut backoff = Backoff::new();
     let mut cursor = Cursor::Pending("0-0".into());
-    // The last entry handed to the storing loop: a read that failed may still have been delivered to
+    // The newest entry handed to the storing loop: a read that failed may still have been delivered to
     // this consumer by Redis (a timeout after `XREADGROUP` ran), and those entries are pending here with
-    // ids above it.
+    // ids above it. (With two reads in flight, a failed read's entries can lie below a later read's that
+    // succeeded: those are left to the claim pass after `CLAIM_IDLE_MS`, never lost.)
     let mut handed = "0-0".to_owned();
     let budget = ReplyBudget::from_settings(&settings);
+    // Reads of new entries in flight. Dropped (aborted) on a stop: what a read was given stays pending on
+    // this consumer, and the next start reads it first.
+    let mut new_reads = JoinSet::new();
     while !stop.is_cancelled() {
-        let read = async {
-            let mut conn = reads.get().await.context("getting a Redis connection")?;
-            let s = &settings;
-            let entries = group::read(
-                &mut conn,
-                key,
-                &s.consumer_name,
-                &cursor,
-                s.persister_batch_size,
-                s.persister_block_ms,
-                budget,
-            )
-            .await?;
-            let mut entries = entries;
-            // Own pending entries are redeliveries: a crash loop on one of them shows in its count.
-            if matches!(cursor, Cursor::Pending(_)) {
-                group::with_delivery_counts(&mut conn, key, &s.consumer_name, &mut entries).await?;
+        let entries = match &cursor {
+            Cursor::Pending(_) => {
+                let read = read_once(Arc::clone(&settings), reads.clone(), cursor.clone(), budget);
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    read = read => read,
+                }
             }
-            anyhow::Ok(entries)
-        };
-        let entries = tokio::select! {
-            () = stop.cancelled() => break,
-            read = read => read,
+            Cursor::New => {
+                while new_reads.len() < NEW_READS {
+                    new_reads.spawn(read_once(
+                        Arc::clone(&settings),
+                        reads.clone(),
+                        Cursor::New,
+                        budget,
+                    ));
+                }
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    Some(read) = new_reads.join_next() => {
+                        read.unwrap_or_else(|e| Err(anyhow::Error::new(e).context("read task")))
+                    }
+                }
+            }
         };
         let entries = match entries {
             Ok(entries) => {
@@ -64,14 +79,16 @@ pub async fn read_ahead(
                     break;
                 }
                 // The failed read may have changed the group before its reply was lost (a timeout): the
-                // entries it delivered are pending on this consumer after the last one handed over. Read
-                // them pending-first rather than leave them to a claim after CLAIM_IDLE_MS.
+                // entries it delivered are pending on this consumer after the newest one handed over.
+                // Read them pending-first rather than leave them to a claim after CLAIM_IDLE_MS.
                 if cursor == Cursor::New {
                     cursor = Cursor::Pending(handed.clone());
                 }
                 // Redis lost the group (restarted without persistence, or the key was deleted): create it
-                // again and start over from this consumer's pending entries.
+                // again and start over from this consumer's pending entries — including whatever a read
+                // still in flight is given before it is aborted here.
                 if format!("{e:#}").contains("NOGROUP") {
+                    new_reads.shutdown().await;
                     match group::ensure_group(&mut redis, key).await {
                         Ok(()) => {
                             log::warn!("consumer group on `{key}` was gone; created it again")
@@ -84,9 +101,10 @@ pub async fn read_ahead(
             }
         };
         metrics.observe_read(&entries);
-        // Each read's ids are above the previous one's: own pending entries in order, then `>`.
         if let Some(last) = entries.last() {
-            handed.clone_from(&last.raw_id);
+            if is_after(&last.raw_id, &handed) {
+                handed.clone_from(&last.raw_id);
+            }
         }
         if cursor != Cursor::New {
             // This consumer's own pending entries: delivered before, to a run of it that stopped.
@@ -102,5 +120,57 @@ pub async fn read_ahead(
         if !entries.is_empty() && batches.send(entries).await.is_err() {
             break;
         }
+    }
+}
+
+/// One `XREADGROUP` from `cursor`; own pending entries come with their delivery counts.
+async fn read_once(
+    settings: Arc<Settings>,
+    reads: BlockingPool,
+    cursor: Cursor,
+    budget: ReplyBudget,
+) -> anyhow::Result<Vec<Delivered>> {
+    let mut conn = reads.get().await.context("getting a Redis connection")?;
+    let s = &settings;
+    let mut entries = group::read(
+        &mut conn,
+        &s.stream_key,
+        &s.consumer_name,
+        &cursor,
+        s.persister_batch_size,
+        s.persister_block_ms,
+        budget,
+    )
+    .await?;
+    // Own pending entries are redeliveries: a crash loop on one of them shows in its count.
+    if matches!(cursor, Cursor::Pending(_)) {
+        group::with_delivery_counts(&mut conn, &s.stream_key, &s.consumer_name, &mut entries)
+            .await?;
+    }
+    Ok(entries)
+}
+
+/// Whether stream id `a` is after `b` (`ms-seq`, compared as numbers; an id that does not parse is
+/// never after anything).
+fn is_after(a: &str, b: &str) -> bool {
+    let parse = |id: &str| -> Option<(u64, u64)> {
+        let (ms, seq) = id.split_once('-')?;
+        Some((ms.parse().ok()?, seq.parse().ok()?))
+    };
+    match (parse(a), parse(b)) {
+        (Some(a), Some(b)) => a > b,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ids_compare_as_numbers() {
+        assert!(super::is_after("10-0", "9-5"));
+        assert!(super::is_after("9-10", "9-9"));
+        assert!(!super::is_after("9-9", "9-9"));
+        assert!(!super::is_after("9-9", "10-0"));
     }
 }

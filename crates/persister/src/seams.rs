@@ -47,22 +47,27 @@ impl Seam {
     }
 }
 
-/// The armed seam of one process, disarmed once it fired.
+/// The armed seam of one process, disarmed once it fired (by whichever batch reaches it first).
 #[derive(Debug, Default)]
-pub struct Armed(Option<Seam>);
+pub struct Armed {
+    seam: Option<Seam>,
+    fired: std::sync::atomic::AtomicBool,
+}
 
 impl Armed {
     pub fn new(seam: Option<Seam>) -> Self {
-        Self(seam)
+        Self {
+            seam,
+            fired: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     /// At `here` with `entries` in hand: when armed for it, says so and waits until `stop`. Returns
     /// whether it held (the caller then leaves the batch unacknowledged).
-    pub async fn pass(&mut self, here: Seam, entries: usize, stop: &CancellationToken) -> bool {
-        if self.0 != Some(here) {
+    pub async fn pass(&self, here: Seam, entries: usize, stop: &CancellationToken) -> bool {
+        if self.seam != Some(here) || self.fired.swap(true, std::sync::atomic::Ordering::Relaxed) {
             return false;
         }
-        self.0 = None;
         log::warn!("{MARKER} {} ({entries} entries held)", here.name());
         stop.cancelled().await;
         true

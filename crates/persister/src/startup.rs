@@ -38,7 +38,7 @@ impl Application {
         let reads = service::redis::blocking_pool(
             &settings,
             Duration::from_millis(settings.persister_block_ms),
-            2,
+            crate::reading::NEW_READS,
         )?;
         let metrics = Arc::new(Metrics::new());
         let listener = service::http::bind(settings.persister_addr, "PERSISTER_ADDR")?;

@@ -54,7 +54,12 @@ pub fn store_blocking(
             Err(e) => return (None, Err(e)),
         },
     };
-    let batch: Vec<NewMessage> = valid.iter().map(|&i| rows[i].clone()).collect();
+    // Copied only when some rows were refused: the common batch goes out as it came.
+    let batch: std::borrow::Cow<'_, [NewMessage]> = if valid.len() == rows.len() {
+        rows.into()
+    } else {
+        valid.iter().map(|&i| rows[i].clone()).collect()
+    };
     let whole = match store::write::store_batch(&mut conn, &batch) {
         Ok(written) => {
             out.new_rows = written.new;
@@ -75,7 +80,7 @@ pub fn store_blocking(
         "Postgres refused a batch of {} ({whole}); storing it row by row",
         batch.len()
     );
-    for (&i, row) in valid.iter().zip(&batch) {
+    for (&i, row) in valid.iter().zip(batch.iter()) {
         match store::write::store_batch(&mut conn, std::slice::from_ref(row)) {
             Ok(written) => {
                 out.new_rows += written.new;

@@ -78,11 +78,15 @@ impl NewMessage {
     /// disk-full or timeout error only by its message, whose language follows the server's `lc_messages`.
     /// So the persister never asks Postgres this question: a row that passes here cannot raise a data
     /// exception, and every `Unknown` error is the server's, retried whole.
-    /// - the payload must be JSON as the `json` type parses it (RFC 8259; escapes, surrogate pairs);
-    ///   a raw NUL can only sit inside a string, where JSON forbids unescaped control characters;
+    /// - the payload must be JSON as the `json` type parses it: RFC 8259's grammar, escapes with four hex
+    ///   digits, no unescaped control character (so a raw NUL can only be refused). The `json` type takes
+    ///   any number the grammar allows (`1e400`) and a lone surrogate escape (`"\ud800"`), as ingest-api
+    ///   does: the text is checked without being built into a value, which would refuse both (a number
+    ///   out of `f64` range, a surrogate that is no `char`) and dead-letter a message that was promised
+    ///   with a 202;
     /// - `received_at` must be within `timestamptz`'s range (4713 BC to 294276 AD).
     pub fn refused_by_postgres(&self) -> Option<String> {
-        if let Err(e) = serde_json::from_str::<serde_json::Value>(&self.payload.0) {
+        if let Err(e) = serde_json::from_str::<&serde_json::value::RawValue>(&self.payload.0) {
             return Some(format!("the payload is not valid JSON ({e})"));
         }
         let year = chrono::Datelike::year(&self.received_at);

@@ -145,6 +145,37 @@ async fn a_payload_postgres_would_refuse_is_dead_lettered_without_asking_postgre
 }
 
 #[tokio::test]
+async fn a_payload_postgres_takes_but_serde_values_would_not_is_stored_not_dead_lettered() {
+    let (settings, _cleanup) = setup();
+    // ingest-api accepts both (a 202 is a promise), and so does Postgres' `json` type.
+    let payloads = [r#"{"big":1e400}"#, r#"["\ud800","\udc00x"]"#];
+    xadd(&settings, &payloads.map(entry));
+    let persister = spawn_persister(settings.clone()).await;
+    assert_eq!(wait_for_rows(&settings, 2).await, 2);
+    persister.stop().await;
+    assert_eq!(pending(&settings), 0);
+    let stored = with_connection(&settings, |conn| {
+        #[derive(diesel::QueryableByName)]
+        struct Payload {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            payload: String,
+        }
+        diesel::RunQueryDsl::load::<Payload>(
+            diesel::sql_query(
+                "SELECT payload::text AS payload FROM messages ORDER BY stream_ms, stream_seq",
+            ),
+            conn,
+        )
+        .unwrap()
+        .into_iter()
+        .map(|p| p.payload)
+        .collect::<Vec<_>>()
+    })
+    .await;
+    assert_eq!(stored, payloads);
+}
+
+#[tokio::test]
 async fn a_different_message_reusing_a_stored_stream_position_is_dead_lettered_not_dropped() {
     let (settings, _cleanup) = setup();
     testkit::db::prepare_database(&settings).await;
