@@ -39,6 +39,11 @@ pub async fn read_ahead(
     // succeeded: those are left to the claim pass after `CLAIM_IDLE_MS`, never lost.)
     let mut handed = "0-0".to_owned();
     let budget = ReplyBudget::from_settings(&settings);
+    // The largest entry the next read of new entries expects: the largest `MAX_BODY_BYTES` allows at
+    // first and after a failed read, then the largest just read, or half the previous expectation when
+    // that is larger — so the `COUNT` grows back over a few reads after large entries, and a sudden
+    // growth of the entries is the only way past the budget (see `group::read`).
+    let mut expected = budget.entry_bytes;
     // Reads of new entries in flight. Dropped (aborted) on a stop: what a read was given stays pending on
     // this consumer, and the next start reads it first.
     let mut new_reads = JoinSet::new();
@@ -57,7 +62,7 @@ pub async fn read_ahead(
                         Arc::clone(&settings),
                         reads.clone(),
                         Cursor::New,
-                        budget,
+                        budget.expecting(expected),
                     ));
                 }
                 tokio::select! {
@@ -78,6 +83,7 @@ pub async fn read_ahead(
                 if !backoff.wait(&stop).await {
                     break;
                 }
+                expected = budget.entry_bytes;
                 // The failed read may have changed the group before its reply was lost (a timeout): the
                 // entries it delivered are pending on this consumer after the newest one handed over.
                 // Read them pending-first rather than leave them to a claim after CLAIM_IDLE_MS.
@@ -101,6 +107,10 @@ pub async fn read_ahead(
             }
         };
         metrics.observe_read(&entries);
+        // (An empty read says nothing about the entries' size: the expectation stays.)
+        if let Some(largest) = entries.iter().map(group::entry_bytes).max() {
+            expected = largest.max(expected / 2);
+        }
         if let Some(last) = entries.last() {
             if is_after(&last.raw_id, &handed) {
                 handed.clone_from(&last.raw_id);

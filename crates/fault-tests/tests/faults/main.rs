@@ -105,7 +105,13 @@ fn entries_pending_on_a_sigkilled_replica_are_claimed_and_stored_by_the_other() 
     let (settings, _cleanup) = testkit::setup();
     let env = with_env(
         &env_for(&settings),
-        &[("CLAIM_IDLE_MS", "1000"), ("PERSISTER_BATCH_SIZE", "50")],
+        // Small bodies: a fresh reader's first read expects entries of MAX_BODY_BYTES, and with this
+        // one its first batch is a whole batch of 50.
+        &[
+            ("CLAIM_IDLE_MS", "1000"),
+            ("PERSISTER_BATCH_SIZE", "50"),
+            ("MAX_BODY_BYTES", "65536"),
+        ],
     );
     prepare_logged_database(&settings.database_url);
     let ingest = Service::start("ingest-api", &env);

@@ -2,6 +2,8 @@
 //! the same replica stores again — as no-ops.
 
 use persister::group::{self, Cursor};
+
+use crate::small_entries;
 use redis::aio::ConnectionManager;
 use store::NewMessage;
 
@@ -38,7 +40,7 @@ async fn a_persister_killed_between_commit_and_ack_loses_and_duplicates_nothing(
             &Cursor::New,
             200,
             100,
-            Default::default(),
+            small_entries(),
         )
         .await
         .unwrap();
@@ -138,7 +140,7 @@ async fn only_consumers_with_nothing_pending_are_removed_as_idle() {
         &Cursor::New,
         1,
         100,
-        Default::default(),
+        small_entries(),
     )
     .await
     .unwrap();
@@ -152,21 +154,13 @@ async fn only_consumers_with_nothing_pending_are_removed_as_idle() {
         &Cursor::New,
         1,
         100,
-        Default::default(),
+        small_entries(),
     )
     .await
     .unwrap();
-    group::read(
-        &mut conn,
-        key,
-        "me",
-        &Cursor::New,
-        1,
-        100,
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    group::read(&mut conn, key, "me", &Cursor::New, 1, 100, small_entries())
+        .await
+        .unwrap();
     let removed = group::remove_idle_consumers(&mut conn, key, "me", 0)
         .await
         .unwrap();
@@ -187,17 +181,9 @@ async fn trimming_never_drops_a_pending_or_undelivered_entry_and_keeps_the_reten
     let mut redis = testkit::redis(&settings);
     group::ensure_group(&mut conn, key).await.unwrap();
     // Entries 0-5 delivered, 0-2 acknowledged (3-5 pending), 6-9 never delivered.
-    group::read(
-        &mut conn,
-        key,
-        "c",
-        &Cursor::New,
-        6,
-        100,
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    group::read(&mut conn, key, "c", &Cursor::New, 6, 100, small_entries())
+        .await
+        .unwrap();
     assert_eq!(
         trim_after_ack(&mut conn, &mut redis, key, &ids[..3], 0).await,
         (3, (7, ids[3].clone())),
@@ -209,17 +195,9 @@ async fn trimming_never_drops_a_pending_or_undelivered_entry_and_keeps_the_reten
         "undelivered entries are kept"
     );
 
-    let rest = group::read(
-        &mut conn,
-        key,
-        "c",
-        &Cursor::New,
-        10,
-        100,
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    let rest = group::read(&mut conn, key, "c", &Cursor::New, 10, 100, small_entries())
+        .await
+        .unwrap();
     let rest: Vec<String> = rest.into_iter().map(|d| d.raw_id).collect();
     assert_eq!(
         trim_after_ack(&mut conn, &mut redis, key, &rest, 3).await,
@@ -307,17 +285,9 @@ async fn a_trim_pass_never_fetches_the_entries_it_removes() {
     let client = redis::Client::open(settings.redis_url.as_str()).unwrap();
     let mut conn: ConnectionManager = client.get_connection_manager().await.unwrap();
     group::ensure_group(&mut conn, key).await.unwrap();
-    let all = group::read(
-        &mut conn,
-        key,
-        "c",
-        &Cursor::New,
-        300,
-        100,
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    let all = group::read(&mut conn, key, "c", &Cursor::New, 300, 100, small_entries())
+        .await
+        .unwrap();
     let acked: Vec<&str> = all.iter().map(|d| d.raw_id.as_str()).collect();
     group::ack(&mut conn, key, &acked).await.unwrap();
 

@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use persister::group::{self, Cursor};
+
+use crate::small_entries;
 use redis::aio::ConnectionManager;
 use service::Settings;
 use testkit::{
@@ -79,7 +81,7 @@ async fn an_entry_delivered_more_than_max_deliveries_times_is_dead_lettered_not_
         &Cursor::New,
         10,
         100,
-        Default::default(),
+        small_entries(),
     )
     .await
     .unwrap();
