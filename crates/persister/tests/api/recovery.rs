@@ -1,13 +1,17 @@
 //! Recovery: a persister that dies between commit and `XACK` leaves pending entries that the next run of
 //! the same replica stores again — as no-ops.
 
+use std::time::Duration;
+
 use persister::group::{self, Cursor};
 
 use crate::small_entries;
 use redis::aio::ConnectionManager;
 use store::NewMessage;
 
-use testkit::{entry, pending, setup, spawn_persister, wait_for_rows, xadd};
+use testkit::{
+    entry, pending, poll_until, setup, spawn_persister, stream_len, wait_for_rows, xadd,
+};
 
 #[tokio::test]
 async fn a_persister_killed_between_commit_and_ack_loses_and_duplicates_nothing() {
@@ -304,4 +308,24 @@ async fn a_trim_pass_never_fetches_the_entries_it_removes() {
         "the trim pass read {} bytes of replies",
         metered.reply_bytes
     );
+}
+
+#[tokio::test]
+async fn one_trim_pass_removes_a_large_excess_slice_by_slice() {
+    let (mut settings, _cleanup) = setup();
+    settings.stream_retention = 1_000;
+    let entries: Vec<_> = (0..16_000).map(|i| entry(&i.to_string())).collect();
+    xadd(&settings, &entries);
+    let persister = spawn_persister(settings.clone()).await;
+    assert_eq!(wait_for_rows(&settings, 16_000).await, 16_000);
+    // Passes come every 5 s, and a script walks at most 5,000 entries: the 15,000 over the retention
+    // are gone after one pass of three slices, not after three passes.
+    let left = poll_until(
+        Duration::from_secs(8),
+        || std::future::ready(stream_len(&settings)),
+        |n| *n == 1_000,
+    )
+    .await;
+    assert_eq!(left, 1_000, "one pass trims the whole excess");
+    persister.stop().await;
 }
