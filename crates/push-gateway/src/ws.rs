@@ -376,9 +376,9 @@ enum Out {
 }
 
 /// Writes to the client. A client that does not read would hold this forever, so it gives up when the
-/// client has been behind for the catch-up window (1013), when the gateway stops, or after `CLIENT_TIMEOUT_MS` without progress. A
-/// client that has not read for that long gets no close frame (it would not read that either): the
-/// session ends, and the socket with it.
+/// client has been behind for the catch-up window (1013), when the gateway stops, or after
+/// `CLIENT_TIMEOUT_MS` without progress. A client that has not read for that long gets no close frame
+/// (it would not read that either): the session ends, and the socket with it.
 async fn send(
     state: &AppState,
     session: &mut Session,
