@@ -257,7 +257,7 @@ impl Consumer {
             }
         };
         self.claim_cursor = next;
-        self.metrics.observe_read(&batch);
+        let _ = self.metrics.observe_read(&batch);
         if batch.is_empty() {
             return;
         }

@@ -124,12 +124,7 @@ impl Default for ReplyBudget {
     }
 }
 
-/// The bytes of `entries` as a reply carries them (ids, field names and values).
-pub fn reply_bytes(entries: &[Delivered]) -> usize {
-    entries.iter().map(entry_bytes).sum()
-}
-
-/// The bytes of one entry as a reply carries it.
+/// The bytes of one entry as a reply carries it (id, field names and values).
 pub fn entry_bytes(d: &Delivered) -> usize {
     d.raw_id.len()
         + d.fields

@@ -84,11 +84,17 @@ impl Metrics {
 
 impl Metrics {
     /// Records the size of one read or claim reply.
-    pub fn observe_read(&self, entries: &[crate::group::Delivered]) {
-        let bytes = i64::try_from(crate::group::reply_bytes(entries)).unwrap_or(i64::MAX);
-        if bytes > self.largest_read_bytes.get() {
-            self.largest_read_bytes.set(bytes);
+    /// Returns the largest entry's bytes (0 for an empty reply).
+    pub fn observe_read(&self, entries: &[crate::group::Delivered]) -> usize {
+        let (total, largest) = entries
+            .iter()
+            .map(crate::group::entry_bytes)
+            .fold((0, 0), |(total, largest), b| (total + b, largest.max(b)));
+        let total = i64::try_from(total).unwrap_or(i64::MAX);
+        if total > self.largest_read_bytes.get() {
+            self.largest_read_bytes.set(total);
         }
+        largest
     }
 }
 

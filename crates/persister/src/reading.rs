@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::group::{self, Cursor, Delivered, ReplyBudget};
 use crate::metrics::Metrics;
+use model::StreamId;
 
 /// Reads of new entries at the same time, each on its own connection of the blocking pool: Redis builds
 /// one reply while the previous one is parsed here, which alone took as long as storing it (a drain's
@@ -37,7 +38,7 @@ pub async fn read_ahead(
     // this consumer by Redis (a timeout after `XREADGROUP` ran), and those entries are pending here with
     // ids above it. (With two reads in flight, a failed read's entries can lie below a later read's that
     // succeeded: those are left to the claim pass after `CLAIM_IDLE_MS`, never lost.)
-    let mut handed = "0-0".to_owned();
+    let mut handed = StreamId::new(0, 0);
     let budget = ReplyBudget::from_settings(&settings);
     // The largest entry the next read of new entries expects: the largest `MAX_BODY_BYTES` allows at
     // first and after a failed read, then the largest just read, or half the previous expectation when
@@ -88,7 +89,7 @@ pub async fn read_ahead(
                 // entries it delivered are pending on this consumer after the newest one handed over.
                 // Read them pending-first rather than leave them to a claim after CLAIM_IDLE_MS.
                 if cursor == Cursor::New {
-                    cursor = Cursor::Pending(handed.clone());
+                    cursor = Cursor::Pending(handed.to_string());
                 }
                 // Redis lost the group (restarted without persistence, or the key was deleted): create it
                 // again and start over from this consumer's pending entries — including whatever a read
@@ -106,15 +107,19 @@ pub async fn read_ahead(
                 continue;
             }
         };
-        metrics.observe_read(&entries);
+        let largest = metrics.observe_read(&entries);
         // (An empty read says nothing about the entries' size: the expectation stays.)
-        if let Some(largest) = entries.iter().map(group::entry_bytes).max() {
+        if largest > 0 {
             expected = largest.max(expected / 2);
         }
-        if let Some(last) = entries.last() {
-            if is_after(&last.raw_id, &handed) {
-                handed.clone_from(&last.raw_id);
-            }
+        // Parallel reads can hand batches out of order: the newest id handed so far. (A foreign id
+        // outside the API's range does not parse; a re-read from below it reads it again, harmlessly.)
+        if let Some(newest) = entries
+            .iter()
+            .filter_map(|d| d.stream_id.as_ref().ok())
+            .max()
+        {
+            handed = handed.max(*newest);
         }
         if cursor != Cursor::New {
             // This consumer's own pending entries: delivered before, to a run of it that stopped.
@@ -158,29 +163,4 @@ async fn read_once(
             .await?;
     }
     Ok(entries)
-}
-
-/// Whether stream id `a` is after `b` (`ms-seq`, compared as numbers; an id that does not parse is
-/// never after anything).
-fn is_after(a: &str, b: &str) -> bool {
-    let parse = |id: &str| -> Option<(u64, u64)> {
-        let (ms, seq) = id.split_once('-')?;
-        Some((ms.parse().ok()?, seq.parse().ok()?))
-    };
-    match (parse(a), parse(b)) {
-        (Some(a), Some(b)) => a > b,
-        (Some(_), None) => true,
-        _ => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn ids_compare_as_numbers() {
-        assert!(super::is_after("10-0", "9-5"));
-        assert!(super::is_after("9-10", "9-9"));
-        assert!(!super::is_after("9-9", "9-9"));
-        assert!(!super::is_after("9-9", "10-0"));
-    }
 }

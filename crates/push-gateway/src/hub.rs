@@ -54,6 +54,7 @@ impl Behind {
     }
 
     /// Whether the client's queue overflowed.
+    #[cfg(test)]
     pub fn is_behind(&self) -> bool {
         self.signal.is_cancelled()
     }

@@ -132,12 +132,9 @@ async fn a_client_that_stops_reading_is_closed_with_1013_and_others_get_everythi
     let mut fast = relay.ws_connect("").await;
 
     // 20 × 500 messages of 1 KB: far more than the slow client's socket buffers and queue can hold.
-    let pad = "x".repeat(1000);
     let (mut accepted, mut got) = (Vec::new(), Vec::new());
     for chunk in 0..20 {
-        let lines: Vec<String> = (0..500)
-            .map(|i| format!(r#"{{"n":{},"pad":"{pad}"}}"#, chunk * 500 + i))
-            .collect();
+        let lines = kilobyte_lines(chunk * 500..(chunk + 1) * 500);
         accepted.extend(relay.publish_batch(&lines).await);
         got.extend(fast.messages(500).await);
     }
@@ -172,6 +169,21 @@ async fn a_client_that_stops_reading_is_closed_with_1013_and_others_get_everythi
     );
 }
 
+/// Messages `{"n":<i>,"pad":"xxx…"}` of about 1 KB, one line each.
+fn kilobyte_lines(numbers: std::ops::Range<usize>) -> Vec<String> {
+    let pad = "x".repeat(1000);
+    numbers
+        .map(|i| format!(r#"{{"n":{i},"pad":"{pad}"}}"#))
+        .collect()
+}
+
+/// The next message posted reaches `ws` exactly once, after everything before it: it is live again.
+async fn assert_live_again(relay: &Relay, ws: &mut testkit::ws::Ws) {
+    let next = relay.publish(r#"{"after":"burst"}"#.into()).await;
+    assert_eq!(stream_ids(&ws.messages(1).await), stream_ids(&[next]));
+    ws.assert_quiet(Duration::from_millis(200)).await;
+}
+
 /// Reads `n` message frames the way a client on a slow link does: a pause every `pause_every` frames.
 /// Panics on a close (a client cut off by the burst).
 async fn read_slowly(
@@ -192,12 +204,8 @@ async fn one_post_of_10000_lines_reaches_a_client_on_a_slow_link_whole_and_it_st
     // The default WS_SEND_QUEUE (1,024): the post reaches the hub as ten reads of 1,000 back to back.
     let relay = Relay::live(test_settings()).await;
     let mut far = testkit::ws::Ws(testkit::ws::connect_slow(&relay.gateway_addr(), "").await);
-    // 1 KB each: 10 MB, more than the kernel's socket buffers absorb at once, as on a link far away.
-    let pad = "x".repeat(1000);
-    let lines: Vec<String> = (0..10_000)
-        .map(|i| format!(r#"{{"n":{i},"pad":"{pad}"}}"#))
-        .collect();
-    let accepted = relay.publish_batch(&lines).await;
+    // 10 MB: more than the kernel's socket buffers absorb at once, as on a link far away.
+    let accepted = relay.publish_batch(&kilobyte_lines(0..10_000)).await;
 
     let got = read_slowly(&mut far, 10_000, 500).await;
     assert_eq!(
@@ -212,9 +220,7 @@ async fn one_post_of_10000_lines_reaches_a_client_on_a_slow_link_whole_and_it_st
     );
     assert_eq!(scrape.value("relay_gateway_slow_clients_total", &[]), 0.0);
     // Live again, exactly after the burst.
-    let next = relay.publish(r#"{"after":"burst"}"#.into()).await;
-    assert_eq!(stream_ids(&far.messages(1).await), stream_ids(&[next]));
-    far.assert_quiet(Duration::from_millis(200)).await;
+    assert_live_again(&relay, &mut far).await;
 }
 
 #[tokio::test]
@@ -227,11 +233,7 @@ async fn a_client_behind_more_than_the_recent_frames_catches_up_from_the_stream(
     let mut near = relay.ws_connect("").await;
     // 5 MB: more than the kernel's socket buffers hold for the far client, which reads nothing until the
     // near one has it all — by then the history no longer reaches back to where the far one stopped.
-    let pad = "x".repeat(1000);
-    let lines: Vec<String> = (0..5_000)
-        .map(|i| format!(r#"{{"n":{i},"pad":"{pad}"}}"#))
-        .collect();
-    let accepted = relay.publish_batch(&lines).await;
+    let accepted = relay.publish_batch(&kilobyte_lines(0..5_000)).await;
     assert_eq!(
         stream_ids(&near.messages(5_000).await),
         stream_ids(&accepted)
@@ -247,9 +249,7 @@ async fn a_client_behind_more_than_the_recent_frames_catches_up_from_the_stream(
         .await
         .value("relay_gateway_frames_total", &[("kind", "replay")]);
     assert!(replayed > 0.0, "part of it came from the stream");
-    let next = relay.publish(r#"{"after":"burst"}"#.into()).await;
-    assert_eq!(stream_ids(&far.messages(1).await), stream_ids(&[next]));
-    far.assert_quiet(Duration::from_millis(200)).await;
+    assert_live_again(&relay, &mut far).await;
 }
 
 #[tokio::test]
