@@ -86,8 +86,10 @@ pub async fn ensure_group(
 pub struct ReplyBudget {
     /// The budget (`PERSISTER_READ_BYTES`).
     pub bytes: usize,
-    /// The largest entry the stream is expected to hold: a chunk's `COUNT` is what is left of the budget
-    /// over this (or over the largest entry seen in the reply, when that is larger).
+    /// The largest entry expected: `MAX_BODY_BYTES` and its envelope, or — for a read of new entries —
+    /// the reader's expectation from what it has read ([`ReplyBudget::expecting`]). A `COUNT` is what is
+    /// left of the budget over this (in the scripts, over the largest entry seen in the reply when that
+    /// is larger).
     pub entry_bytes: usize,
 }
 
