@@ -5,6 +5,7 @@ pub mod codec;
 pub mod keys;
 pub mod message;
 pub mod redis_stream;
+pub mod resp;
 pub mod stream_id;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -29,7 +29,7 @@ pub fn parse_reply_id(id: &str) -> Result<StreamId, DecodeError> {
 }
 
 /// One entry of a stream reply as Redis sent it, its bytes moved out of the reply (no per-entry map).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RawEntry {
     pub id: String,
     pub fields: Vec<(String, Vec<u8>)>,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use diesel::PgConnection;
 use model::DecodeError;
-use service::redis::{BlockingPool, Conn};
+use service::redis::Conn;
 use service::{Backoff, Settings};
 use store::NewMessage;
 use tokio::task::JoinSet;
@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::group::{self, Delivered};
 use crate::metrics::Metrics;
-use crate::reading::read_ahead;
+use crate::reading::{read_ahead, Reads};
 use crate::seams::{Armed, Seam};
 use crate::storing::{store_blocking, Outcome};
 
@@ -52,7 +52,7 @@ const IN_FLIGHT: usize = 2;
 pub struct Consumer {
     settings: Settings,
     /// Connections for `XREADGROUP BLOCK`, which must not share the multiplexed connection.
-    reads: BlockingPool,
+    reads: Reads,
     /// Acks, claims, trims and dead letters.
     redis: Conn,
     /// What every batch in flight shares.
@@ -88,7 +88,7 @@ enum Stored {
 impl Consumer {
     pub fn new(
         settings: Settings,
-        reads: BlockingPool,
+        reads: Reads,
         redis: Conn,
         metrics: Arc<Metrics>,
         seam: Option<Seam>,
@@ -296,6 +296,10 @@ impl Batches {
         let max = self.settings.max_deliveries.max(1);
         for delivered in batch {
             let deliveries = delivered.deliveries;
+            if deliveries == 0 {
+                log::debug!("entry {} was handled by another batch", delivered.raw_id);
+                continue;
+            }
             match (delivered.stream_id, delivered.entry) {
                 // Delivered more often than it may be: whatever it is, storing it failed every time
                 // (most likely it crashed the replica that held it, which no error path can catch).
@@ -345,7 +349,7 @@ impl Batches {
         if stored > 0 && self.seam.pass(Seam::AfterCommit, stored, &stop).await {
             return; // committed and not acknowledged: what a crash right here leaves
         }
-        let mut done: Vec<String> = Vec::with_capacity(row_entries.len() + poison.len());
+        let mut done: Vec<String> = Vec::with_capacity(row_entries.len());
         let mut dead = outcome.dead.into_iter().peekable();
         let mut held = outcome.held.into_iter().peekable();
         for (i, (raw_id, fields)) in row_entries.into_iter().enumerate() {
@@ -362,10 +366,13 @@ impl Batches {
         let mut redis = self.redis.clone();
         for (raw_id, fields, reason) in poison {
             match group::dead_letter(&mut redis, &key, &raw_id, &fields, &reason).await {
-                Ok(()) => {
+                Ok(true) => {
                     log::warn!("entry {raw_id} moved to the dead-letter stream: {reason}");
                     self.metrics.dead_letters.inc();
-                    done.push(raw_id);
+                    self.metrics.acked.inc();
+                }
+                Ok(false) => {
+                    log::debug!("entry {raw_id} was already dead-lettered or acknowledged")
                 }
                 Err(e) => log::warn!("cannot dead-letter entry {raw_id} (it stays pending): {e}"),
             }

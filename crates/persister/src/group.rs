@@ -25,6 +25,7 @@ use model::redis_stream::{read_reply, RawEntry};
 use model::{dead_letter_key, DecodeError, EntryParts, StreamId, PERSISTER_GROUP};
 use redis::streams::StreamAutoClaimReply;
 use redis::{aio::ConnectionLike, Value};
+use service::redis::raw::{RawConn, RawError};
 
 /// One entry as the group delivered it.
 #[derive(Debug)]
@@ -37,7 +38,8 @@ pub struct Delivered {
     /// The entry's fields, kept for the dead-letter stream.
     pub fields: Vec<(String, Vec<u8>)>,
     /// How many times the group has delivered it, this delivery included. `1` for a first delivery
-    /// (`XREADGROUP >`); redelivered batches read the real count with [`with_delivery_counts`].
+    /// (`XREADGROUP >`); redelivered batches read the real count with [`with_delivery_counts`], which
+    /// sets `0` for an entry already handled by another batch (nothing to do).
     pub deliveries: u64,
 }
 
@@ -225,17 +227,7 @@ pub async fn read(
     let start = match cursor {
         Cursor::Pending(after) => after.as_str(),
         Cursor::New => {
-            let reply: Value = redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(PERSISTER_GROUP)
-                .arg(consumer)
-                .arg("COUNT")
-                .arg(budget.count(count))
-                .arg("BLOCK")
-                .arg(block_ms)
-                .arg("STREAMS")
-                .arg(stream_key)
-                .arg(">")
+            let reply: Value = read_new_cmd(stream_key, consumer, count, block_ms, budget)
                 .query_async(conn)
                 .await?;
             return Ok(read_reply(reply).into_iter().map(Delivered::from).collect());
@@ -254,6 +246,48 @@ pub async fn read(
     Ok(read_reply(reply).into_iter().map(Delivered::from).collect())
 }
 
+/// The blocking `XREADGROUP … >` of [`read`] for new entries, its `COUNT` within the budget.
+fn read_new_cmd(
+    stream_key: &str,
+    consumer: &str,
+    count: usize,
+    block_ms: u64,
+    budget: ReplyBudget,
+) -> redis::Cmd {
+    let mut cmd = redis::cmd("XREADGROUP");
+    cmd.arg("GROUP")
+        .arg(PERSISTER_GROUP)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(budget.count(count))
+        .arg("BLOCK")
+        .arg(block_ms)
+        .arg("STREAMS")
+        .arg(stream_key)
+        .arg(">");
+    cmd
+}
+
+/// [`read`] of new entries over a raw connection, its reply read by `model::resp` (see
+/// `service::redis::raw`): the same command, the same entries. `timeout` bounds the whole exchange,
+/// `block_ms` included.
+pub async fn read_new_raw(
+    conn: &mut RawConn,
+    stream_key: &str,
+    consumer: &str,
+    count: usize,
+    block_ms: u64,
+    budget: ReplyBudget,
+    timeout: std::time::Duration,
+) -> Result<Vec<Delivered>, RawError> {
+    let cmd = read_new_cmd(stream_key, consumer, count, block_ms, budget);
+    let reply = conn.request(&cmd, timeout).await?;
+    Ok(model::resp::read_reply(reply)?
+        .into_iter()
+        .map(Delivered::from)
+        .collect())
+}
+
 pub async fn ack(
     conn: &mut impl ConnectionLike,
     stream_key: &str,
@@ -270,26 +304,43 @@ pub async fn ack(
         .await
 }
 
-/// Copies an entry that cannot be stored to `<stream>:dead` with the reason. The caller acknowledges it
-/// afterwards, so a crash in between leaves it pending and it is dead-lettered again (at least once).
+/// `XACK` and, when the entry was still pending, `XADD` to the dead-letter stream, in one step. KEYS: the
+/// stream, its dead-letter stream; ARGV: group, entry id, then the dead letter's field/value pairs.
+static DEAD_LETTER_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+return 1
+",
+    )
+});
+
+/// Moves an entry that cannot be stored to `<stream>:dead` with the reason, and acknowledges it, in one
+/// script: exactly once, even when two batches hold the entry (a claim and a pending-first re-read can
+/// both deliver it to this consumer). `false`: it was no longer pending, someone else moved it. A crash
+/// before the script leaves it pending, to be dead-lettered on its next delivery.
 pub async fn dead_letter(
     conn: &mut impl ConnectionLike,
     stream_key: &str,
     raw_id: &str,
     fields: &[(String, Vec<u8>)],
     reason: &str,
-) -> redis::RedisResult<()> {
-    let mut cmd = redis::cmd("XADD");
-    cmd.arg(dead_letter_key(stream_key))
-        .arg("*")
+) -> redis::RedisResult<bool> {
+    let mut script = DEAD_LETTER_SCRIPT.key(stream_key);
+    script
+        .key(dead_letter_key(stream_key))
+        .arg(PERSISTER_GROUP)
+        .arg(raw_id)
         .arg("source_id")
         .arg(raw_id)
         .arg("reason")
         .arg(reason);
     for (field, value) in fields {
-        cmd.arg(format!("entry.{field}")).arg(value.as_slice());
+        script.arg(format!("entry.{field}")).arg(value.as_slice());
     }
-    cmd.query_async(conn).await
+    let moved: i64 = script.invoke_async(conn).await?;
+    Ok(moved == 1)
 }
 
 /// `XAUTOCLAIM`: takes over up to `count` entries, at most `budget` bytes of them, that have been pending
@@ -341,7 +392,12 @@ pub async fn autoclaim(
 }
 
 /// Reads the group's delivery count of each entry in `batch` (one `XPENDING` with the extended form, over
-/// the batch's id range on this consumer). An entry missing from the reply keeps its count.
+/// the batch's id range on this consumer).
+///
+/// An entry missing from a reply that is not full is no longer pending on this consumer: another batch
+/// of it acknowledged the entry meanwhile (a claim and a pending-first re-read can both bring it here),
+/// or another consumer claimed it. Its count becomes `0`: nothing to do (storing it again would be a
+/// no-op, but dead-lettering it again would not). Missing from a full reply, it keeps its count.
 pub async fn with_delivery_counts(
     conn: &mut impl ConnectionLike,
     stream_key: &str,
@@ -366,9 +422,12 @@ pub async fn with_delivery_counts(
         .iter()
         .map(|p| (p.id.as_str(), p.times_delivered))
         .collect();
+    let full = reply.ids.len() >= batch.len();
     for d in batch.iter_mut() {
-        if let Some(&n) = counts.get(d.raw_id.as_str()) {
-            d.deliveries = n as u64;
+        match counts.get(d.raw_id.as_str()) {
+            Some(&n) => d.deliveries = n as u64,
+            None if !full => d.deliveries = 0,
+            None => {}
         }
     }
     Ok(())

@@ -4,7 +4,7 @@
 pub mod consumer;
 pub mod group;
 pub mod metrics;
-mod reading;
+pub mod reading;
 pub mod seams;
 pub mod startup;
 mod storing;

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use service::redis::raw::RawPool;
 use service::redis::{BlockingPool, Conn};
 use service::{Backoff, Settings};
 use tokio::task::JoinSet;
@@ -18,13 +19,34 @@ use model::StreamId;
 /// the other, since each read starts after the last id of the one before.
 pub const NEW_READS: usize = 2;
 
+/// How the raw connections for new entries show in Redis' `CLIENT LIST`.
+pub const RAW_READS_NAME: &str = "relay-persister-reads";
+
+/// Where reads come from: blocking connections for every read, and raw ones for reads of new entries
+/// when `REDIS_URL` allows them (one node, no TLS; see `service::redis::raw`).
+#[derive(Clone)]
+pub struct Reads {
+    pub blocking: BlockingPool,
+    pub raw: Option<RawPool>,
+}
+
+impl Reads {
+    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        let block = std::time::Duration::from_millis(settings.persister_block_ms);
+        Ok(Self {
+            blocking: service::redis::blocking_pool(settings, block, NEW_READS)?,
+            raw: service::redis::raw::raw_pool(settings, RAW_READS_NAME, NEW_READS)?,
+        })
+    }
+}
+
 /// Reads batches for this consumer: first its own pending entries, then new ones; re-creates the group if
 /// Redis lost it. Ends when `stop` is cancelled or the storing loop is gone. New entries come from
 /// [`NEW_READS`] reads at once, so batches may reach the storing loop out of stream order, as they do
 /// across replicas.
 pub async fn read_ahead(
     settings: Settings,
-    reads: BlockingPool,
+    reads: Reads,
     mut redis: Conn,
     batches: tokio::sync::mpsc::Sender<Vec<Delivered>>,
     metrics: Arc<Metrics>,
@@ -141,12 +163,33 @@ pub async fn read_ahead(
 /// One `XREADGROUP` from `cursor`; own pending entries come with their delivery counts.
 async fn read_once(
     settings: Arc<Settings>,
-    reads: BlockingPool,
+    reads: Reads,
     cursor: Cursor,
     budget: ReplyBudget,
 ) -> anyhow::Result<Vec<Delivered>> {
-    let mut conn = reads.get().await.context("getting a Redis connection")?;
     let s = &settings;
+    if let (Cursor::New, Some(raw)) = (&cursor, &reads.raw) {
+        let mut conn = raw
+            .get()
+            .await
+            .map_err(|e| anyhow::anyhow!("getting a Redis connection: {e}"))?;
+        let timeout = std::time::Duration::from_millis(s.persister_block_ms + s.redis_timeout_ms);
+        return Ok(group::read_new_raw(
+            &mut conn,
+            &s.stream_key,
+            &s.consumer_name,
+            s.persister_batch_size,
+            s.persister_block_ms,
+            budget,
+            timeout,
+        )
+        .await?);
+    }
+    let mut conn = reads
+        .blocking
+        .get()
+        .await
+        .context("getting a Redis connection")?;
     let mut entries = group::read(
         &mut conn,
         &s.stream_key,

@@ -23,6 +23,8 @@ use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, RedisResult, Valu
 
 use crate::Settings;
 
+pub mod raw;
+
 pub use deadpool_redis;
 pub use redis;
 

@@ -132,3 +132,64 @@ async fn a_read_that_times_out_after_redis_delivered_its_entry_loses_nothing() {
     assert_eq!(pending(&settings), 0);
     drop(redis_server);
 }
+
+/// A Redis user of one test, and what the test wrote as that user to another database: removed when
+/// dropped, also when the test panics.
+struct TestUser {
+    admin: model::redis_stream::redis::Connection,
+    name: String,
+    settings: service::Settings,
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        testkit::cleanup(&self.settings);
+        let _: redis::RedisResult<()> = redis::cmd("ACL")
+            .arg(&["DELUSER", &self.name])
+            .query(&mut self.admin);
+    }
+}
+
+/// New entries are read over a raw connection (`service::redis::raw`), which does its own handshake: it
+/// must log in as `REDIS_URL`'s user and read from its database, as redis-rs' connections do.
+#[tokio::test]
+async fn new_entries_are_read_as_the_url_s_user_from_its_database() {
+    let (mut settings, _cleanup) = setup();
+    let name = format!("relay-{}", settings.consumer_name);
+    let mut admin = testkit::redis(&settings);
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER", &name, "reset", "on", ">s3cret", "~*", "&*", "+@all",
+        ])
+        .query(&mut admin)
+        .unwrap();
+    let mut url = url::Url::parse(&settings.redis_url).unwrap();
+    url.set_username(&name).unwrap();
+    url.set_password(Some("s3cret")).unwrap();
+    url.set_path("/5");
+    settings.redis_url = url.into();
+    let user = TestUser {
+        admin: testkit::redis(&settings),
+        name,
+        settings: settings.clone(),
+    };
+    let persister = spawn_persister(settings.clone()).await;
+    let entries: Vec<_> = (0..500).map(|i| entry(&i.to_string())).collect();
+    xadd(&settings, &entries);
+    assert_eq!(wait_for_rows(&settings, 500).await, 500);
+    // Redis' own view of the persister's connections: the raw ones, named, read new entries logged in
+    // as the user, on database 5.
+    let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut admin).unwrap();
+    persister.stop().await;
+    let raw_reader = clients.lines().find(|c| {
+        let has = |field: &str| c.split(' ').any(|f| f == field);
+        let name = format!("name={}", persister::reading::RAW_READS_NAME);
+        has(&format!("user={}", user.name)) && has("db=5") && has(&name) && has("cmd=xreadgroup")
+    });
+    assert!(
+        raw_reader.is_some(),
+        "no raw XREADGROUP connection as {} on db 5:\n{clients}",
+        user.name
+    );
+    assert_eq!(pending(&settings), 0);
+}
