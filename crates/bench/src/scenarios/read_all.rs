@@ -52,14 +52,23 @@ pub async fn read_all(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
         "GET /messages answered {}",
         res.status()
     );
-    let (mut items, mut bytes, mut carry) = (0usize, 0usize, Vec::new());
+    // Counting messages costs the client about what `wc -l` costs psql's: a SIMD substring search (a
+    // byte-by-byte window compare took ~0.4 s of the 2 shared cores during the read it measures), and
+    // only a key's first bytes are carried over a chunk boundary.
+    let (mut items, mut bytes) = (0usize, 0usize);
     const KEY: &[u8] = b"{\"id\":\"";
+    let finder = memchr::memmem::Finder::new(KEY);
+    // The body's last KEY.len() - 1 bytes so far: a key cut by a chunk boundary starts there.
+    let mut tail: Vec<u8> = Vec::new();
+    let mut seam = Vec::new();
     while let Some(chunk) = res.chunk().await? {
         bytes += chunk.len();
-        carry.extend_from_slice(&chunk);
-        items += carry.windows(KEY.len()).filter(|w| *w == KEY).count();
-        let keep = carry.len().saturating_sub(KEY.len() - 1);
-        carry.drain(..keep);
+        seam.clear();
+        seam.extend_from_slice(&tail);
+        seam.extend_from_slice(&chunk[..chunk.len().min(KEY.len() - 1)]);
+        items += finder.find_iter(&seam).count() + finder.find_iter(&chunk).count();
+        tail.extend_from_slice(&chunk[chunk.len().saturating_sub(KEY.len() - 1)..]);
+        tail.drain(..tail.len().saturating_sub(KEY.len() - 1));
     }
     let relay_secs = started.elapsed().as_secs_f64();
     let (_, peak) = memory_kib(ingest.pid());
