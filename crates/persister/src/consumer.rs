@@ -26,9 +26,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::group::{self, Delivered};
 use crate::metrics::Metrics;
-use crate::reading::{read_ahead, Reads};
+use crate::reading::read_ahead;
 use crate::seams::{Armed, Seam};
 use crate::storing::{store_blocking, Outcome};
+use service::redis::raw::StreamReads;
 
 /// How often the stream is trimmed below the acknowledged point.
 const TRIM_INTERVAL: Duration = Duration::from_secs(5);
@@ -52,7 +53,7 @@ const IN_FLIGHT: usize = 2;
 pub struct Consumer {
     settings: Settings,
     /// Connections for `XREADGROUP BLOCK`, which must not share the multiplexed connection.
-    reads: Reads,
+    reads: StreamReads,
     /// Acks, claims, trims and dead letters.
     redis: Conn,
     /// What every batch in flight shares.
@@ -88,7 +89,7 @@ enum Stored {
 impl Consumer {
     pub fn new(
         settings: Settings,
-        reads: Reads,
+        reads: StreamReads,
         redis: Conn,
         metrics: Arc<Metrics>,
         seam: Option<Seam>,

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use service::redis::raw::RawPool;
-use service::redis::{BlockingPool, Conn};
+use service::redis::raw::StreamReads;
+use service::redis::Conn;
 use service::{Backoff, Settings};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -22,31 +22,13 @@ pub const NEW_READS: usize = 2;
 /// How the raw connections for new entries show in Redis' `CLIENT LIST`.
 pub const RAW_READS_NAME: &str = "relay-persister-reads";
 
-/// Where reads come from: blocking connections for every read, and raw ones for reads of new entries
-/// when `REDIS_URL` allows them (one node, no TLS; see `service::redis::raw`).
-#[derive(Clone)]
-pub struct Reads {
-    pub blocking: BlockingPool,
-    pub raw: Option<RawPool>,
-}
-
-impl Reads {
-    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
-        let block = std::time::Duration::from_millis(settings.persister_block_ms);
-        Ok(Self {
-            blocking: service::redis::blocking_pool(settings, block, NEW_READS)?,
-            raw: service::redis::raw::raw_pool(settings, RAW_READS_NAME, NEW_READS)?,
-        })
-    }
-}
-
 /// Reads batches for this consumer: first its own pending entries, then new ones; re-creates the group if
 /// Redis lost it. Ends when `stop` is cancelled or the storing loop is gone. New entries come from
 /// [`NEW_READS`] reads at once, so batches may reach the storing loop out of stream order, as they do
 /// across replicas.
 pub async fn read_ahead(
     settings: Settings,
-    reads: Reads,
+    reads: StreamReads,
     mut redis: Conn,
     batches: tokio::sync::mpsc::Sender<Vec<Delivered>>,
     metrics: Arc<Metrics>,
@@ -163,7 +145,7 @@ pub async fn read_ahead(
 /// One `XREADGROUP` from `cursor`; own pending entries come with their delivery counts.
 async fn read_once(
     settings: Arc<Settings>,
-    reads: Reads,
+    reads: StreamReads,
     cursor: Cursor,
     budget: ReplyBudget,
 ) -> anyhow::Result<Vec<Delivered>> {
@@ -173,7 +155,6 @@ async fn read_once(
             .get()
             .await
             .map_err(|e| anyhow::anyhow!("getting a Redis connection: {e}"))?;
-        let timeout = std::time::Duration::from_millis(s.persister_block_ms + s.redis_timeout_ms);
         return Ok(group::read_new_raw(
             &mut conn,
             &s.stream_key,
@@ -181,7 +162,7 @@ async fn read_once(
             s.persister_batch_size,
             s.persister_block_ms,
             budget,
-            timeout,
+            reads.timeout,
         )
         .await?);
     }

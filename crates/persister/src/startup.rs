@@ -35,7 +35,12 @@ impl Application {
             .context("preparing the database (DATABASE_URL)")?;
         let timeout = Duration::from_millis(settings.redis_timeout_ms);
         let redis = service::redis::shared_connection(&settings).context("REDIS_URL")?;
-        let reads = crate::reading::Reads::new(&settings)?;
+        let reads = service::redis::raw::StreamReads::new(
+            &settings,
+            Duration::from_millis(settings.persister_block_ms),
+            crate::reading::NEW_READS,
+            crate::reading::RAW_READS_NAME,
+        )?;
         let metrics = Arc::new(Metrics::new());
         let listener = service::http::bind(settings.persister_addr, "PERSISTER_ADDR")?;
         let port = listener.local_addr()?.port();

@@ -11,7 +11,8 @@ use std::time::Duration;
 use model::redis_stream::{parse_reply_id, read_reply, RawEntry};
 use model::StreamId;
 use redis::Value;
-use service::redis::BlockingPool;
+use service::redis::raw::{PooledRawConn, StreamReads};
+use service::redis::BlockingConn;
 use service::Backoff;
 use tokio_util::sync::CancellationToken;
 
@@ -28,16 +29,19 @@ const READ_BUDGET_BYTES: usize = 4 << 20;
 /// How long one `XREAD` blocks; also how quickly the reader notices a stop.
 pub const READ_BLOCK: Duration = Duration::from_millis(1000);
 
+/// How the reader's raw connection shows in Redis' `CLIENT LIST`.
+pub const RAW_READS_NAME: &str = "relay-gateway-reads";
+
 pub async fn run(
     stream_key: String,
-    reads: BlockingPool,
+    reads: StreamReads,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
     let mut backoff = Backoff::new();
     let mut last = loop {
-        match newest_id(&reads, &stream_key).await {
+        match newest_id(&reads.blocking, &stream_key).await {
             Ok(id) => break id,
             Err(e) => {
                 log::warn!("cannot read `{stream_key}` yet (retrying): {e}");
@@ -90,7 +94,7 @@ fn next_count(frames: &[Arc<Frame>]) -> usize {
 }
 
 /// The id of the newest entry, or `0-0` for an empty (or missing) stream.
-async fn newest_id(reads: &BlockingPool, key: &str) -> anyhow::Result<String> {
+async fn newest_id(reads: &service::redis::BlockingPool, key: &str) -> anyhow::Result<String> {
     let mut conn = reads.get().await?;
     let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
         .arg(key)
@@ -106,29 +110,42 @@ async fn newest_id(reads: &BlockingPool, key: &str) -> anyhow::Result<String> {
         .map_or_else(|| "0-0".to_owned(), |e| e.id.clone()))
 }
 
+/// The reader's connection, kept between reads: a raw one, its reply read by `model::resp` (one task
+/// hop less between the reply and the hub than redis-rs' connection driver), or, on a cluster or over
+/// TLS, a pooled one.
+enum Held {
+    Raw(PooledRawConn),
+    Pooled(BlockingConn),
+}
+
 /// The frames of the entries after `after`, and the id of the newest entry read.
 async fn read_after(
-    reads: &BlockingPool,
-    held: &mut Option<service::redis::BlockingConn>,
+    reads: &StreamReads,
+    held: &mut Option<Held>,
     key: &str,
     after: &str,
     count: usize,
 ) -> anyhow::Result<(Vec<Arc<Frame>>, Option<String>)> {
     let conn = match held {
         Some(conn) => conn,
-        None => held.insert(reads.get().await?),
+        None => held.insert(match &reads.raw {
+            Some(raw) => Held::Raw(raw.get().await.map_err(|e| anyhow::anyhow!("{e}"))?),
+            None => Held::Pooled(reads.blocking.get().await?),
+        }),
     };
-    let reply: Value = redis::cmd("XREAD")
+    let mut xread = redis::cmd("XREAD");
+    xread
         .arg("COUNT")
         .arg(count)
         .arg("BLOCK")
         .arg(READ_BLOCK.as_millis() as u64)
         .arg("STREAMS")
         .arg(key)
-        .arg(after)
-        .query_async(conn)
-        .await?;
-    let entries = read_reply(reply);
+        .arg(after);
+    let entries = match conn {
+        Held::Raw(conn) => model::resp::read_reply(conn.request(&xread, reads.timeout).await?)?,
+        Held::Pooled(conn) => read_reply(xread.query_async::<Value>(conn).await?),
+    };
     let newest = entries.last().map(|e| e.id.clone());
     Ok((
         to_frames(&entries).into_iter().map(Arc::new).collect(),

@@ -52,14 +52,19 @@ pub struct Application {
     port: u16,
     server: Server,
     state: web::Data<AppState>,
-    reads: service::redis::BlockingPool,
+    reads: service::redis::raw::StreamReads,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let listener = service::http::bind(settings.gateway_addr, "GATEWAY_ADDR")?;
         let port = listener.local_addr()?.port();
-        let reads = service::redis::blocking_pool(&settings, reader::READ_BLOCK, 1)?;
+        let reads = service::redis::raw::StreamReads::new(
+            &settings,
+            reader::READ_BLOCK,
+            1,
+            reader::RAW_READS_NAME,
+        )?;
         let redis = service::redis::shared_connection(&settings).context("REDIS_URL")?;
         let metrics = Arc::new(Metrics::new());
         let timeout = Duration::from_millis(settings.redis_timeout_ms);

@@ -181,6 +181,8 @@ impl managed::Manager for RawManager {
 }
 
 pub type RawPool = managed::Pool<RawManager>;
+/// A [`RawConn`] taken from a [`RawPool`], back to it when dropped.
+pub type PooledRawConn = managed::Object<RawManager>;
 
 /// A pool of `size` raw connections to `REDIS_URL`'s node, named `name` in Redis' `CLIENT LIST`, or
 /// `None` when `REDIS_URL` names a cluster or TLS. Waiting for a connection, making one, and each step of
@@ -216,4 +218,31 @@ pub fn raw_pool(
         size,
         timeout,
     )?))
+}
+
+/// Connections for blocking stream reads: raw ones where `REDIS_URL` allows them, for the hot read whose
+/// reply the caller reads with `model::resp`, and redis-rs' pooled ones for every other read (and for the
+/// hot one on a cluster or over TLS).
+#[derive(Clone)]
+pub struct StreamReads {
+    pub blocking: super::BlockingPool,
+    pub raw: Option<RawPool>,
+    /// How long a blocking read of `block` may take in all: the block and `REDIS_TIMEOUT_MS`.
+    pub timeout: Duration,
+}
+
+impl StreamReads {
+    /// `size` connections of each kind for reads blocking up to `block`; the raw ones named `name`.
+    pub fn new(
+        settings: &Settings,
+        block: Duration,
+        size: usize,
+        name: &'static str,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            blocking: super::blocking_pool(settings, block, size)?,
+            raw: raw_pool(settings, name, size)?,
+            timeout: block + Duration::from_millis(settings.redis_timeout_ms),
+        })
+    }
 }
