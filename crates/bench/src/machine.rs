@@ -58,6 +58,15 @@ pub fn describe(settings: &service::Settings) -> Vec<(String, String)> {
         ("Redis".into(), redis_version),
         ("PostgreSQL".into(), pg_version),
         (
+            "Postgres TLS".into(),
+            if settings.database_url.contains("sslmode=disable") {
+                "off (sslmode=disable, as in docker-compose.yml; DATABASE_URL with an sslmode chooses)"
+                    .into()
+            } else {
+                "as DATABASE_URL's sslmode says".into()
+            },
+        ),
+        (
             "Relay".into(),
             run("git", &["rev-parse", "--short", "HEAD"]),
         ),

@@ -32,17 +32,35 @@ pub struct Env {
     used: Mutex<Vec<Settings>>,
 }
 
+/// The tests' settings, with Postgres connections in plain text unless `DATABASE_URL` names an
+/// `sslmode`: as the compose file's Postgres (no TLS) is reached, and the same for Relay and for psql's
+/// baselines. A Debian Postgres offers TLS on loopback too, and libpq takes it by default
+/// (`sslmode=prefer`): 7% of the read-all run's CPU and 3.6 MiB of ingest-api's peak RSS (libcrypto's
+/// pages) went to encrypting a local socket.
+pub fn bench_settings() -> Settings {
+    let mut s = testkit::test_settings();
+    if !s.database_url.contains("sslmode=") {
+        let sep = if s.database_url.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        s.database_url = format!("{}{sep}sslmode=disable", s.database_url);
+    }
+    s
+}
+
 impl Env {
     pub fn new() -> Self {
         Self {
-            settings: testkit::test_settings(),
+            settings: bench_settings(),
             used: Mutex::new(Vec::new()),
         }
     }
 
     /// Settings with a stream key and database of their own for one scenario.
     pub(crate) fn scenario(&self, name: &str) -> Settings {
-        let mut s = testkit::test_settings();
+        let mut s = bench_settings();
         let tag = uuid::Uuid::now_v7().simple().to_string();
         s.stream_key = format!("bench:{name}:{tag}");
         s.database_url = store::url::with_database(&s.database_url, &format!("relay_bench_{tag}"));
