@@ -179,9 +179,11 @@ const PAGE_ROWS: i64 = 1000;
 /// Rows the first page asks for, before any row size is known.
 const FIRST_PAGE_ROWS: i64 = 64;
 /// A page ends after the row that takes its JSON past this size: a bound on memory per reader, and a
-/// trade against the round trip per page (streaming 100 MiB grew ingest-api by ~14 MiB with 64 KiB
-/// pages, ~19 with 128 KiB, ~23 with 256 KiB; reading 1M rows took 1.9 s, 1.6 s and 1.2 s).
-const PAGE_BYTES: usize = 128 * 1024;
+/// trade against the cost of each page (a pooled connection checked with `SELECT 1`, the query, a trip
+/// to the blocking pool). `make bench`'s read of 1M rows of ~330 bytes, peak RSS of ingest-api:
+/// 128 KiB pages 1.60 s at 17.4 MiB, 256 KiB 1.33–1.41 s at 18.0, 512 KiB (so `PAGE_ROWS` ends them)
+/// 1.24–1.27 s at 18.2; 2,000 rows of 512 KiB 1.13–1.24 s at 19.5–20.3.
+const PAGE_BYTES: usize = 512 * 1024;
 
 /// One page of a full read: the rows' JSON (comma-separated, no brackets), the last id in it, and
 /// whether it was the last page.
