@@ -56,6 +56,8 @@ async fn floor_to_frame(env: &Env, sizes: Sizes) -> anyhow::Result<hdrhistogram:
 }
 
 pub async fn end_to_end(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
+    progress("CHECKPOINT: what the earlier scenarios wrote, to disk before measuring");
+    env.settle_postgres();
     let floor = floor_to_frame(env, sizes).await?;
     let s = env.scenario("e2e");
     let persister = env.start("persister", &s, &[("PERSISTER_BLOCK_MS", "1000")]);
