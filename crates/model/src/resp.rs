@@ -30,6 +30,9 @@ pub enum ReplyError {
 
 /// Redis refuses bulk strings longer than this (`proto-max-bulk-len`'s default, 512 MiB).
 const MAX_BULK: usize = 512 * 1024 * 1024;
+/// More elements than a reply could hold in Redis' memory: a declared count past it is not a reply (and
+/// would overflow the count of elements left).
+const MAX_ELEMENTS: u64 = 1 << 32;
 
 /// The end of the line that starts at `from` (the index of its `\r`), if the buffer holds it.
 fn line_end(buf: &[u8], from: usize) -> Option<usize> {
@@ -94,6 +97,9 @@ impl ReplyScan {
             if buf[end + 1] != b'\n' {
                 return Err(ReplyError::Protocol("a line not ended by CRLF"));
             }
+            if end == pos {
+                return Err(ReplyError::Protocol("an empty line"));
+            }
             let (tag, head) = (buf[pos], &buf[pos + 1..end]);
             let mut next = end + 2;
             let mut children = 0;
@@ -119,7 +125,10 @@ impl ReplyScan {
                 _ => return Err(ReplyError::Protocol("an unknown type byte")),
             }
             self.pos = next;
-            self.left = self.left - 1 + children;
+            self.left = (self.left - 1)
+                .checked_add(children)
+                .filter(|&left| left <= MAX_ELEMENTS)
+                .ok_or(ReplyError::Protocol("more elements than a reply can hold"))?;
         }
         Ok(Scan::Complete(self.pos))
     }
@@ -135,6 +144,9 @@ impl<'a> Cursor<'a> {
     /// The next header: its type byte and the rest of its line.
     fn header(&mut self) -> Result<(u8, &'a [u8]), ReplyError> {
         let end = line_end(self.buf, self.pos).ok_or(ReplyError::Protocol("a reply cut short"))?;
+        if end == self.pos {
+            return Err(ReplyError::Protocol("an empty line"));
+        }
         let header = (self.buf[self.pos], &self.buf[self.pos + 1..end]);
         self.pos = end + 2;
         Ok(header)
@@ -195,14 +207,15 @@ pub fn read_reply(reply: &[u8]) -> Result<Vec<RawEntry>, ReplyError> {
         }
         at.string()?;
         let entries = at.array()?.unwrap_or(0);
-        out.reserve(entries);
+        // Counts are the sender's word until the elements are read: reserve within reason.
+        out.reserve(entries.min(4096));
         for _ in 0..entries {
             if at.array()? != Some(2) {
                 return Err(ReplyError::Protocol("an entry not an [id, fields] pair"));
             }
             let id = at.text()?;
             let flat = at.array()?.unwrap_or(0);
-            let mut fields = Vec::with_capacity(flat / 2);
+            let mut fields = Vec::with_capacity((flat / 2).min(16));
             for _ in 0..flat / 2 {
                 let name = at.text()?;
                 let value = at.string()?.map(<[u8]>::to_vec).unwrap_or_default();
@@ -319,12 +332,16 @@ mod tests {
             read_reply(nogroup).unwrap_err(),
             ReplyError::Redis("NOGROUP No such key 'k' or consumer group 'persister'".into())
         );
+        let deep = b"*999999999999999999\r\n".repeat(20);
         for broken in [
             &b"?1\r\n"[..],
             b"$x\r\n",
             b"$3\r\nabcd\r\n",
             b"*-2\r\n",
             b"$1\rx",
+            b"\r\n",
+            b"*1\r\n\r\n",
+            &deep,
         ] {
             assert!(
                 matches!(reply_len(broken), Err(ReplyError::Protocol(_))),
@@ -332,6 +349,7 @@ mod tests {
             );
         }
         assert_eq!(read_reply(b"*-1\r\n"), Ok(vec![]));
+        assert!(read_reply(b"*1\r\n\r\n").is_err());
         assert!(read_reply(b":1\r\n").is_err());
     }
 

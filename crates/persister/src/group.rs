@@ -304,13 +304,17 @@ pub async fn ack(
         .await
 }
 
-/// `XACK` and, when the entry was still pending, `XADD` to the dead-letter stream, in one step. KEYS: the
-/// stream, its dead-letter stream; ARGV: group, entry id, then the dead letter's field/value pairs.
+/// When the entry is still pending: `XADD` to the dead-letter stream, then `XACK`, in one step. KEYS: the
+/// stream, its dead-letter stream; ARGV: group, entry id, then the dead letter's field/value pairs. The
+/// check comes first and the `XACK` last because Redis does not undo a script's earlier writes when a
+/// later command fails: an `XADD` that fails (the dead-letter key is not a stream, or more fields than
+/// Lua's `unpack` takes) then leaves the entry pending, not acknowledged and lost.
 static DEAD_LETTER_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then return 0 end
 redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 return 1
 ",
     )

@@ -215,7 +215,8 @@ async fn read_page(
     web::block(move || -> Result<Page, ApiError> {
         let mut conn = db.get().map_err(|e| ApiError::StoreUnavailable(e.into()))?;
         let mut page = Page {
-            json: Vec::with_capacity(CHUNK_BYTES),
+            // Room for a full page and the row that ends it, so the buffer does not double past it.
+            json: Vec::with_capacity(PAGE_BYTES + CHUNK_BYTES),
             last: after,
             done: true,
             next_limit: limit,

@@ -168,3 +168,33 @@ async fn an_entry_two_batches_hold_is_dead_lettered_once_and_left_alone_by_the_o
         "the second batch has nothing to do"
     );
 }
+
+/// Redis does not undo a script's earlier writes when a later command fails: a dead letter that cannot be
+/// written must leave the entry pending, not acknowledged and lost.
+#[tokio::test]
+async fn a_dead_letter_that_cannot_be_written_leaves_the_entry_pending() {
+    let (settings, _cleanup) = setup();
+    xadd(&settings, &[entry("\"poison\"")]);
+    let client = redis::Client::open(settings.redis_url.as_str()).unwrap();
+    let mut conn: ConnectionManager = client.get_connection_manager().await.unwrap();
+    let key = &settings.stream_key;
+    group::ensure_group(&mut conn, key).await.unwrap();
+    let read = group::read(&mut conn, key, "c", &Cursor::New, 10, 100, small_entries())
+        .await
+        .unwrap();
+    // The dead-letter key holds something that is not a stream: its XADD fails.
+    let _: () = redis::cmd("SET")
+        .arg(model::dead_letter_key(key))
+        .arg("not a stream")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let d = &read[0];
+    let moved = group::dead_letter(&mut conn, key, &d.raw_id, &d.fields, "poison").await;
+    assert!(moved.is_err(), "{moved:?}");
+    assert_eq!(
+        pending(&settings),
+        1,
+        "still pending, for the next delivery"
+    );
+}

@@ -84,9 +84,17 @@ impl RawConn {
             conn.expect_ok("SELECT", redis::cmd("SELECT").arg(redis.db()), timeout)
                 .await?;
         }
+        // A name only helps an operator reading CLIENT LIST: a user whose ACL refuses it still reads.
         let mut setname = redis::cmd("CLIENT");
-        conn.expect_ok("CLIENT SETNAME", setname.arg("SETNAME").arg(name), timeout)
-            .await?;
+        match conn
+            .expect_ok("CLIENT SETNAME", setname.arg("SETNAME").arg(name), timeout)
+            .await
+        {
+            Err(RawError::Refused(_, why)) => {
+                log::warn!("Redis refused to name the connection {name}: {why}")
+            }
+            other => other?,
+        }
         Ok(conn)
     }
 
@@ -145,6 +153,10 @@ impl RawConn {
                 continue;
             }
             match scan.scan(&self.buf)? {
+                // One request, one reply: bytes after it would be taken for the next reply.
+                Scan::Complete(len) if len < self.buf.len() => {
+                    return Err(model::resp::ReplyError::Protocol("bytes after the reply").into())
+                }
                 Scan::Complete(len) => return Ok(len),
                 Scan::Needs(n) => need = n,
             }
