@@ -39,7 +39,11 @@ pub struct Env {
 /// pages) went to encrypting a local socket.
 pub fn bench_settings() -> Settings {
     let mut s = testkit::test_settings();
-    if !s.database_url.contains("sslmode=") {
+    // A key=value DSN ("host=… dbname=…") is left as it is: it would need ` sslmode=disable` instead.
+    let url_form = ["postgres://", "postgresql://"]
+        .iter()
+        .any(|scheme| s.database_url.starts_with(scheme));
+    if url_form && !s.database_url.contains("sslmode=") {
         let sep = if s.database_url.contains('?') {
             '&'
         } else {
