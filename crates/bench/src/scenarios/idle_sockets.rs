@@ -1,11 +1,11 @@
 //! idle sockets: the gateway's memory per open, idle WebSocket connection, and whether it holds the
-//! number asked for. When the machine refuses a connection (open files, ports, memory), the row says so
+//! number asked for, beside a bare actix-ws server (`relay-floor`) holding the same in the same run. When the machine refuses a connection (open files, ports, memory), the row says so
 //! and how many were held, and the figure is per connection actually held.
 
 use std::time::Duration;
 
 use anyhow::ensure;
-use testkit::procs::memory_kib;
+use testkit::procs::{memory_kib, Service};
 
 use super::Env;
 use crate::report::Row;
@@ -16,56 +16,26 @@ const RELEASED: usize = 100;
 
 pub async fn idle_sockets(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
     let s = env.scenario("idle");
+    // The same-run ceiling: a bare actix-ws server (`relay-floor`) holding as many idle sockets.
+    let floor = env.start_floor("broadcast", &s);
+    progress("bare actix-ws server:");
+    let bare = hold_idle(&floor, sizes.idle_sockets).await?;
+    bare.keepers.iter().for_each(tokio::task::JoinHandle::abort);
+    bare.warm.abort();
+    drop(floor);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
     let gateway = env.start("push-gateway", &s, &[]);
-    let addr = format!("127.0.0.1:{}", gateway.port);
-    // Warm up: one connection, so allocator and runtime start-up costs are not counted per socket.
-    let mut warm = ws::connect(&addr).await?;
-    let warm = tokio::spawn(async move {
-        while let Some(Ok(_)) = futures_util::StreamExt::next(&mut warm).await {}
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (before, _) = memory_kib(gateway.pid());
-    progress(format!(
-        "opening {} idle WebSocket connections",
-        sizes.idle_sockets
-    ));
-    // Idle, not dead: each socket is read from the moment it opens (so pings are answered), as a browser
-    // tab's would be.
-    let mut keepers = Vec::with_capacity(sizes.idle_sockets);
-    let mut refused = None;
-    'open: for chunk in 0..sizes.idle_sockets.div_ceil(500) {
-        // Each source address of 127.0.0.0/8 has ~28,000 ephemeral ports: spread over several.
-        let from = std::net::Ipv4Addr::new(127, 0, 0, 1 + (chunk / 40) as u8);
-        let batch = (chunk * 500..((chunk + 1) * 500).min(sizes.idle_sockets)).map(|_| async {
-            // A server out of descriptors leaves the connection in its accept queue: without a
-            // deadline the refusal would be a hang.
-            tokio::time::timeout(Duration::from_secs(10), ws::connect_from(&addr, from))
-                .await
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("no handshake within 10 s")))
-        });
-        for socket in futures_util::future::join_all(batch).await {
-            match socket {
-                Ok(mut socket) => keepers.push(tokio::spawn(async move {
-                    while let Some(Ok(_)) = futures_util::StreamExt::next(&mut socket).await {}
-                })),
-                Err(e) => {
-                    refused = Some(format!("{e:#}"));
-                    break 'open;
-                }
-            }
-        }
-    }
-    let held = keepers.len();
-    let measured = held;
-    if let Some(why) = &refused {
-        progress(format!("the machine refused socket {}: {why}", held + 1));
-    }
-    ensure!(held > 0, "no idle socket could be opened: {refused:?}");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (after, _) = memory_kib(gateway.pid());
-    let per = (after.saturating_sub(before)) as f64 / held.max(1) as f64;
+    progress("push-gateway:");
+    let Held {
+        per,
+        measured,
+        refused,
+        mut keepers,
+        warm,
+    } = hold_idle(&gateway, sizes.idle_sockets).await?;
+    let mut held = measured;
     // A gateway out of descriptors cannot answer /metrics either: give a few back before asking.
-    let mut held = held;
     if refused.is_some() {
         for keeper in keepers.drain(held.saturating_sub(RELEASED)..) {
             keeper.abort();
@@ -105,14 +75,96 @@ pub async fn idle_sockets(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
             &format!("gateway RSS per idle connection ({measured} held)"),
             format!("{per:.1} KiB"),
         )
+        .baseline(
+            format!(
+                "bare actix-ws server {:.1} KiB ({} held)",
+                bare.per, bare.measured
+            ),
+            per / bare.per.max(0.1),
+        )
         .goal("≤ 10 KiB", per <= 10.0),
         Row::new(
             "idle sockets",
             "idle WebSockets held",
             format!("{measured} of {}{limit}", sizes.idle_sockets),
         )
+        .baseline(
+            format!("bare actix-ws server {}", bare.measured),
+            measured as f64 / bare.measured.max(1) as f64,
+        )
         .goal(&format!("{} held", sizes.idle_sockets), all_held),
     ])
+}
+
+/// Idle sockets held open against one server, and what they cost it.
+struct Held {
+    /// The server's RSS growth per socket, KiB.
+    per: f64,
+    /// Sockets opened (and measured).
+    measured: usize,
+    /// Why the machine refused the next one, if it did.
+    refused: Option<String>,
+    /// The tasks reading each socket: aborting one closes it.
+    keepers: Vec<tokio::task::JoinHandle<()>>,
+    /// The warm-up connection's reader.
+    warm: tokio::task::JoinHandle<()>,
+}
+
+/// Opens up to `n` idle WebSockets to `server` (after one warm-up connection, so allocator and runtime
+/// start-up costs are not counted per socket), and measures its RSS growth per socket.
+async fn hold_idle(server: &Service, n: usize) -> anyhow::Result<Held> {
+    let addr = format!("127.0.0.1:{}", server.port);
+    let mut warm = ws::connect(&addr).await?;
+    let warm = tokio::spawn(async move {
+        while let Some(Ok(_)) = futures_util::StreamExt::next(&mut warm).await {}
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (before, _) = memory_kib(server.pid());
+    progress(format!("opening {n} idle WebSocket connections"));
+    // Idle, not dead: each socket is read from the moment it opens (so pings are answered), as a browser
+    // tab's would be.
+    let mut keepers = Vec::with_capacity(n);
+    let mut refused = None;
+    'open: for chunk in 0..n.div_ceil(500) {
+        // Each source address of 127.0.0.0/8 has ~28,000 ephemeral ports: spread over several.
+        let from = std::net::Ipv4Addr::new(127, 0, 0, 1 + (chunk / 40) as u8);
+        let batch = (chunk * 500..((chunk + 1) * 500).min(n)).map(|_| async {
+            // A server out of descriptors leaves the connection in its accept queue: without a
+            // deadline the refusal would be a hang.
+            tokio::time::timeout(Duration::from_secs(10), ws::connect_from(&addr, from))
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("no handshake within 10 s")))
+        });
+        for socket in futures_util::future::join_all(batch).await {
+            match socket {
+                Ok(mut socket) => keepers.push(tokio::spawn(async move {
+                    while let Some(Ok(_)) = futures_util::StreamExt::next(&mut socket).await {}
+                })),
+                Err(e) => {
+                    refused = Some(format!("{e:#}"));
+                    break 'open;
+                }
+            }
+        }
+    }
+    let measured = keepers.len();
+    if let Some(why) = &refused {
+        progress(format!(
+            "the machine refused socket {}: {why}",
+            measured + 1
+        ));
+    }
+    ensure!(measured > 0, "no idle socket could be opened: {refused:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (after, _) = memory_kib(server.pid());
+    let per = (after.saturating_sub(before)) as f64 / measured.max(1) as f64;
+    Ok(Held {
+        per,
+        measured,
+        refused,
+        keepers,
+        warm,
+    })
 }
 
 /// This process's open-files limit (soft/hard), as the kernel reports it; the services inherit it.
