@@ -123,20 +123,27 @@ async fn an_entry_delivered_more_than_max_deliveries_times_is_dead_lettered_not_
     );
 }
 
+/// One entry appended and read by consumer `c` (so it is pending on `c`), and the connection that read it.
+async fn one_entry_read_by_c(settings: &Settings) -> (ConnectionManager, Vec<group::Delivered>) {
+    xadd(settings, &[entry("\"poison\"")]);
+    let client = redis::Client::open(settings.redis_url.as_str()).unwrap();
+    let mut conn: ConnectionManager = client.get_connection_manager().await.unwrap();
+    let key = &settings.stream_key;
+    group::ensure_group(&mut conn, key).await.unwrap();
+    let read = group::read(&mut conn, key, "c", &Cursor::New, 10, 100, small_entries())
+        .await
+        .unwrap();
+    (conn, read)
+}
+
 /// The race behind the test above, made certain: two batches of one consumer hold the same entry (a
 /// claim, then a pending-first re-read). The first dead-letters it; the second must neither dead-letter
 /// it again nor take it for a first delivery and store it.
 #[tokio::test]
 async fn an_entry_two_batches_hold_is_dead_lettered_once_and_left_alone_by_the_other() {
     let (settings, _cleanup) = setup();
-    xadd(&settings, &[entry("\"poison\"")]);
-    let client = redis::Client::open(settings.redis_url.as_str()).unwrap();
-    let mut conn: ConnectionManager = client.get_connection_manager().await.unwrap();
+    let (mut conn, first) = one_entry_read_by_c(&settings).await;
     let key = &settings.stream_key;
-    group::ensure_group(&mut conn, key).await.unwrap();
-    let first = group::read(&mut conn, key, "c", &Cursor::New, 10, 100, small_entries())
-        .await
-        .unwrap();
     let pending_first = Cursor::Pending("0-0".into());
     let mut second = group::read(
         &mut conn,
@@ -174,14 +181,8 @@ async fn an_entry_two_batches_hold_is_dead_lettered_once_and_left_alone_by_the_o
 #[tokio::test]
 async fn a_dead_letter_that_cannot_be_written_leaves_the_entry_pending() {
     let (settings, _cleanup) = setup();
-    xadd(&settings, &[entry("\"poison\"")]);
-    let client = redis::Client::open(settings.redis_url.as_str()).unwrap();
-    let mut conn: ConnectionManager = client.get_connection_manager().await.unwrap();
+    let (mut conn, read) = one_entry_read_by_c(&settings).await;
     let key = &settings.stream_key;
-    group::ensure_group(&mut conn, key).await.unwrap();
-    let read = group::read(&mut conn, key, "c", &Cursor::New, 10, 100, small_entries())
-        .await
-        .unwrap();
     // The dead-letter key holds something that is not a stream: its XADD fails.
     let _: () = redis::cmd("SET")
         .arg(model::dead_letter_key(key))
