@@ -6,6 +6,10 @@
 //!   reference count) and queues it to every WebSocket client. No Redis: the fan-out ceiling.
 //! - `FLOOR_MODE=pipeline`: `POST /messages` → `XADD` → 202; one reader `XREAD BLOCK`s the stream and
 //!   broadcasts each entry as a frame: the floor of POST → WebSocket frame through Redis.
+//! - `FLOOR_MODE=read`: `GET /messages` streams every row of `DATABASE_URL`'s `messages` table as one
+//!   JSON array, in Relay's envelope: one connection, one query read row by row (libpq's single-row
+//!   mode, as Relay's pages are), 64 KiB chunks through a channel of two to the socket. No pool, no
+//!   pages, no limits: the floor of a streamed full read on actix-web and Diesel, in time and in memory.
 //!
 //! Both shed as the gateway does: a client whose queue of `WS_SEND_QUEUE` frames is full is dropped and
 //! closed with 1013. Frames have the gateway's layout (`{"type":"message","data":{"id":…,"stream_id":…,
@@ -41,6 +45,9 @@ impl Hub {
 
 enum Mode {
     Broadcast,
+    Read {
+        database_url: String,
+    },
     Pipeline {
         redis: redis::aio::MultiplexedConnection,
         key: String,
@@ -68,6 +75,7 @@ async fn publish(body: web::Bytes, hub: web::Data<Hub>, mode: web::Data<Mode>) -
             hub.publish(|seq| frame(&format!("1-{seq}"), text));
             HttpResponse::Accepted().body("{}")
         }
+        Mode::Read { .. } => HttpResponse::MethodNotAllowed().finish(),
         Mode::Pipeline { redis, key } => {
             let mut redis = redis.clone();
             match redis
@@ -79,6 +87,47 @@ async fn publish(body: web::Bytes, hub: web::Data<Hub>, mode: web::Data<Mode>) -
             }
         }
     }
+}
+
+/// Bytes per chunk of a streamed read, as Relay's.
+const CHUNK_BYTES: usize = 64 * 1024;
+
+/// `GET /messages` in read mode: the whole table as one JSON array, streamed.
+async fn read_all(mode: web::Data<Mode>) -> HttpResponse {
+    let Mode::Read { database_url } = mode.get_ref() else {
+        return HttpResponse::NotFound().finish();
+    };
+    let database_url = database_url.clone();
+    let (tx, rx) = mpsc::channel::<web::Bytes>(2);
+    tokio::task::spawn_blocking(move || {
+        use diesel::Connection;
+        let mut conn = diesel::PgConnection::establish(&database_url).expect("DATABASE_URL");
+        let mut chunk = Vec::with_capacity(CHUNK_BYTES * 2);
+        chunk.push(b'[');
+        let mut first = true;
+        let read = store::read::for_each(&mut conn, None, None, i64::MAX, |row| {
+            if !std::mem::take(&mut first) {
+                chunk.push(b',');
+            }
+            row.write_json(&mut chunk);
+            if chunk.len() < CHUNK_BYTES {
+                return true;
+            }
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_BYTES * 2));
+            tx.blocking_send(web::Bytes::from(full)).is_ok()
+        });
+        if read.is_ok() {
+            chunk.push(b']');
+            let _ = tx.blocking_send(web::Bytes::from(chunk));
+        }
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        let chunk = rx.recv().await?;
+        Some((Ok::<_, actix_web::Error>(chunk), rx))
+    });
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .streaming(body)
 }
 
 /// Reads the stream from its end and broadcasts every entry (pipeline mode).
@@ -167,6 +216,9 @@ async fn main() -> std::io::Result<()> {
             actix_web::rt::spawn(read_stream(client, key.clone(), hub.clone()));
             Mode::Pipeline { redis, key }
         }
+        "read" => Mode::Read {
+            database_url: var("DATABASE_URL", "postgres://127.0.0.1/relay"),
+        },
         _ => Mode::Broadcast,
     };
     let mode = web::Data::from(Arc::new(mode));
@@ -177,6 +229,7 @@ async fn main() -> std::io::Result<()> {
             .app_data(hub.clone())
             .app_data(mode.clone())
             .route("/messages", web::post().to(publish))
+            .route("/messages", web::get().to(read_all))
             .route("/ws", web::get().to(ws))
             .route("/readyz", web::get().to(HttpResponse::Ok))
     })

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::ensure;
 use diesel::RunQueryDsl;
 use testkit::db::pg;
-use testkit::procs::memory_kib;
+use testkit::procs::{memory_kib, Service};
 
 use super::{require, Env};
 use crate::report::Row;
@@ -43,10 +43,62 @@ pub async fn read_all(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
         .unwrap_or(0);
     ensure!(lines == n, "psql returned {lines} rows of {n}");
 
+    // The same-run floor of a streamed read on this stack: one connection, one query, no pages.
+    let floor = env.start_floor("read", &s);
+    progress("bare streamed read (relay-floor)");
+    let bare = get_all(&floor, n).await?;
+    drop(floor);
+
     let ingest = env.start("ingest-api", &s, &[]);
     progress("GET /messages");
+    let relay = get_all(&ingest, n).await?;
+    drop(ingest);
+    let (relay_secs, bytes, peak) = (relay.secs, relay.bytes, relay.peak_kib);
+    let ratio = psql_secs / relay_secs;
+    Ok(vec![
+        Row::new(
+            "read all",
+            &format!("GET /messages of {n} rows ({} MiB)", bytes >> 20),
+            format!("{relay_secs:.2} s ({:.0} rows/s)", n as f64 / relay_secs),
+        )
+        .baseline(
+            format!(
+                "psql COPY TO STDOUT {psql_secs:.2} s (bare streamed read {:.2} s, {:.2}×)",
+                bare.secs,
+                psql_secs / bare.secs
+            ),
+            ratio,
+        )
+        .goal("≥ 1.2×", ratio >= 1.2),
+        Row::new(
+            "read all",
+            "ingest-api peak RSS",
+            format!("{:.1} MiB", peak as f64 / 1024.0),
+        )
+        .baseline(
+            format!(
+                "bare streamed read {:.1} MiB",
+                bare.peak_kib as f64 / 1024.0
+            ),
+            peak as f64 / bare.peak_kib.max(1) as f64,
+        )
+        .goal("≤ 16 MiB", peak <= 16 * 1024),
+    ])
+}
+
+/// One full read over HTTP.
+struct Read {
+    secs: f64,
+    bytes: usize,
+    /// The server's peak RSS (its high-water mark since it started), KiB.
+    peak_kib: u64,
+}
+
+/// `GET {base}/messages` of the whole table, counting the messages as they arrive; fails unless there
+/// are `n`.
+async fn get_all(server: &Service, n: usize) -> anyhow::Result<Read> {
     let started = Instant::now();
-    let mut res = reqwest::get(format!("{}/messages", ingest.url())).await?;
+    let mut res = reqwest::get(format!("{}/messages", server.url())).await?;
     ensure!(
         res.status() == 200,
         "GET /messages answered {}",
@@ -70,24 +122,16 @@ pub async fn read_all(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
         tail.extend_from_slice(&chunk[chunk.len().saturating_sub(KEY.len() - 1)..]);
         tail.drain(..tail.len().saturating_sub(KEY.len() - 1));
     }
-    let relay_secs = started.elapsed().as_secs_f64();
-    let (_, peak) = memory_kib(ingest.pid());
-    drop(ingest);
-    ensure!(items == n, "GET /messages returned {items} messages of {n}");
-    let ratio = psql_secs / relay_secs;
-    Ok(vec![
-        Row::new(
-            "read all",
-            &format!("GET /messages of {n} rows ({} MiB)", bytes >> 20),
-            format!("{relay_secs:.2} s ({:.0} rows/s)", n as f64 / relay_secs),
-        )
-        .baseline(format!("psql COPY TO STDOUT {psql_secs:.2} s"), ratio)
-        .goal("≥ 1.2×", ratio >= 1.2),
-        Row::new(
-            "read all",
-            "ingest-api peak RSS",
-            format!("{:.1} MiB", peak as f64 / 1024.0),
-        )
-        .goal("≤ 16 MiB", peak <= 16 * 1024),
-    ])
+    let secs = started.elapsed().as_secs_f64();
+    let (_, peak_kib) = memory_kib(server.pid());
+    ensure!(
+        items == n,
+        "GET /messages of {} returned {items} messages of {n}",
+        server.url()
+    );
+    Ok(Read {
+        secs,
+        bytes,
+        peak_kib,
+    })
 }
