@@ -13,7 +13,7 @@ use anyhow::ensure;
 use hdrhistogram::Histogram;
 use testkit::procs::{memory_kib, Service};
 
-use super::{histogram, post_open_loop, wall_us, Env};
+use super::{cpu_time, histogram, post_open_loop, wall_us, Env};
 use crate::report::{latency_summary, us, Row};
 use crate::{progress, ws, Sizes};
 
@@ -227,14 +227,4 @@ async fn drive(
         cpu_percent: cpu.as_secs_f64() / secs * 100.0,
         rss_kib,
     })
-}
-
-/// CPU time (user + system) a process has used.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after_name = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    Duration::from_secs_f64(ticks as f64 / 100.0)
 }

@@ -3,10 +3,11 @@
 //! read what they asked for, 16 that send a body a byte a second), against the plain figure.
 
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
 
-use super::{pad, require, Env};
+use super::{cpu_time, pad, require, Env};
 use crate::report::{us, Row};
 use crate::{progress, Sizes};
 
@@ -77,15 +78,40 @@ pub async fn ingest(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
         "redis-benchmark added {raw_len} entries, not {n}"
     );
     let _: () = redis::cmd("DEL").arg(&raw_key).query(&mut redis)?;
-
-    let ingest = env.start("ingest-api", &s, &[]);
     let script = std::env::temp_dir().join(format!("relay-wrk-{}.lua", std::process::id()));
     std::fs::write(&script, WRK_SCRIPT.replace("BODY", &format!("{body:?}")))?;
+
+    // The HTTP floor: actix-web answering the same POSTs after the same JSON check, with no Redis.
+    // Its CPU per request beside ingest-api's is what Relay adds to HTTP alone.
+    let floor = env.start_floor("broadcast", &s);
+    progress("bare actix-web + JSON check (relay-floor):");
+    let floor_cpu = cpu_time(floor.pid());
+    let bare = tokio::task::block_in_place(|| {
+        run_wrk(
+            &format!("{}/messages", floor.url()),
+            &script,
+            sizes.ingest_secs,
+        )
+    });
+    let floor_cpu = cpu_time(floor.pid()) - floor_cpu;
+    drop(floor);
+    let bare = bare?;
+
+    let ingest = env.start("ingest-api", &s, &[]);
     let url = format!("{}/messages", ingest.url());
+    let redis_pid = local_redis_pid(&mut redis);
+    let cpu_before = (
+        cpu_time(ingest.pid()),
+        redis_pid.map(cpu_time).unwrap_or_default(),
+    );
     // wrk blocks its thread; block_in_place keeps the runtime's other thread for the hostile clients.
     let plain = tokio::task::block_in_place(|| {
         wrk(&url, &script, sizes.ingest_secs, &mut redis, &s.stream_key)
     });
+    let cpu_spent = (
+        cpu_time(ingest.pid()) - cpu_before.0,
+        redis_pid.map(cpu_time).unwrap_or_default() - cpu_before.1,
+    );
     let hostile = match &plain {
         Ok(_) => {
             let addr = format!("127.0.0.1:{}", ingest.port);
@@ -103,6 +129,14 @@ pub async fn ingest(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
     drop(ingest);
     let plain = plain?;
     let ratio = plain.rate / xadd_rate;
+    // CPU µs per accepted request.
+    let per_request =
+        |cpu: Duration, requests: u64| cpu.as_secs_f64() * 1e6 / requests.max(1) as f64;
+    let (relay_us, redis_us, bare_us) = (
+        per_request(cpu_spent.0, plain.accepted),
+        per_request(cpu_spent.1, plain.accepted),
+        per_request(floor_cpu, bare.accepted),
+    );
     let p99_ratio = plain.p99 as f64 / xadd_p99_us as f64;
     let mut rows = vec![
         Row::new(
@@ -110,7 +144,14 @@ pub async fn ingest(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
             "accepted POST/s (200 B JSON, 64 conns)",
             format!("{:.0}/s", plain.rate),
         )
-        .baseline(format!("XADD {xadd_rate:.0}/s"), ratio)
+        .baseline(
+            format!(
+                "XADD {xadd_rate:.0}/s (bare actix-web POST {:.0}/s, {:.2}× XADD)",
+                bare.rate,
+                bare.rate / xadd_rate
+            ),
+            ratio,
+        )
         .goal("≥ 0.9×", ratio >= 0.9),
         Row::new(
             "ingest",
@@ -124,6 +165,18 @@ pub async fn ingest(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
         )
         .baseline(format!("XADD p99 {}", us(xadd_p99_us)), p99_ratio)
         .goal("p99 ≤ 3×", p99_ratio <= 3.0),
+        Row::new(
+            "ingest",
+            "CPU per accepted POST (user + system)",
+            format!(
+                "ingest-api {relay_us:.1} µs · Redis {}",
+                redis_pid.map_or("— (not local)".into(), |_| format!("{redis_us:.1} µs"))
+            ),
+        )
+        .baseline(
+            format!("bare actix-web + JSON check {bare_us:.1} µs"),
+            relay_us / bare_us.max(0.001),
+        ),
     ];
     rows.push(match hostile {
         Ok(h) => {
@@ -144,6 +197,8 @@ pub async fn ingest(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
 /// One wrk run's figures.
 struct Wrk {
     rate: f64,
+    /// Requests answered 2xx.
+    accepted: u64,
     p50: u64,
     p99: u64,
     p999: u64,
@@ -158,7 +213,22 @@ fn wrk(
     stream_key: &str,
 ) -> anyhow::Result<Wrk> {
     let before: u64 = redis::cmd("XLEN").arg(stream_key).query(redis)?;
-    progress(format!("wrk: POST /messages, 64 connections, {secs} s"));
+    let run = run_wrk(url, script, secs)?;
+    let accepted = run.accepted;
+    // wrk stops with up to 64 requests in flight: those may be in the stream without a counted answer.
+    // Give them a moment to land, so the next run's count starts from a settled stream.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let stored = redis::cmd("XLEN").arg(stream_key).query::<u64>(redis)? - before;
+    ensure!(
+        stored >= accepted && stored <= accepted + 64,
+        "{accepted} accepted but {stored} entries in the stream"
+    );
+    Ok(run)
+}
+
+/// wrk against `url` for `secs`, 64 connections; fails unless every answer was a 2xx.
+fn run_wrk(url: &str, script: &std::path::Path, secs: u32) -> anyhow::Result<Wrk> {
+    progress(format!("wrk: POST {url}, 64 connections, {secs} s"));
     let out = Command::new("wrk")
         .args([
             "-t2",
@@ -188,20 +258,27 @@ fn wrk(
         status_errors == 0 && socket_errors == 0,
         "{status_errors} non-2xx answers, {socket_errors} socket errors"
     );
-    // wrk stops with up to 64 requests in flight: those may be in the stream without a counted answer.
-    // Give them a moment to land, so the next run's count starts from a settled stream.
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let stored = redis::cmd("XLEN").arg(stream_key).query::<u64>(redis)? - before;
-    ensure!(
-        stored >= accepted && stored <= accepted + 64,
-        "{accepted} accepted but {stored} entries in the stream"
-    );
     Ok(Wrk {
         rate: accepted as f64 / (duration_us as f64 / 1e6),
+        accepted,
         p50,
         p99,
         p999,
     })
+}
+
+/// The pid of the Redis server the bench uses, when it runs on this machine (`INFO server`'s
+/// `process_id`, checked against `/proc`): its CPU is counted beside ingest-api's.
+fn local_redis_pid(redis: &mut redis::Connection) -> Option<u32> {
+    let info: String = redis::cmd("INFO").arg("server").query(redis).ok()?;
+    let pid: u32 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    comm.starts_with("redis-server").then_some(pid)
 }
 
 /// Opens the hostile connections and keeps them busy until the returned tasks are aborted: 16 that

@@ -237,3 +237,13 @@ pub(crate) async fn post_open_loop(
     );
     Ok((sent, accepted.load(std::sync::atomic::Ordering::Relaxed)))
 }
+
+/// CPU time (user + system) a process has used.
+pub(crate) fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Duration::from_secs_f64(ticks as f64 / 100.0)
+}
