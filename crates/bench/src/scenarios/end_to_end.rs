@@ -1,7 +1,8 @@
 //! end to end: POST → WebSocket frame and POST → committed row, at a steady open-loop rate. The frame's
 //! latency stands beside a bare POST → XADD → XREAD → WebSocket program (`relay-floor pipeline`) at the
 //! same rate in the same run; the row's latency is judged by its own shape (no stall: p99 and p99.9 near
-//! p50), since no bare program stores rows the way the persister must.
+//! p50), and stands beside a bare program committing one single-row `INSERT` per message at the same
+//! rate, timed the same way (to the transaction's `now()`): the floor of Postgres' commits on this disk.
 
 use std::time::{Duration, Instant};
 
@@ -55,10 +56,57 @@ async fn floor_to_frame(env: &Env, sizes: Sizes) -> anyhow::Result<hdrhistogram:
     Ok(h)
 }
 
+/// The floor of POST → committed row: one `INSERT` and its commit per message, open loop at the same
+/// rate, one connection, no HTTP or Redis in between. Latency runs from the message's scheduled time (so
+/// a commit that falls behind delays the next, as a stalled persister would) to its transaction's
+/// `now()`, the clock Relay's `persisted_at` reads.
+async fn floor_to_commit(env: &Env, sizes: Sizes) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+    let s = env.scenario_with_database("e2e-commit").await?;
+    progress(format!(
+        "bare INSERT + COMMIT: {} msg/s for {} s",
+        sizes.e2e_rate, sizes.e2e_secs
+    ));
+    tokio::task::spawn_blocking(move || {
+        #[derive(diesel::QueryableByName)]
+        struct At {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            at: i64,
+        }
+        let mut conn = pg(&s.database_url)?;
+        diesel::sql_query(
+            "CREATE TABLE commit_floor (seq bigint PRIMARY KEY, payload json NOT NULL, \
+             at timestamptz NOT NULL DEFAULT now())",
+        )
+        .execute(&mut conn)?;
+        let total = u64::from(sizes.e2e_rate * sizes.e2e_secs);
+        let (start, start_wall) = (Instant::now(), wall_us());
+        let mut h = histogram();
+        for seq in 0..total {
+            let offset = Duration::from_secs_f64(seq as f64 / f64::from(sizes.e2e_rate));
+            if let Some(wait) = offset.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+            let payload = format!("{{\"seq\":{seq},\"pad\":\"{}\"}}", super::pad(120));
+            let row: At = diesel::sql_query(
+                "INSERT INTO commit_floor (seq, payload) VALUES ($1, $2::json) \
+                 RETURNING (extract(epoch FROM at) * 1000000)::bigint AS at",
+            )
+            .bind::<diesel::sql_types::BigInt, _>(seq as i64)
+            .bind::<diesel::sql_types::Text, _>(payload)
+            .get_result(&mut conn)?;
+            let scheduled = start_wall + offset.as_micros() as u64;
+            h.record((row.at as u64).saturating_sub(scheduled).max(1))?;
+        }
+        Ok(h)
+    })
+    .await?
+}
+
 pub async fn end_to_end(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
     progress("CHECKPOINT: what the earlier scenarios wrote, to disk before measuring");
     env.settle_postgres();
     let floor = floor_to_frame(env, sizes).await?;
+    let commits = floor_to_commit(env, sizes).await?;
     let s = env.scenario("e2e");
     let persister = env.start("persister", &s, &[("PERSISTER_BLOCK_MS", "1000")]);
     let ingest = env.start("ingest-api", &s, &[]);
@@ -158,6 +206,20 @@ pub async fn end_to_end(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
         .goal(
             "no stall: p99 ≤ 4× p50, p99.9 ≤ 10× p50",
             stall_99 <= 4.0 && stall_999 <= 10.0,
+        ),
+        Row::new(
+            "end to end",
+            "POST→committed row, p99.9 against bare commits at the same rate",
+            format!("p99 {} · p99.9 {}", us(row_p99), us(row_p999)),
+        )
+        .baseline(
+            format!(
+                "bare INSERT + COMMIT {}; p99.9 {:.1}× its p50",
+                latency_summary(&commits),
+                commits.value_at_quantile(0.999) as f64
+                    / commits.value_at_quantile(0.5).max(1) as f64
+            ),
+            row_p999 as f64 / commits.value_at_quantile(0.999).max(1) as f64,
         ),
     ])
 }
