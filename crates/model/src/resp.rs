@@ -217,7 +217,7 @@ pub fn read_reply(reply: &[u8]) -> Result<Vec<RawEntry>, ReplyError> {
             let flat = at.array()?.unwrap_or(0);
             let mut fields = Vec::with_capacity((flat / 2).min(16));
             for _ in 0..flat / 2 {
-                let name = at.text()?;
+                let name = crate::redis_stream::field_name(at.string()?.unwrap_or_default());
                 let value = at.string()?.map(<[u8]>::to_vec).unwrap_or_default();
                 fields.push((name, value));
             }

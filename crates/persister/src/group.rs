@@ -21,7 +21,7 @@
 
 use std::sync::LazyLock;
 
-use model::redis_stream::{read_reply, RawEntry};
+use model::redis_stream::{read_reply, FieldName, RawEntry};
 use model::{dead_letter_key, DecodeError, EntryParts, StreamId, PERSISTER_GROUP};
 use redis::streams::StreamAutoClaimReply;
 use redis::{aio::ConnectionLike, Value};
@@ -36,7 +36,7 @@ pub struct Delivered {
     /// The content; the payload is checked by Postgres' `json` type on insert, not parsed here.
     pub entry: Result<EntryParts, DecodeError>,
     /// The entry's fields, kept for the dead-letter stream.
-    pub fields: Vec<(String, Vec<u8>)>,
+    pub fields: Vec<(FieldName, Vec<u8>)>,
     /// How many times the group has delivered it, this delivery included. `1` for a first delivery
     /// (`XREADGROUP >`); redelivered batches read the real count with [`with_delivery_counts`], which
     /// sets `0` for an entry already handled by another batch (nothing to do).
@@ -328,7 +328,7 @@ pub async fn dead_letter(
     conn: &mut impl ConnectionLike,
     stream_key: &str,
     raw_id: &str,
-    fields: &[(String, Vec<u8>)],
+    fields: &[(FieldName, Vec<u8>)],
     reason: &str,
 ) -> redis::RedisResult<bool> {
     let mut script = DEAD_LETTER_SCRIPT.key(stream_key);
@@ -383,7 +383,7 @@ pub async fn autoclaim(
                         Value::SimpleString(s) => s.into_bytes(),
                         _ => Vec::new(),
                     };
-                    (field, bytes)
+                    (model::redis_stream::field_name(field.as_bytes()), bytes)
                 })
                 .collect();
             Delivered::from(RawEntry {
