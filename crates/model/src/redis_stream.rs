@@ -207,6 +207,27 @@ mod tests {
     }
 
     #[test]
+    fn the_codecs_field_names_are_borrowed_and_others_owned_and_read_alike_by_both_readers() {
+        for known in ["v", "id", "received_at", "payload", "rid"] {
+            assert!(matches!(field_name(known.as_bytes()), FieldName::Borrowed(n) if n == known));
+        }
+        assert!(matches!(field_name(b"extra"), FieldName::Owned(n) if n == "extra"));
+        // A name that is not UTF-8 reads the same from a Value and from the raw reply bytes.
+        let reply =
+            b"*1\r\n*2\r\n$1\r\nk\r\n*1\r\n*2\r\n$3\r\n1-1\r\n*2\r\n$2\r\n\xffa\r\n$1\r\nx\r\n";
+        let raw = crate::resp::read_reply(reply).unwrap();
+        let value = read_reply(Value::Array(vec![Value::Array(vec![
+            bulk("k"),
+            Value::Array(vec![Value::Array(vec![
+                bulk("1-1"),
+                Value::Array(vec![Value::BulkString(b"\xffa".to_vec()), bulk("x")]),
+            ])]),
+        ])]));
+        assert_eq!(raw, value);
+        assert_eq!(raw[0].fields[0].0, "\u{fffd}a");
+    }
+
+    #[test]
     fn replies_are_walked_without_maps_and_deleted_entries_have_no_fields() {
         let entry = |id: &str, f: Value| Value::Array(vec![bulk(id), f]);
         let reply = Value::Array(vec![Value::Array(vec![
