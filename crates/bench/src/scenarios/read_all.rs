@@ -1,5 +1,6 @@
 //! read all: `GET /messages` of the whole table, against psql `COPY … TO STDOUT`, and ingest-api's peak
-//! memory meanwhile.
+//! memory meanwhile; both beside a bare streamed read (`relay-floor read`: one connection, one query,
+//! no pages) of the same table in the same run.
 
 use std::process::Command;
 use std::time::Instant;
@@ -94,7 +95,7 @@ struct Read {
     peak_kib: u64,
 }
 
-/// `GET {base}/messages` of the whole table, counting the messages as they arrive; fails unless there
+/// `GET /messages` of the whole table from `server`, counting the messages as they arrive; fails unless there
 /// are `n`.
 async fn get_all(server: &Service, n: usize) -> anyhow::Result<Read> {
     let started = Instant::now();
