@@ -194,37 +194,12 @@ async fn serve(
     mut sub: Subscription,
     since: Option<StreamId>,
 ) -> End {
-    let mut last_sent = sub.position;
-    match since {
-        // Boxed: the replay's state lives on the heap while it runs, not in every idle session's future.
-        Some(since) => {
-            // A bounded number of replays at once; one that cannot start within CLIENT_TIMEOUT_MS is told
-            // to come back rather than queue without end.
-            let permit =
-                tokio::time::timeout(client_timeout(state), state.replays.clone().acquire_owned())
-                    .await;
-            let Ok(Ok(_permit)) = permit else {
-                return close(CloseCode::Again, "too many replays; reconnect with since");
-            };
-            state.seams.pass(Seam::BeforeReplay).await;
-            // `replay` returns the position the live frames continue after: the last entry sent, `since`
-            // itself, or — for a `since` past the newest entry — the newest entry, which its `hello` named.
-            // Boxed: the replay's state lives on the heap while it runs, not in every idle session's future.
-            match Box::pin(replay(state, &mut session, &sub, since)).await {
-                Ok(position) => last_sent = position,
-                Err(end) => return end,
-            }
-        }
-        None => {
-            let hello = Out::Text(frames::hello(sub.position));
-            if let Err(end) = send(state, &mut session, &sub, hello).await {
-                return end;
-            }
-        }
-    }
-    if since.is_some() {
-        state.seams.pass(Seam::BeforeLive).await;
-    }
+    // The start (hello, or a replay from `since`) runs once: boxed, so its state is not part of every
+    // idle session's future.
+    let mut last_sent = match Box::pin(start(state, &mut session, &sub, since)).await {
+        Ok(position) => position,
+        Err(end) => return end,
+    };
     let live = state.metrics.frames.with_label_values(&["live"]);
     let timeout = client_timeout(state);
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL.min(timeout / 3));
@@ -240,7 +215,9 @@ async fn serve(
             frame = sub.recv() => {
                 let Some(frame) = frame else {
                     // Behind: everything queued has been sent; the rest comes from the history.
-                    match catch_up(state, &mut session, &sub, &mut last_sent).await {
+                    // Boxed, as the replay is: a rare path whose state need not sit in every idle
+                    // session's future.
+                    match Box::pin(catch_up(state, &mut session, &sub, &mut last_sent)).await {
                         Ok(again) => sub = again,
                         Err(end) => return end,
                     }
@@ -291,6 +268,46 @@ async fn serve(
                     return end;
                 }
             }
+        }
+    }
+}
+
+/// A session's start: the `hello` frame, or the replay of what came after `since`. Returns the position
+/// live frames continue after.
+async fn start(
+    state: &AppState,
+    session: &mut Session,
+    sub: &Subscription,
+    since: Option<StreamId>,
+) -> Result<StreamId, End> {
+    match since {
+        Some(since) => {
+            // A bounded number of replays at once; one that cannot start within CLIENT_TIMEOUT_MS is told
+            // to come back rather than queue without end.
+            let permit =
+                tokio::time::timeout(client_timeout(state), state.replays.clone().acquire_owned())
+                    .await;
+            let Ok(Ok(permit)) = permit else {
+                return Err(close(
+                    CloseCode::Again,
+                    "too many replays; reconnect with since",
+                ));
+            };
+            state.seams.pass(Seam::BeforeReplay).await;
+            // `replay` returns the position the live frames continue after: the last entry sent, `since`
+            // itself, or — for a `since` past the newest entry — the newest entry, which its `hello` named.
+            // Boxed: the replay's state lives on the heap while it runs, not in every idle session's future.
+            let position = Box::pin(replay(state, session, sub, since)).await;
+            // The turn is given back once the replay ends, before the live frames start.
+            drop(permit);
+            let position = position?;
+            state.seams.pass(Seam::BeforeLive).await;
+            Ok(position)
+        }
+        None => {
+            let hello = Out::Text(frames::hello(sub.position));
+            send(state, session, sub, hello).await?;
+            Ok(sub.position)
         }
     }
 }
@@ -397,13 +414,17 @@ async fn send(
     if let Some(sent) = futures_util::FutureExt::now_or_never(&mut sent) {
         return sent.map_err(|_| None);
     }
-    tokio::select! {
-        biased;
-        () = sub.behind.longer_than(catch_up_window(state)) => Err(too_slow(state)),
-        () = state.stop.cancelled() => Err(close(CloseCode::Away, "server shutting down")),
-        () = tokio::time::sleep(client_timeout(state)) => Err(None),
-        sent = &mut sent => sent.map_err(|_| None),
-    }
+    // The slow path (a full queue) boxed: its timers would otherwise take room in every session's future.
+    Box::pin(async {
+        tokio::select! {
+            biased;
+            () = sub.behind.longer_than(catch_up_window(state)) => Err(too_slow(state)),
+            () = state.stop.cancelled() => Err(close(CloseCode::Away, "server shutting down")),
+            () = tokio::time::sleep(client_timeout(state)) => Err(None),
+            sent = &mut sent => sent.map_err(|_| None),
+        }
+    })
+    .await
 }
 
 /// Replays the history after `since`, with a `gap` frame wherever part of it was trimmed first. Returns
