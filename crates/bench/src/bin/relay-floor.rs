@@ -92,16 +92,24 @@ async fn publish(body: web::Bytes, hub: web::Data<Hub>, mode: web::Data<Mode>) -
 /// Bytes per chunk of a streamed read, as Relay's.
 const CHUNK_BYTES: usize = 64 * 1024;
 
-/// `GET /messages` in read mode: the whole table as one JSON array, streamed.
+/// `GET /messages` in read mode: the whole table as one JSON array, streamed. A database that cannot be
+/// reached is a 503 naming why; a read that fails midway ends the body short (the bench's count check
+/// then fails) and is logged.
 async fn read_all(mode: web::Data<Mode>) -> HttpResponse {
     let Mode::Read { database_url } = mode.get_ref() else {
         return HttpResponse::NotFound().finish();
     };
     let database_url = database_url.clone();
+    let connected =
+        web::block(move || <diesel::PgConnection as diesel::Connection>::establish(&database_url))
+            .await;
+    let mut conn = match connected {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => return HttpResponse::ServiceUnavailable().body(format!("DATABASE_URL: {e}")),
+        Err(e) => return HttpResponse::InternalServerError().body(e.to_string()),
+    };
     let (tx, rx) = mpsc::channel::<web::Bytes>(2);
     tokio::task::spawn_blocking(move || {
-        use diesel::Connection;
-        let mut conn = diesel::PgConnection::establish(&database_url).expect("DATABASE_URL");
         let mut chunk = Vec::with_capacity(CHUNK_BYTES * 2);
         chunk.push(b'[');
         let mut first = true;
@@ -116,9 +124,12 @@ async fn read_all(mode: web::Data<Mode>) -> HttpResponse {
             let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_BYTES * 2));
             tx.blocking_send(web::Bytes::from(full)).is_ok()
         });
-        if read.is_ok() {
-            chunk.push(b']');
-            let _ = tx.blocking_send(web::Bytes::from(chunk));
+        match read {
+            Ok(()) => {
+                chunk.push(b']');
+                let _ = tx.blocking_send(web::Bytes::from(chunk));
+            }
+            Err(e) => eprintln!("relay-floor: the read failed midway: {e}"),
         }
     });
     let body = futures_util::stream::unfold(rx, |mut rx| async move {

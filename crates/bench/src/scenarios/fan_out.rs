@@ -210,7 +210,7 @@ async fn drive(
     for r in readers {
         r.await?;
     }
-    let cpu = cpu_time(server.pid()) - cpu_before;
+    let cpu = cpu_time(server.pid()).saturating_sub(cpu_before);
     let rss_kib = memory_kib(server.pid());
     let (latency, frames, shed, problems, last_at) = std::mem::replace(
         &mut *merged.lock().unwrap(),

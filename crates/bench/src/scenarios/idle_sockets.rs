@@ -1,6 +1,7 @@
 //! idle sockets: the gateway's memory per open, idle WebSocket connection, and whether it holds the
-//! number asked for, beside a bare actix-ws server (`relay-floor`) holding the same in the same run. When the machine refuses a connection (open files, ports, memory), the row says so
-//! and how many were held, and the figure is per connection actually held.
+//! number asked for, beside a bare actix-ws server (`relay-floor`) holding the same in the same run.
+//! When the machine refuses a connection (open files, ports, memory), the row says so and how many were
+//! held, and the figure is per connection actually held.
 
 use std::time::Duration;
 

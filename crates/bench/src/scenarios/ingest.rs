@@ -93,7 +93,7 @@ pub async fn ingest(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
             sizes.ingest_secs,
         )
     });
-    let floor_cpu = cpu_time(floor.pid()) - floor_cpu;
+    let floor_cpu = cpu_time(floor.pid()).saturating_sub(floor_cpu);
     drop(floor);
     let bare = bare?;
 
@@ -109,8 +109,11 @@ pub async fn ingest(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
         wrk(&url, &script, sizes.ingest_secs, &mut redis, &s.stream_key)
     });
     let cpu_spent = (
-        cpu_time(ingest.pid()) - cpu_before.0,
-        redis_pid.map(cpu_time).unwrap_or_default() - cpu_before.1,
+        cpu_time(ingest.pid()).saturating_sub(cpu_before.0),
+        redis_pid
+            .map(cpu_time)
+            .unwrap_or_default()
+            .saturating_sub(cpu_before.1),
     );
     let hostile = match &plain {
         Ok(_) => {

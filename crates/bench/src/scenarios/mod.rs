@@ -238,7 +238,8 @@ pub(crate) async fn post_open_loop(
     Ok((sent, accepted.load(std::sync::atomic::Ordering::Relaxed)))
 }
 
-/// CPU time (user + system) a process has used.
+/// CPU time (user + system) a process has used; zero once it is gone (so differences are taken with
+/// `saturating_sub`: a Duration below zero panics).
 pub(crate) fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after_name = stat.rsplit(')').next().unwrap_or("");
