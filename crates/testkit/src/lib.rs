@@ -37,7 +37,10 @@ pub fn test_settings() -> Settings {
     if let Ok(url) = std::env::var("REDIS_URL") {
         s.redis_url = url;
     }
-    s.database_url = store::url::with_database(&s.database_url, &format!("relay_test_{tag}"));
+    s.database_url = plain_text_postgres(&store::url::with_database(
+        &s.database_url,
+        &format!("relay_test_{tag}"),
+    ));
     s.stream_key = format!("test:{tag}");
     s.consumer_name = format!("test-{tag}");
     let any_port = "127.0.0.1:0".parse().expect("a valid address");
@@ -46,6 +49,23 @@ pub fn test_settings() -> Settings {
     s.gateway_addr = any_port;
     s.persister_block_ms = 100;
     s
+}
+
+/// `url` with `sslmode=disable&gssencmode=disable` added when it is a URL that names neither: tests and the
+/// bench reach Postgres as compose does, in plain text. A Debian Postgres offers TLS on loopback, which
+/// libpq takes by default; then a pool thread still connecting when a test process exits runs inside
+/// libcrypto while its exit handlers tear it down. One CI run ended a passing test that had started an
+/// in-process persister with SIGSEGV at exit, the likeliest such case. The bench measured TLS on
+/// loopback at 7% of a full read's CPU as well. A key=value DSN is left as it is.
+pub fn plain_text_postgres(url: &str) -> String {
+    let url_form = ["postgres://", "postgresql://"]
+        .iter()
+        .any(|scheme| url.starts_with(scheme));
+    if !url_form || url.contains("sslmode=") || url.contains("gssencmode=") {
+        return url.to_owned();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}sslmode=disable&gssencmode=disable")
 }
 
 /// A test's settings and the guard that removes its database and stream when the test ends.

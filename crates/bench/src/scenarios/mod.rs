@@ -32,26 +32,12 @@ pub struct Env {
     used: Mutex<Vec<Settings>>,
 }
 
-/// The tests' settings, with Postgres connections in plain text unless `DATABASE_URL` names an
-/// `sslmode`: as the compose file's Postgres (no TLS) is reached, and the same for Relay and for psql's
-/// baselines. A Debian Postgres offers TLS on loopback too, and libpq takes it by default
-/// (`sslmode=prefer`): 7% of the read-all run's CPU and 3.6 MiB of ingest-api's peak RSS (libcrypto's
-/// pages) went to encrypting a local socket.
+/// The tests' settings: Postgres in plain text unless `DATABASE_URL` names an `sslmode` (see
+/// [`testkit::plain_text_postgres`]), for Relay and for psql's baselines alike. On this machine's Debian
+/// Postgres, TLS on loopback had taken 7% of the read-all run's CPU and 3.6 MiB of ingest-api's peak RSS
+/// (libcrypto's pages).
 pub fn bench_settings() -> Settings {
-    let mut s = testkit::test_settings();
-    // A key=value DSN ("host=… dbname=…") is left as it is: it would need ` sslmode=disable` instead.
-    let url_form = ["postgres://", "postgresql://"]
-        .iter()
-        .any(|scheme| s.database_url.starts_with(scheme));
-    if url_form && !s.database_url.contains("sslmode=") {
-        let sep = if s.database_url.contains('?') {
-            '&'
-        } else {
-            '?'
-        };
-        s.database_url = format!("{}{sep}sslmode=disable", s.database_url);
-    }
-    s
+    testkit::test_settings()
 }
 
 impl Env {
