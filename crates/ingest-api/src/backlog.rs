@@ -37,12 +37,16 @@ impl Backlog {
                 Ok(stats) => self.entries.store(stats.backlog(), Ordering::Relaxed),
                 Err(e) => log::debug!("cannot read the persister's lag: {e}"),
             }
-            // `MEMORY USAGE` samples a few of the stream's nodes (Redis's default of 5) and extrapolates:
-            // cheap at any stream size, and close enough for a limit measured in hundreds of megabytes.
+            // Exact: `MEMORY USAGE` by default samples five nodes (the oldest) and extrapolates, which
+            // undercounts a stream of small entries followed by large ones by orders of magnitude.
+            // `SAMPLES 0` walks every node, not every entry: 0.10 ms at 100,000 entries (0.05 ms
+            // sampled), measured on this machine's Redis 7.0, so every 250 ms it costs nothing.
             // A missing stream answers nil: zero bytes.
             let usage: redis::RedisResult<Option<u64>> = redis::cmd("MEMORY")
                 .arg("USAGE")
                 .arg(&stream_key)
+                .arg("SAMPLES")
+                .arg(0)
                 .query_async(&mut redis)
                 .await;
             match usage {

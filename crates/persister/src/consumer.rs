@@ -193,22 +193,24 @@ impl Consumer {
         if now >= self.next_trim {
             self.next_trim = now + TRIM_INTERVAL;
             let key = self.settings.stream_key.clone();
+            // Retention yields to MAX_STREAM_BYTES: kept entries never take more than half of it, so
+            // retention alone never makes ingest-api refuse a post.
+            let keep_bytes = self.settings.max_stream_bytes / 2;
             let mut trimmed = 0;
             while trimmed < TRIM_STEP {
                 match group::trim_acknowledged(
                     &mut self.redis,
                     &key,
                     self.settings.stream_retention,
+                    keep_bytes,
                     TRIM_SLICE,
                 )
                 .await
                 {
-                    Ok(n) => {
-                        trimmed += n;
-                        if n < TRIM_SLICE {
-                            break; // nothing more to trim now
-                        }
-                    }
+                    // Each call removes what it measured as over; a call that removed nothing means
+                    // the stream is within both bounds, or the rest is not acknowledged yet.
+                    Ok(0) => break,
+                    Ok(n) => trimmed += n,
                     Err(e) => {
                         log::warn!("trimming `{key}` failed: {e}");
                         break;

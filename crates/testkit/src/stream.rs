@@ -63,6 +63,18 @@ pub fn stream_len(settings: &Settings) -> usize {
         .unwrap()
 }
 
+/// The test's stream's memory in Redis, exactly (`MEMORY USAGE … SAMPLES 0`); 0 when it does not exist.
+pub fn memory_usage(settings: &Settings) -> u64 {
+    let bytes: Option<u64> = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(&settings.stream_key)
+        .arg("SAMPLES")
+        .arg(0)
+        .query(&mut crate::redis(settings))
+        .unwrap();
+    bytes.unwrap_or(0)
+}
+
 /// Entries pending in the persister group (delivered, not acknowledged).
 pub fn pending(settings: &Settings) -> usize {
     let reply: (usize, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")

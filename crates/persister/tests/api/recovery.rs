@@ -230,7 +230,7 @@ async fn trim_after_ack(
 
 /// One trim as the persister runs it, 1000 entries at the most; how many it removed.
 async fn trim(conn: &mut ConnectionManager, key: &str, retention: u64) -> u64 {
-    group::trim_acknowledged(conn, key, retention, 1000)
+    group::trim_acknowledged(conn, key, retention, u64::MAX, 1000)
         .await
         .unwrap()
 }
@@ -299,7 +299,7 @@ async fn a_trim_pass_never_fetches_the_entries_it_removes() {
         inner: conn,
         reply_bytes: 0,
     };
-    let removed = group::trim_acknowledged(&mut metered, key, 10, 50_000)
+    let removed = group::trim_acknowledged(&mut metered, key, 10, u64::MAX, 50_000)
         .await
         .unwrap();
     assert_eq!(removed, 290);
@@ -327,5 +327,40 @@ async fn one_trim_pass_removes_a_large_excess_slice_by_slice() {
     )
     .await;
     assert_eq!(left, 1_000, "one pass trims the whole excess");
+    persister.stop().await;
+}
+
+/// Retention is counted in entries, but entries have sizes: 100,000 of 1 MiB would hold the stream far
+/// over MAX_STREAM_BYTES with the persister caught up, and every post would be refused for good. Kept
+/// entries yield to half of MAX_STREAM_BYTES.
+#[tokio::test]
+async fn retention_keeps_fewer_entries_when_they_would_take_more_than_half_of_max_stream_bytes() {
+    let (mut settings, _cleanup) = setup();
+    settings.stream_retention = 100_000;
+    settings.max_stream_bytes = 8 * 1024 * 1024;
+    // 240 entries of 100 KB, 24 MB: three times MAX_STREAM_BYTES, all far within the entry count.
+    let pad = "x".repeat(100_000);
+    let entries: Vec<_> = (0..240)
+        .map(|i| entry(&format!(r#"{{"i":{i},"pad":"{pad}"}}"#)))
+        .collect();
+    xadd(&settings, &entries);
+    let persister = spawn_persister(settings.clone()).await;
+    assert_eq!(wait_for_rows(&settings, 240).await, 240);
+    let half = settings.max_stream_bytes / 2;
+    let bytes = poll_until(
+        Duration::from_secs(12),
+        || std::future::ready(testkit::stream::memory_usage(&settings)),
+        |b| *b <= half,
+    )
+    .await;
+    assert!(
+        bytes <= half,
+        "the stream still takes {bytes} bytes, over half of MAX_STREAM_BYTES ({half})"
+    );
+    let left = stream_len(&settings);
+    assert!(
+        (24..=40).contains(&left),
+        "{left} entries kept: about as many as fit in half the bytes (about 36 of 115 KB each)"
+    );
     persister.stop().await;
 }
