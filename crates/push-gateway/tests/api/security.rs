@@ -103,7 +103,7 @@ async fn upgrade(relay: &Relay, forwarded_for: Option<&str>) -> Result<testkit::
     if let Some(addr) = forwarded_for {
         request.headers_mut().insert(
             "x-forwarded-for",
-            format!("{addr}, 10.9.9.9").parse().unwrap(),
+            format!("{addr}, 10.9.9.9").parse().unwrap(), // 10.9.9.9: a proxy in front of ours
         );
     }
     match tokio_tungstenite::connect_async(request).await {
@@ -139,13 +139,25 @@ async fn one_address_gets_max_connections_per_ip_and_then_429_while_others_conne
 async fn behind_a_trusted_proxy_the_cap_is_per_forwarded_address() {
     let mut settings = test_settings();
     settings.max_connections_per_ip = 2;
-    settings.trusted_proxies = "127.0.0.1".parse().unwrap();
+    // Two proxies in a row: the test's own socket (127.0.0.1) and the one it names as 10.9.9.9.
+    settings.trusted_proxies = "127.0.0.1,10.9.9.9".parse().unwrap();
     let relay = Relay::live(settings).await;
     let mut held = Vec::new();
     for _ in 0..2 {
         held.push(upgrade(&relay, Some("203.0.113.7")).await.unwrap());
     }
     assert_eq!(upgrade(&relay, Some("203.0.113.7")).await.err(), Some(429));
+    // A client writes its own X-Forwarded-For; nginx's `$proxy_add_x_forwarded_for` keeps it on the
+    // left of the real address. Believing the leftmost would give it a fresh cap with every header.
+    for forged in ["198.51.100.1", "198.51.100.2, 198.51.100.3"] {
+        assert_eq!(
+            upgrade(&relay, Some(&format!("{forged}, 203.0.113.7")))
+                .await
+                .err(),
+            Some(429),
+            "a forged left part ({forged}) is not the client"
+        );
+    }
     held.push(upgrade(&relay, Some("203.0.113.8")).await.unwrap());
     held.push(upgrade(&relay, None).await.unwrap());
     assert_eq!(connections(&relay).await, 4);
