@@ -79,6 +79,14 @@ fn nesting_exceeds(json: &[u8], limit: usize) -> bool {
     false
 }
 
+/// The non-blank lines of an NDJSON batch, as [`ndjson_lines`] counts them, without parsing any: what a
+/// rate check needs before the parse is paid for.
+pub fn count_lines(text: &str) -> usize {
+    text.split('\n')
+        .filter(|line| !line.trim().is_empty())
+        .count()
+}
+
 /// Every non-blank line of an NDJSON batch, validated, in order; the first bad line is a 400 that names it,
 /// a line over `max_line_bytes` (`MAX_BODY_BYTES`, the limit of one message) a 413 that names it: a batch
 /// is many messages, never a way around the size of one.

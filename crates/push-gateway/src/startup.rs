@@ -112,11 +112,9 @@ impl Application {
         });
         log::info!("push-gateway listening on {}", listener.local_addr()?);
         let app_state = state.clone();
-        let options = ServerOptions {
-            // A WebSocket whose client stops reading must be closable by its session (see `ws`).
-            closable_sockets: true,
-            ..ServerOptions::new(&state.settings, Duration::from_secs(5))
-        };
+        // A WebSocket whose client stops reading must be closable by its session (see `ws`).
+        let options = ServerOptions::new(&state.settings, Duration::from_secs(5))
+            .with_closable_sockets(&state.settings);
         let server = service::http::serve(listener, options, move || {
             App::new()
                 .app_data(app_state.clone())

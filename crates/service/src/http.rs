@@ -10,10 +10,12 @@ use std::time::Duration;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::KeepAlive;
-use actix_web::{get, web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{get, web, App, HttpRequest, HttpResponse};
 use anyhow::Context;
 use futures_util::future::BoxFuture;
 use prometheus::Registry;
+
+use crate::connection::{ConnectionCap, Guarded, FULL_RESPONSE};
 
 /// Binds `addr` (port 0 in tests), naming the setting when that fails.
 pub fn bind(addr: SocketAddr, setting: &str) -> anyhow::Result<TcpListener> {
@@ -34,6 +36,8 @@ pub struct ServerOptions {
     /// socket's descriptor, one more file descriptor per connection): for servers whose handlers must be
     /// able to drop a client that will never read, which actix alone would keep flushing to forever.
     pub closable_sockets: bool,
+    /// `MAX_HTTP_CONNECTIONS`: connections held at once (0 in the setting: sized to the open-files limit).
+    pub max_connections: usize,
     /// Blocking threads per worker (`web::block`); `None`: actix's default (hundreds). Every thread
     /// that runs libpq gets a C malloc arena of its own: a full read spread over many threads grew
     /// ingest-api by 34-42 MiB, over two threads per worker by 14-20 MiB.
@@ -47,8 +51,22 @@ impl ServerOptions {
             shutdown_grace,
             client_timeout: Duration::from_millis(settings.client_timeout_ms),
             closable_sockets: false,
+            max_connections: match settings.max_http_connections {
+                0 => crate::connection::default_cap(1),
+                n => n,
+            },
             blocking_threads: None,
         }
+    }
+
+    /// Sockets that [`ConnectionHeld::shutdown`] can end, at the cost of a second descriptor each (the
+    /// default connection cap halves to match).
+    pub fn with_closable_sockets(mut self, settings: &crate::Settings) -> Self {
+        self.closable_sockets = true;
+        if settings.max_http_connections == 0 {
+            self.max_connections = crate::connection::default_cap(2);
+        }
+        self
     }
 
     /// `threads` blocking threads per worker (at least one).
@@ -81,10 +99,14 @@ impl ServerOptions {
 /// 40 ms) whenever an earlier one is still unacknowledged.
 ///
 /// Every stage of a connection has a deadline, so a client that stalls cannot hold a socket forever: the
-/// request head must arrive within `client_timeout` (else 408 and close), an idle keep-alive connection is
+/// first request head must arrive within `client_timeout` (else 408 and close), every later head and body
+/// and every response write are timed by [`crate::connection::Guarded`], an idle keep-alive connection is
 /// closed after `min(client_timeout, 5 s)`, and a connection being closed lingers at most
-/// `min(client_timeout / 4, 1 s)`.
-/// The body is the handler's to bound (it knows what it reads); see `ingest-api`'s publish route.
+/// `min(client_timeout / 4, 1 s)`. At most `max_connections` are held at once; one more is answered 503
+/// and closed, so a flood of sockets meets a bound before the open-files limit does.
+///
+/// This is actix-web's `HttpServer::listen` written out, because the stream actix-http serves must be
+/// the guarded one and `HttpServer` only serves a bare `TcpStream`.
 /// Every connection carries a [`ConnectionHeld`] in its connection data, dropped with the socket.
 pub fn serve<F, T, B>(
     listener: TcpListener,
@@ -102,32 +124,84 @@ where
         > + 'static,
     B: MessageBody + 'static,
 {
-    let mut server =
-        HttpServer::new(move || factory().wrap(actix_web::middleware::from_fn(observe)))
-            .on_connect(move |io, ext| {
-                let mut held = ConnectionHeld::default();
-                if let Some(tcp) = io.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                    let _ = tcp.set_nodelay(true);
-                    if options.closable_sockets {
-                        held = ConnectionHeld::with_socket(tcp);
-                    }
-                }
-                ext.insert(held);
+    use actix_service::{map_config, IntoServiceFactory as _, ServiceFactoryExt as _};
+    use actix_web::dev::AppConfig;
+
+    let addr = listener.local_addr()?;
+    let cap = ConnectionCap::new(options.max_connections);
+    let mut builder = actix_server::Server::build()
+        .disable_signals()
+        .shutdown_timeout(options.shutdown_grace.as_secs().max(1));
+    let shutdown = builder.graceful_shutdown_signal();
+    if let Some(threads) = options.blocking_threads {
+        builder = builder.worker_max_blocking_threads(threads);
+    }
+    if let Some(workers) = options.workers {
+        builder = builder.workers(workers);
+    }
+    let server = builder.listen(format!("relay-{addr}"), listener, move || {
+        let shutdown = shutdown.clone();
+        let cap = cap.clone();
+        let timeout = options.client_timeout;
+        let app = factory()
+            .wrap(actix_web::middleware::from_fn(observe))
+            .into_factory()
+            .map_err(|err| err.error_response());
+        let http = actix_http::HttpService::build()
+            .graceful_shutdown_signal(move || {
+                let shutdown = shutdown.clone();
+                async move { shutdown.notified().await }
             })
             .client_request_timeout(options.client_timeout)
             .client_disconnect_timeout(options.linger())
             .keep_alive(KeepAlive::Timeout(
                 options.client_timeout.min(KEEP_ALIVE_MAX),
             ))
-            .disable_signals()
-            .shutdown_timeout(options.shutdown_grace.as_secs().max(1));
-    if let Some(threads) = options.blocking_threads {
-        server = server.worker_max_blocking_threads(threads);
-    }
-    if let Some(workers) = options.workers {
-        server = server.workers(workers);
-    }
-    Ok(server.listen(listener)?.run())
+            .local_addr(addr)
+            .on_connect_ext(move |io: &Guarded, ext: &mut actix_web::dev::Extensions| {
+                let tcp = io.tcp();
+                let _ = tcp.set_nodelay(true);
+                let held = if options.closable_sockets {
+                    ConnectionHeld::with_socket(tcp)
+                } else {
+                    ConnectionHeld::default()
+                };
+                ext.insert(held);
+            })
+            .finish(map_config(app, move |()| AppConfig::default()));
+        actix_web::dev::fn_service(move |io: actix_web::rt::net::TcpStream| {
+            let slot = cap.take();
+            async move {
+                let Some(slot) = slot else {
+                    refuse_over_cap(io, timeout).await;
+                    return Err(actix_http::error::DispatchError::Io(std::io::Error::other(
+                        "over MAX_HTTP_CONNECTIONS",
+                    )));
+                };
+                let peer = io.peer_addr().ok();
+                Ok((
+                    Guarded::new(io, timeout, slot),
+                    actix_http::Protocol::Http1,
+                    peer,
+                ))
+            }
+        })
+        .and_then(http)
+    })?;
+    Ok(server.run())
+}
+
+/// Tells a connection over `MAX_HTTP_CONNECTIONS` so (a 503 problem), briefly: the answer fits any
+/// socket buffer, and the write gets a tenth of `CLIENT_TIMEOUT_MS` at most, so refusing a flood of
+/// sockets holds none of them.
+async fn refuse_over_cap(mut io: actix_web::rt::net::TcpStream, timeout: Duration) {
+    use tokio::io::AsyncWriteExt as _;
+    let _ = tokio::time::timeout(timeout / 10, async {
+        io.write_all(FULL_RESPONSE).await?;
+        io.shutdown().await
+    })
+    .await;
+    log::debug!("refused a connection over MAX_HTTP_CONNECTIONS");
 }
 
 /// Things that live exactly as long as one TCP connection: a handler hands something here (a WebSocket's
@@ -247,6 +321,13 @@ impl Reservation {
             self.held += n;
         }
         taken.is_ok()
+    }
+}
+
+impl Reservation {
+    /// Grows the reservation to `total` bytes (nothing when it holds that much already), or `false`.
+    pub fn grow_to(&mut self, total: usize) -> bool {
+        total <= self.held || self.grow(total - self.held)
     }
 }
 

@@ -4,6 +4,7 @@
 //! connections ([`redis`]). A service crate keeps only its own work.
 
 pub mod backoff;
+pub mod connection;
 pub mod http;
 pub mod logging;
 pub mod metrics;

@@ -4,8 +4,9 @@
 //! leaves the stream untouched. A batch is appended in one `MULTI`/`EXEC`: all of its lines or none.
 //!
 //! Reading the body is where a hostile client can hold memory, so it is bounded three ways: by size (the
-//! limit of its kind), by time (each chunk must arrive within `CLIENT_TIMEOUT_MS` of the last, else 408 and
-//! the connection is closed), and by the process's total (`MAX_INFLIGHT_BYTES`, else 503).
+//! limit of its kind), by time (the whole body within `CLIENT_TIMEOUT_MS` plus a second per
+//! `MIN_CLIENT_RATE` bytes, else 408 and the connection is closed), and by the process's total of
+//! allocated body buffers (`MAX_INFLIGHT_BYTES`, else 503).
 
 use std::time::{Duration, Instant};
 
@@ -78,13 +79,13 @@ async fn accept(
     // Held until the answer: the body's bytes count against MAX_INFLIGHT_BYTES while they are in memory.
     let (body, _reservation) = read_limited(req, body, limit, state).await?;
     let text = validate::utf8(&body)?;
-    let payloads = match kind {
-        BodyKind::Single => vec![validate::json_value(text)?],
-        BodyKind::Batch => {
-            validate::ndjson_lines(text, settings.max_batch_lines, settings.max_body_bytes)?
-        }
-    };
+    // The rate is checked from the line count, before any line is parsed: a client over its rate
+    // costs a scan for newlines, not the parse of a 16 MiB batch.
     if let Some(rate) = &state.rate {
+        let lines = match kind {
+            BodyKind::Single => 1,
+            BodyKind::Batch => validate::count_lines(text),
+        };
         let who = match caller.0.clone() {
             Some(key) => Publisher::Key(key),
             None => settings
@@ -92,12 +93,21 @@ async fn accept(
                 .client_addr(req)
                 .map_or(Publisher::Unknown, Publisher::Addr),
         };
-        rate.check(&who, payloads.len())
-            .map_err(|wait| ApiError::RateLimited {
-                rate: rate.burst(),
-                wait,
-            })?;
+        // A batch over MAX_BATCH_LINES is the parser's 413, whatever the rate.
+        if lines <= settings.max_batch_lines {
+            rate.check(&who, lines)
+                .map_err(|wait| ApiError::RateLimited {
+                    rate: rate.burst(),
+                    wait,
+                })?;
+        }
     }
+    let payloads = match kind {
+        BodyKind::Single => vec![validate::json_value(text)?],
+        BodyKind::Batch => {
+            validate::ndjson_lines(text, settings.max_batch_lines, settings.max_body_bytes)?
+        }
+    };
     let idempotency = match req.headers().get("idempotency-key") {
         Some(key) => {
             let key = idempotency::parse_key(key.as_bytes())?;
@@ -153,11 +163,22 @@ async fn read_limited(
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::TooLarge { limit });
     }
+    // Each chunk within CLIENT_TIMEOUT_MS of the last, and the whole body within CLIENT_TIMEOUT_MS
+    // plus a second for every MIN_CLIENT_RATE bytes received so far: a per-chunk deadline alone never
+    // runs out for a byte every few seconds.
     let timeout = Duration::from_millis(state.settings.client_timeout_ms);
+    let started = tokio::time::Instant::now();
+    let whole = |received: usize| {
+        started
+            + timeout
+            + Duration::from_secs(received as u64 / service::connection::MIN_CLIENT_RATE)
+    };
     let mut reservation = state.inflight.reservation();
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(FIRST_BUFFER));
+    let mut buf = BytesMut::new();
     loop {
-        let chunk = match tokio::time::timeout(timeout, body.next()).await {
+        let deadline = whole(buf.len()).min(tokio::time::Instant::now() + timeout);
+        let next = tokio::time::timeout_at(deadline, body.next()).await;
+        let chunk = match next {
             Ok(Some(chunk)) => chunk
                 .map_err(|e| ApiError::MalformedJson(format!("the body could not be read: {e}")))?,
             Ok(None) => break,
@@ -166,8 +187,21 @@ async fn read_limited(
         if buf.len() + chunk.len() > limit {
             return Err(ApiError::TooLarge { limit });
         }
-        if !reservation.grow(chunk.len()) {
-            return Err(ApiError::Busy);
+        // What is allocated is what counts against MAX_INFLIGHT_BYTES, not only what was received:
+        // the buffer starts at FIRST_BUFFER (or the declared length, if smaller) and doubles.
+        if buf.capacity() - buf.len() < chunk.len() {
+            let wanted = (buf.len() + chunk.len())
+                .max(buf.capacity() * 2)
+                .max(declared.unwrap_or(0).min(FIRST_BUFFER))
+                .min(limit);
+            if !reservation.grow_to(wanted) {
+                return Err(ApiError::Busy);
+            }
+            buf.reserve(wanted - buf.len());
+            // `reserve` may round up; what it took is what counts.
+            if !reservation.grow_to(buf.capacity()) {
+                return Err(ApiError::Busy);
+            }
         }
         buf.extend_from_slice(&chunk);
     }

@@ -8,7 +8,7 @@ use testkit::procs::{free_port, memory_kib, Service};
 use testkit::{stream_ids, test_settings, Relay};
 
 /// Inserts `n` rows straight into the test's table: `payload_bytes` of JSON each, stream ids 1-0 … n-0.
-fn insert_rows(conn: &mut PgConnection, n: i64, payload_bytes: usize) {
+pub fn insert_rows(conn: &mut PgConnection, n: i64, payload_bytes: usize) {
     diesel::sql_query(format!(
         "INSERT INTO messages (stream_ms, stream_seq, id, received_at, payload) \
          SELECT i, 0, gen_random_uuid(), now(), json_build_object('i', i, 'pad', repeat('x', {payload_bytes})) \

@@ -123,7 +123,7 @@ pub const DEFS: &[Def] = &[
         "STREAM_RETENTION",
         "100000",
         PERSISTER,
-        "Stored entries kept in the stream for replay.",
+        "Stored entries kept in the stream for replay (fewer when they would take more than half of MAX_STREAM_BYTES).",
     ),
     def(
         "PERSISTER_BATCH_SIZE",
@@ -194,8 +194,8 @@ pub const DEFS: &[Def] = &[
     def(
         "MAX_STREAM_BYTES",
         "1073741824",
-        INGEST,
-        "The stream's memory in Redis (MEMORY USAGE, sampled every 250 ms) above which POST /messages answers 503.",
+        INGEST | PERSISTER,
+        "The stream's memory in Redis (MEMORY USAGE … SAMPLES 0, exact, read every 250 ms) above which POST /messages answers 503; the persister keeps fewer than STREAM_RETENTION entries when they would take more than half of it.",
     ),
     def(
         "PUBLISH_RATE",
@@ -207,7 +207,7 @@ pub const DEFS: &[Def] = &[
         "CLIENT_TIMEOUT_MS",
         "15000",
         INGEST | GATEWAY,
-        "A client that makes no progress sending its request (headers or body) or reading what it is sent for this long is disconnected.",
+        "A client that makes no progress sending its request (any request head, first or later on a kept-alive connection, or body) or reading what it is sent for this long is disconnected; once it has started, a request must also arrive at 64 KiB/s or more after its first CLIENT_TIMEOUT_MS.",
     ),
     def(
         "MAX_INFLIGHT_BYTES",
@@ -220,6 +220,12 @@ pub const DEFS: &[Def] = &[
         "100",
         GATEWAY,
         "WebSocket clients from one address (see TRUSTED_PROXIES); more are refused with 429.",
+    ),
+    def(
+        "MAX_HTTP_CONNECTIONS",
+        "0",
+        INGEST | GATEWAY,
+        "TCP connections (HTTP and WebSocket) one process holds at once; one more is answered 503 and closed. 0: what the open-files limit allows, less 256 for everything else (half that for push-gateway, which keeps two descriptors per socket).",
     ),
     def(
         "TRUSTED_PROXIES",

@@ -91,6 +91,9 @@ pub struct Settings {
     pub max_inflight_bytes: usize,
     #[serde(deserialize_with = "values::positive")]
     pub max_connections_per_ip: usize,
+    /// 0: sized to the open-files limit.
+    #[serde(deserialize_with = "values::parsed")]
+    pub max_http_connections: usize,
     #[serde(deserialize_with = "values::parsed", serialize_with = "values::debug")]
     pub trusted_proxies: TrustedProxies,
     #[serde(deserialize_with = "values::positive")]

@@ -1,0 +1,265 @@
+//! Every accepted TCP connection, before actix sees it: the cap on how many a process holds
+//! (`MAX_HTTP_CONNECTIONS`) and the deadlines that actix-http leaves out.
+//!
+//! actix-http times the *first* request head of a connection and idle keep-alive, nothing else: the head
+//! of a later request on a kept-alive connection, and a response the client never reads, can hold the
+//! socket (and the response's buffers) forever. So each socket is wrapped in a [`Guarded`] stream that
+//! watches progress in both directions, whatever the HTTP state:
+//!
+//! - **Reading.** Once the client has sent bytes that the server has not answered yet (any write ends the
+//!   wait), more must come within `CLIENT_TIMEOUT_MS` of the last, and all of it within
+//!   `CLIENT_TIMEOUT_MS` plus one second per [`MIN_CLIENT_RATE`] bytes received: a request head or
+//!   body trickled a byte at a time runs out of time however steadily it trickles, and a large body sent
+//!   at a reasonable rate is never cut off. Both get a grace of `min(CLIENT_TIMEOUT_MS / 4, 1 s)`, so
+//!   that a handler's own deadline for its body (ingest-api's, which answers 408) comes first.
+//! - **Writing.** A write the socket cannot take (the client's window is full) must make progress within
+//!   `CLIENT_TIMEOUT_MS`: a client that stops reading is disconnected, whatever the server still wanted
+//!   to send it.
+//!
+//! A deadline that passes fails the read or write with `TimedOut`, and actix drops the connection and
+//! everything it held for it.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use actix_web::rt::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// The slowest rate, in bytes per second, at which a client may send a request once it has started:
+/// a 1 MiB body may take `CLIENT_TIMEOUT_MS` + 16 s, a 16 MiB batch `CLIENT_TIMEOUT_MS` + 256 s.
+pub const MIN_CLIENT_RATE: u64 = 64 * 1024;
+
+/// File descriptors kept free of connections for everything else a service opens (Redis, Postgres,
+/// logs, blocking threads).
+const RESERVED_FILES: usize = 256;
+
+/// The connection cap when `MAX_HTTP_CONNECTIONS` is 0: what the open-files limit allows at
+/// `files_per_connection` descriptors each, less a reserve (and never below 64).
+pub fn default_cap(files_per_connection: usize) -> usize {
+    let files = rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .map(|(soft, _)| usize::try_from(soft).unwrap_or(usize::MAX))
+        .unwrap_or(1024);
+    (files.saturating_sub(RESERVED_FILES) / files_per_connection.max(1)).max(64)
+}
+
+/// How many connections a server holds, shared by its workers.
+#[derive(Debug, Clone)]
+pub struct ConnectionCap {
+    open: Arc<AtomicUsize>,
+    max: usize,
+}
+
+impl ConnectionCap {
+    pub fn new(max: usize) -> Self {
+        Self {
+            open: Arc::default(),
+            max,
+        }
+    }
+
+    /// A slot for one more connection, or `None` at the cap.
+    pub fn take(&self) -> Option<Slot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(Arc::clone(&self.open)))
+    }
+
+    /// Connections held now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// One connection's place under the cap, given back when the connection is dropped.
+#[derive(Debug)]
+pub struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a connection over the cap is told before it is closed (it is not read: the answer is all it gets).
+pub const FULL_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/problem+json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 118\r\n\r\n\
+{\"type\":\"about:blank\",\"title\":\"Service Unavailable\",\"status\":503,\"detail\":\"over MAX_HTTP_CONNECTIONS; retry later\"}";
+
+/// A TCP stream with the deadlines of the module's header.
+pub struct Guarded {
+    io: TcpStream,
+    timeout: Duration,
+    /// When the client started sending what the server has not answered yet, how much of it, and when
+    /// the last of it came.
+    unanswered_since: Option<Instant>,
+    last_read: Instant,
+    unanswered_bytes: u64,
+    /// When a write last found the socket full with nothing written since.
+    write_stalled_since: Option<Instant>,
+    timer: Pin<Box<Sleep>>,
+    _slot: Slot,
+}
+
+impl Guarded {
+    pub fn new(io: TcpStream, timeout: Duration, slot: Slot) -> Self {
+        Self {
+            io,
+            timeout,
+            unanswered_since: None,
+            last_read: Instant::now(),
+            unanswered_bytes: 0,
+            write_stalled_since: None,
+            timer: Box::pin(tokio::time::sleep(timeout)),
+            _slot: slot,
+        }
+    }
+
+    /// The socket itself (to set options on, or to duplicate).
+    pub fn tcp(&self) -> &TcpStream {
+        &self.io
+    }
+
+    fn read_deadline(&self) -> Option<Instant> {
+        let since = self.unanswered_since?;
+        let whole =
+            since + self.timeout + Duration::from_secs(self.unanswered_bytes / MIN_CLIENT_RATE);
+        let grace = (self.timeout / 4).min(Duration::from_secs(1));
+        Some(whole.min(self.last_read + self.timeout) + grace)
+    }
+
+    fn write_deadline(&self) -> Option<Instant> {
+        Some(self.write_stalled_since? + self.timeout)
+    }
+
+    /// `Err` when `deadline` has passed; otherwise arms the timer at the earliest deadline in force, so
+    /// the connection's task is polled again when one passes.
+    fn check(
+        &mut self,
+        deadline: Option<Instant>,
+        cx: &mut Context<'_>,
+        what: &str,
+    ) -> io::Result<()> {
+        let timed_out = || {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client made no progress {what} within CLIENT_TIMEOUT_MS"),
+            )
+        };
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(timed_out());
+        }
+        let next = match (self.read_deadline(), self.write_deadline()) {
+            (Some(r), Some(w)) => r.min(w),
+            (one, other) => match one.or(other) {
+                Some(d) => d,
+                None => return Ok(()),
+            },
+        };
+        if self.timer.deadline() != next {
+            self.timer.as_mut().reset(next);
+        }
+        // Registers the waker; whichever deadline passed is failed on the next poll of its side.
+        let _ = self.timer.as_mut().poll(cx);
+        Ok(())
+    }
+}
+
+use std::future::Future as _;
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let n = (buf.filled().len() - before) as u64;
+                if n > 0 {
+                    this.last_read = Instant::now();
+                    this.unanswered_since.get_or_insert(this.last_read);
+                    this.unanswered_bytes += n;
+                }
+                // A trickle is checked here too: bytes that keep coming do not move the deadline on.
+                match this.read_deadline() {
+                    Some(deadline) if Instant::now() >= deadline => Poll::Ready(Err(
+                        io::Error::new(io::ErrorKind::TimedOut, "request sent too slowly"),
+                    )),
+                    _ => Poll::Ready(Ok(())),
+                }
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let deadline = this.read_deadline();
+                match this.check(deadline, cx, "sending its request") {
+                    Ok(()) => Poll::Pending,
+                    Err(e) => Poll::Ready(Err(e)),
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.io).poll_write(cx, data) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    this.write_stalled_since = None;
+                    this.unanswered_since = None;
+                    this.unanswered_bytes = 0;
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                this.write_stalled_since.get_or_insert_with(Instant::now);
+                let deadline = this.write_deadline();
+                match this.check(deadline, cx, "reading its response") {
+                    Ok(()) => Poll::Pending,
+                    Err(e) => Poll::Ready(Err(e)),
+                }
+            }
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        // One path for the bookkeeping: the first non-empty buffer.
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &**b);
+        self.as_mut().poll_write(cx, first)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
+}
