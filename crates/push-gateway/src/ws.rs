@@ -46,8 +46,32 @@ use model::redis_stream::entry_list;
 /// How often the server pings each client (more often when `CLIENT_TIMEOUT_MS` is under three times this,
 /// so a silent client is noticed in time).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
-/// Entries per `XRANGE` page while replaying.
+/// Entries per page while replaying, at most.
 const REPLAY_PAGE: usize = 500;
+/// A replay page ends after the entry that takes its fields past this many bytes, if it has not ended at
+/// [`REPLAY_PAGE`] entries before: with entries of 1 MiB a page of 500 would be half a gibibyte per
+/// replay, each held twice (the reply and its frames) while it is sent.
+const REPLAY_PAGE_BYTES: usize = 1024 * 1024;
+/// One replay page, read inside Redis so that it can end at a byte bound (`XRANGE` counts entries
+/// only): `{cut, entries}`, `entries` shaped as `XRANGE`'s reply, `cut` 1 when the byte bound ended it.
+/// Sub-pages of 16 bound what the script itself holds.
+const REPLAY_PAGE_SCRIPT: &str = r"
+local key, start = KEYS[1], ARGV[1]
+local max_count, max_bytes = tonumber(ARGV[2]), tonumber(ARGV[3])
+local out, bytes = {}, 0
+while #out < max_count do
+  local want = math.min(16, max_count - #out)
+  local page = redis.call('XRANGE', key, start, '+', 'COUNT', want)
+  for _, entry in ipairs(page) do
+    out[#out + 1] = entry
+    start = '(' .. entry[1]
+    for _, field in ipairs(entry[2]) do bytes = bytes + #field end
+    if bytes >= max_bytes then return {1, out} end
+  end
+  if #page < want then break end
+end
+return {0, out}
+";
 /// Frames taken from the hub's history at once while catching up.
 const CATCH_UP_PAGE: usize = 256;
 
@@ -462,17 +486,18 @@ async fn replay(
     let mut position = since;
     let mut first_page = true;
     loop {
-        let (info, page): (HashMap<String, Value>, Value) = match redis::pipe()
+        let (info, (cut, page)): (HashMap<String, Value>, (u8, Value)) = match redis::pipe()
             .atomic()
             .cmd("XINFO")
             .arg("STREAM")
             .arg(key)
-            .cmd("XRANGE")
+            .cmd("EVAL")
+            .arg(REPLAY_PAGE_SCRIPT)
+            .arg(1)
             .arg(key)
             .arg(&start)
-            .arg("+")
-            .arg("COUNT")
             .arg(REPLAY_PAGE)
+            .arg(REPLAY_PAGE_BYTES)
             .query_async(&mut redis)
             .await
         {
@@ -532,7 +557,7 @@ async fn replay(
             delivered(state, &frame);
             position = frame.stream_id;
         }
-        if count < REPLAY_PAGE {
+        if count < REPLAY_PAGE && cut == 0 {
             return Ok(position);
         }
     }

@@ -56,15 +56,54 @@ fn window(
     query
 }
 
-/// Up to `limit` messages after `after` (exclusive) and below `below` (exclusive, when given), in
-/// stream order.
-pub fn page(
+/// Rows one query of [`page_json`] asks for at most. Stopping a query early still drains its rows from
+/// libpq, so a page is read in short queries sized by the rows seen so far, not one query of `limit + 1`.
+const PAGE_QUERY_ROWS: i64 = 100;
+
+/// The JSON array of up to `limit` rows after `after`, ended early after the row that takes it past
+/// `max_bytes` (always at least one row); the last row's id; and whether more rows remain (one
+/// row past the page is read to tell, never kept).
+pub fn page_json(
     conn: &mut PgConnection,
     after: Option<StreamId>,
     below: Option<StreamId>,
     limit: i64,
-) -> QueryResult<Vec<MessageRow>> {
-    window(after, below, limit).load(conn)
+    max_bytes: usize,
+) -> QueryResult<(Vec<u8>, Option<StreamId>, bool)> {
+    let mut body = vec![b'['];
+    let (mut cursor, mut rows, mut more) = (after, 0i64, false);
+    let mut ask = (limit + 1).min(PAGE_QUERY_ROWS);
+    loop {
+        let (mut got, mut full) = (0, false);
+        for_each(conn, cursor, below, ask, |row| {
+            got += 1;
+            if rows == limit || body.len() > max_bytes {
+                full = true;
+                return false;
+            }
+            if rows > 0 {
+                body.push(b',');
+            }
+            row.write_json(&mut body);
+            cursor = Some(row.stream_id());
+            rows += 1;
+            true
+        })?;
+        if full {
+            more = true;
+            break;
+        }
+        if got < ask {
+            break; // the table has no more
+        }
+        // As many rows as fit the bytes left at the size seen so far, one more to tell whether a
+        // next page exists, and never more than one query's worth.
+        let per_row = (body.len() as i64 / rows.max(1)).max(1);
+        let fit = (max_bytes as i64 - body.len() as i64).max(0) / per_row + 2;
+        ask = (limit + 1 - rows).min(fit).clamp(1, PAGE_QUERY_ROWS);
+    }
+    body.push(b']');
+    Ok((body, cursor, more))
 }
 
 /// Calls `each` for up to `limit` messages after `after` (and below `below`), in stream order, one row in memory at a time (libpq's

@@ -4,7 +4,7 @@
 //! metrics come from `service::http`.
 
 mod publish;
-mod read;
+pub mod read;
 
 use actix_web::{get, post, web, App, HttpRequest, HttpResponse};
 use service::http::Health;

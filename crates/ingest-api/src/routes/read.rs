@@ -65,7 +65,12 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     }
 }
 
-/// One page, with `Link: <…>; rel="next"` when more rows remain.
+/// A page of `GET /messages?limit=` ends at `limit` messages or after the message that takes its JSON
+/// past this size, whichever comes first: with messages of `MAX_BODY_BYTES`, a page of 1,000 would
+/// otherwise be a gibibyte per reader.
+pub const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
+/// One page, with `Link: <…>; rel="next"` when more rows remain. The page's JSON is written straight
+/// into the response body as rows arrive, one row in memory at a time: the body is the only copy.
 async fn page(
     db: &PgPool,
     after: Option<StreamId>,
@@ -73,35 +78,19 @@ async fn page(
     limit: i64,
 ) -> Result<HttpResponse, ApiError> {
     let db = db.clone();
-    let mut rows = web::block(move || -> Result<_, ApiError> {
+    let (body, last, more) = web::block(move || -> Result<_, ApiError> {
         let mut conn = db.get().map_err(|e| ApiError::StoreUnavailable(e.into()))?;
-        // One extra row tells whether there is a next page without a second query.
-        store::read::page(&mut conn, after, below, limit + 1)
+        store::read::page_json(&mut conn, after, below, limit, MAX_PAGE_BYTES)
             .map_err(|e| ApiError::StoreUnavailable(e.into()))
     })
     .await
     .map_err(|e| ApiError::Internal(anyhow::anyhow!("blocking pool: {e}")))??;
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
-    let mut body =
-        Vec::with_capacity(rows.iter().map(|r| r.payload.0.len() + 128).sum::<usize>() + 2);
-    body.push(b'[');
-    for (i, row) in rows.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
-        }
-        row.write_json(&mut body);
-    }
-    body.push(b']');
     let mut res = HttpResponse::Ok();
     res.content_type("application/json");
-    if let (true, Some(last)) = (more, rows.last()) {
+    if let (true, Some(last)) = (more, last) {
         res.insert_header((
             header::LINK,
-            format!(
-                "</messages?after={}&limit={limit}>; rel=\"next\"",
-                last.stream_id()
-            ),
+            format!("</messages?after={last}&limit={limit}>; rel=\"next\""),
         ));
     }
     Ok(res.body(body))

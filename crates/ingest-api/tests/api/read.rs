@@ -438,3 +438,35 @@ async fn sixteen_readers_that_never_read_hold_no_connection_a_paged_read_needs()
     assert!(started.elapsed() < std::time::Duration::from_secs(1));
     drop(stalled);
 }
+
+/// `limit=1000` of 1 MiB messages would be a gibibyte buffered per reader: a page ends at
+/// `MAX_PAGE_BYTES` instead (after the message that passes it), and the `Link` chain still walks every
+/// message exactly once.
+#[tokio::test]
+async fn a_page_of_large_messages_ends_at_its_byte_bound_and_the_links_still_walk_every_message() {
+    let app = Relay::ingest_only(test_settings()).await;
+    with_connection(&app.settings, |conn| insert_rows(conn, 12, 1024 * 1024)).await;
+    let first = app.get("/messages?limit=1000").await;
+    assert_eq!(first.status(), 200);
+    let mut next = next_link(&first);
+    let page: Vec<serde_json::Value> = first.json().await.unwrap();
+    let max = ingest_api::routes::read::MAX_PAGE_BYTES / (1024 * 1024) + 1;
+    assert!(
+        page.len() <= max,
+        "a page of {} messages of 1 MiB, over its byte bound",
+        page.len()
+    );
+    assert!(next.is_some(), "a short page still names the next one");
+    let mut seen: Vec<i64> = page
+        .iter()
+        .map(|m| m["payload"]["i"].as_i64().unwrap())
+        .collect();
+    while let Some(path) = next {
+        let res = app.get(&path).await;
+        next = next_link(&res);
+        let page: Vec<serde_json::Value> = res.json().await.unwrap();
+        assert!(page.len() <= max);
+        seen.extend(page.iter().map(|m| m["payload"]["i"].as_i64().unwrap()));
+    }
+    assert_eq!(seen, (1..=12).collect::<Vec<_>>());
+}
