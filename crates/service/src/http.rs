@@ -471,22 +471,24 @@ pub fn bearer(headers: &actix_web::http::header::HeaderMap) -> Option<&str> {
         .filter(|k| !k.is_empty())
 }
 
-/// The request id of a request: the client's `X-Request-Id` when it is 1–128 printable ASCII characters,
-/// else one generated here. [`observe`] puts it in the request's extensions and echoes it.
+/// The request id of a request: the client's `X-Request-Id` when it is 1–128 characters of a safe
+/// alphabet (letters, digits and `-_.:/+=@`: any UUID, ULID, base64 or trace id), else one generated
+/// here. The id goes into every log line about the request, so a space, quote or control character
+/// from a client could forge fields or whole lines there. [`observe`] puts it in the request's extensions and echoes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestId(pub String);
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+fn safe_id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(&b)
+}
+
 impl RequestId {
     fn from_header(value: Option<&actix_web::http::header::HeaderValue>) -> Self {
         match value.map(|v| v.as_bytes()) {
-            Some(v)
-                if !v.is_empty()
-                    && v.len() <= 128
-                    && v.iter().all(|b| (0x20..=0x7e).contains(b)) =>
-            {
-                // All bytes are printable ASCII, so this is valid UTF-8.
+            Some(v) if !v.is_empty() && v.len() <= 128 && v.iter().all(|&b| safe_id_byte(b)) => {
+                // All bytes are ASCII, so this is valid UTF-8.
                 Self(String::from_utf8_lossy(v).into_owned())
             }
             _ => Self(uuid::Uuid::now_v7().simple().to_string()),
@@ -554,6 +556,24 @@ pub async fn observe(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_id_that_could_forge_a_log_line_is_replaced_by_a_generated_one() {
+        use actix_web::http::header::HeaderValue;
+        let id = |v: &str| RequestId::from_header(Some(&HeaderValue::from_str(v).unwrap())).0;
+        for kept in [
+            "abc-123",
+            "01936f4e-8a9b-7c3d-9e2f-0a1b2c3d4e5f",
+            "trace:a/b+c=@d_e.f",
+        ] {
+            assert_eq!(id(kept), kept);
+        }
+        for forged in ["x status=500 request_id=y", "x\"", "a\\b", &"x".repeat(129)] {
+            let got = id(forged);
+            assert_ne!(got, forged);
+            assert_eq!(got.len(), 32, "a generated id: {got}");
+        }
+    }
 
     #[test]
     fn reservations_stop_at_the_limit_and_give_back_on_drop() {

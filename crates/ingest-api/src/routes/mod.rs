@@ -57,7 +57,7 @@ pub struct ApiDoc(pub String);
     tag = "messages",
     params(
         ("Idempotency-Key" = Option<String>, Header, description = "1–255 printable ASCII. A repeat with the same body within 24 h answers the first 202 and adds nothing; another body is 409. Scoped to the API key that sends it."),
-        ("X-Request-Id" = Option<String>, Header, description = "1–128 printable ASCII, echoed and carried with the message through every service's logs; generated when absent."),
+        ("X-Request-Id" = Option<String>, Header, description = "1–128 characters of letters, digits and -_.:/+=@ (a safe subset of printable ASCII: no spaces or quotes that could forge log fields), echoed and carried with the message through every service's logs; generated when absent or outside that alphabet."),
     ),
     request_body(
         description = "One JSON value, at most MAX_BODY_BYTES (default 1 MiB) and nesting at most 128 deep; or one JSON value per line (blank lines ignored; at most MAX_BATCH_LINES lines, MAX_BATCH_BYTES bytes, each line at most MAX_BODY_BYTES).",
