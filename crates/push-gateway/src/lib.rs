@@ -6,6 +6,7 @@ pub mod hub;
 pub mod metrics;
 pub mod page;
 pub mod reader;
+pub mod replay_turns;
 pub mod seams;
 pub mod slots;
 pub mod startup;

@@ -22,7 +22,7 @@ use crate::{page, reader, ws};
 
 /// Replays running at once. Each holds an `XRANGE` page in memory and works the replay connection; the
 /// rest wait (up to `CLIENT_TIMEOUT_MS`) rather than pile onto Redis.
-pub const REPLAYS_AT_ONCE: usize = 16;
+pub use crate::replay_turns::REPLAYS_AT_ONCE;
 
 pub struct AppState {
     pub settings: Settings,
@@ -31,8 +31,8 @@ pub struct AppState {
     pub redis: Conn,
     /// Replays' own connection (`XINFO`, `XRANGE` pages), apart from readiness and the live reader.
     pub replay_redis: Conn,
-    /// At most [`REPLAYS_AT_ONCE`] replays run at once.
-    pub replays: Arc<tokio::sync::Semaphore>,
+    /// At most [`REPLAYS_AT_ONCE`] replays run at once, a quarter of them per client address.
+    pub replays: Arc<crate::replay_turns::ReplayTurns>,
     /// `MAX_CONNECTIONS` and `MAX_CONNECTIONS_PER_IP`, held by the sockets themselves.
     pub slots: Arc<Slots>,
     pub metrics: Arc<Metrics>,
@@ -96,7 +96,7 @@ impl Application {
             hub,
             redis,
             replay_redis: service::redis::shared_connection(&settings).context("REDIS_URL")?,
-            replays: Arc::new(tokio::sync::Semaphore::new(REPLAYS_AT_ONCE)),
+            replays: Arc::default(),
             slots: Slots::new(
                 settings.max_connections,
                 settings.max_connections_per_ip,

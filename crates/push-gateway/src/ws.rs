@@ -23,6 +23,7 @@
 //! held by the socket itself (see `slots`), so it is free exactly when the socket is gone.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -175,7 +176,7 @@ pub async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>
     actix_web::rt::spawn(sessions.track_future(async move {
         let _slot = slot;
         let id = subscription.id;
-        let reason = serve(&state, session.clone(), messages, subscription, since).await;
+        let reason = serve(&state, session.clone(), messages, subscription, since, addr).await;
         // Out of the hub at once: nothing more is queued for a session that has ended.
         state.hub.unsubscribe(id);
         // Ending the session ends the response stream, but actix keeps trying to flush what is already
@@ -217,10 +218,11 @@ async fn serve(
     mut messages: MessageStream,
     mut sub: Subscription,
     since: Option<StreamId>,
+    addr: Option<IpAddr>,
 ) -> End {
     // The start (hello, or a replay from `since`) runs once: boxed, so its state is not part of every
     // idle session's future.
-    let mut last_sent = match Box::pin(start(state, &mut session, &sub, since)).await {
+    let mut last_sent = match Box::pin(start(state, &mut session, &sub, since, addr)).await {
         Ok(position) => position,
         Err(end) => return end,
     };
@@ -241,7 +243,7 @@ async fn serve(
                     // Behind: everything queued has been sent; the rest comes from the history.
                     // Boxed, as the replay is: a rare path whose state need not sit in every idle
                     // session's future.
-                    match Box::pin(catch_up(state, &mut session, &sub, &mut last_sent)).await {
+                    match Box::pin(catch_up(state, &mut session, &sub, &mut last_sent, addr)).await {
                         Ok(again) => sub = again,
                         Err(end) => return end,
                     }
@@ -303,15 +305,14 @@ async fn start(
     session: &mut Session,
     sub: &Subscription,
     since: Option<StreamId>,
+    addr: Option<IpAddr>,
 ) -> Result<StreamId, End> {
     match since {
         Some(since) => {
-            // A bounded number of replays at once; one that cannot start within CLIENT_TIMEOUT_MS is told
-            // to come back rather than queue without end.
-            let permit =
-                tokio::time::timeout(client_timeout(state), state.replays.clone().acquire_owned())
-                    .await;
-            let Ok(Ok(permit)) = permit else {
+            // A bounded number of replays at once, a share of them per address; one that cannot start
+            // within CLIENT_TIMEOUT_MS is told to come back rather than queue without end.
+            let permit = state.replays.take(addr, client_timeout(state)).await;
+            let Some(permit) = permit else {
                 return Err(close(
                     CloseCode::Again,
                     "too many replays; reconnect with since",
@@ -353,6 +354,7 @@ async fn catch_up(
     session: &mut Session,
     behind: &Subscription,
     last_sent: &mut StreamId,
+    addr: Option<IpAddr>,
 ) -> Result<Subscription, End> {
     let window = catch_up_window(state);
     let live = state.metrics.frames.with_label_values(&["live"]);
@@ -374,9 +376,7 @@ async fn catch_up(
             }
             CatchUp::Evicted => {
                 let left = window.saturating_sub(behind.behind.elapsed());
-                let permit =
-                    tokio::time::timeout(left, state.replays.clone().acquire_owned()).await;
-                let Ok(Ok(_permit)) = permit else {
+                let Some(_permit) = state.replays.take(addr, left).await else {
                     return Err(too_slow(state));
                 };
                 *last_sent = Box::pin(replay(state, session, behind, *last_sent)).await?;

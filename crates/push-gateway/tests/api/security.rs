@@ -257,3 +257,56 @@ async fn many_replays_at_once_all_complete_and_readyz_answers_meanwhile() {
         "/readyz took {slowest:?} during the replays"
     );
 }
+
+/// A replaying socket that never reads, from `forwarded_for` (through the test's own trusted proxy):
+/// its replay blocks on the full socket and holds its turn until CLIENT_TIMEOUT_MS.
+async fn stalled_replay(relay: &Relay, forwarded_for: &str) -> testkit::ws::Socket {
+    let addr = relay.gateway_addr();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr.parse().unwrap()).await.unwrap();
+    let mut request = format!("ws://{addr}/ws?since=0-0")
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("x-forwarded-for", forwarded_for.parse().unwrap());
+    let (ws, _) =
+        tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+    ws
+}
+
+/// Replay turns are shared per address: one host's sixteen stalled replays hold at most a quarter of
+/// them, and another client's replay starts at once instead of waiting CLIENT_TIMEOUT_MS behind it.
+#[tokio::test]
+async fn one_address_cannot_hold_every_replay_turn() {
+    let mut settings = test_settings();
+    settings.client_timeout_ms = 10_000;
+    settings.trusted_proxies = "127.0.0.1".parse().unwrap();
+    let relay = Relay::live(settings).await;
+    // 8 MB of history: far more than a stalled socket's buffers take.
+    let pad = "x".repeat(8_000);
+    let lines: Vec<String> = (0..1000)
+        .map(|i| format!(r#"{{"n":{i},"pad":"{pad}"}}"#))
+        .collect();
+    for chunk in lines.chunks(100) {
+        relay.publish_batch(chunk).await;
+    }
+    let mut hog = Vec::new();
+    for _ in 0..16 {
+        hog.push(stalled_replay(&relay, "203.0.113.66").await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let mut other = relay.ws_connect("?since=0-0").await;
+    let first = other.messages(1).await;
+    assert_eq!(first[0]["payload"]["n"], 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "another client's replay waited {:?} behind one address's stalled replays",
+        started.elapsed()
+    );
+    drop(hog);
+}
