@@ -19,8 +19,18 @@ use crate::problem::ApiError;
 /// How long a key is remembered.
 pub const KEY_TTL_SECS: u64 = 24 * 60 * 60;
 
-/// KEYS[1] stream, KEYS[2] record. ARGV: body hash, ttl, ids (comma-separated), received_at, entry count,
-/// arguments per entry (2 × `model::codec::FIELD_COUNT`), then the field/value arguments of each entry.
+/// What one record costs beyond its fields: Redis's key, hash and ledger entries.
+const RECORD_OVERHEAD: u64 = 256;
+
+/// KEYS[1] stream, KEYS[2] record, KEYS[3] the caller's records by creation time, KEYS[4] their sizes
+/// (and `total`). ARGV: body hash, ttl, ids (comma-separated), received_at, entry count, arguments per
+/// entry (2 × `model::codec::FIELD_COUNT`), the caller's byte budget, the per-record overhead, then the
+/// field/value arguments of each entry.
+///
+/// A new record is refused (`full`, with the seconds until the oldest one expires) while the caller's
+/// live records would take more than the budget: each record is kept 24 hours, so without a bound one
+/// credential could fill Redis with them. Expired records leave the ledger as new ones come, at most
+/// 100 a call.
 static SCRIPT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -31,9 +41,32 @@ if rec[1] then
 end
 local n = tonumber(ARGV[5])
 local w = tonumber(ARGV[6])
+local budget, overhead = tonumber(ARGV[7]), tonumber(ARGV[8])
+local ttl = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1])
+for _, old in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - ttl, 'LIMIT', 0, 100)) do
+  local size = tonumber(redis.call('HGET', KEYS[4], old) or '0')
+  redis.call('HINCRBY', KEYS[4], 'total', -size)
+  redis.call('HDEL', KEYS[4], old)
+  redis.call('ZREM', KEYS[3], old)
+end
+local size = overhead + #KEYS[2] + #ARGV[1] + #ARGV[3] * 2 + #ARGV[4]
+local total = tonumber(redis.call('HGET', KEYS[4], 'total') or '0')
+if total + size > budget then
+  local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  local wait = ttl
+  if oldest[2] then wait = math.max(1, tonumber(oldest[2]) + ttl - now) end
+  return {'full', tostring(wait)}
+end
+redis.call('ZADD', KEYS[3], now, KEYS[2])
+redis.call('HSET', KEYS[4], KEYS[2], size)
+redis.call('HINCRBY', KEYS[4], 'total', size)
+redis.call('EXPIRE', KEYS[3], ttl)
+redis.call('EXPIRE', KEYS[4], ttl)
 local sids = {}
 for i = 0, n - 1 do
-  local a = 7 + i * w
+  local a = 9 + i * w
   sids[i + 1] = redis.call('XADD', KEYS[1], '*', unpack(ARGV, a, a + w - 1))
 end
 local joined = table.concat(sids, ',')
@@ -57,6 +90,15 @@ pub fn parse_key(header: &[u8]) -> Result<&str, ApiError> {
         .map_err(|_| ApiError::BadQuery("Idempotency-Key is not ASCII".into()))
 }
 
+/// One `Idempotency-Key` as a caller sent it: its record, the body's fingerprint, and the caller's
+/// ledger and byte budget (`MAX_IDEMPOTENCY_BYTES`).
+pub struct Record {
+    pub key: String,
+    pub fingerprint: String,
+    pub ledger: (String, String),
+    pub budget: u64,
+}
+
 /// The request's fingerprint: its kind (single or batch) and its exact body.
 pub fn fingerprint(kind: &str, body: &[u8]) -> String {
     let mut h = Sha256::new();
@@ -71,8 +113,7 @@ pub fn fingerprint(kind: &str, body: &[u8]) -> String {
 pub async fn append_once(
     redis: &mut impl redis::aio::ConnectionLike,
     stream_key: &str,
-    record_key: &str,
-    fingerprint: &str,
+    record: &Record,
     entries: &[StreamEntry],
 ) -> Result<Result<Vec<Accepted>, ApiError>, redis::RedisError> {
     let received_at = entries
@@ -86,13 +127,17 @@ pub async fn append_once(
         .join(",");
     let mut invocation = SCRIPT.key(stream_key);
     invocation
-        .key(record_key)
-        .arg(fingerprint)
+        .key(&record.key)
+        .key(&record.ledger.0)
+        .key(&record.ledger.1)
+        .arg(&record.fingerprint)
         .arg(KEY_TTL_SECS)
         .arg(&ids)
         .arg(&received_at)
         .arg(entries.len())
-        .arg(2 * model::codec::FIELD_COUNT);
+        .arg(2 * model::codec::FIELD_COUNT)
+        .arg(record.budget)
+        .arg(RECORD_OVERHEAD);
     for entry in entries {
         for (field, value) in entry.to_fields() {
             invocation.arg(field).arg(value);
@@ -101,6 +146,9 @@ pub async fn append_once(
     let reply: Vec<String> = invocation.invoke_async(redis).await?;
     Ok(match reply.as_slice() {
         [tag] if tag == "conflict" => Err(ApiError::IdempotencyConflict),
+        [tag, wait] if tag == "full" => Err(ApiError::IdempotencyFull {
+            wait: std::time::Duration::from_secs(wait.parse().unwrap_or(KEY_TTL_SECS)),
+        }),
         [_, ids, stream_ids, received_at] => decode_answer(ids, stream_ids, received_at),
         other => Err(ApiError::Internal(anyhow::anyhow!(
             "unexpected idempotency script reply: {other:?}"

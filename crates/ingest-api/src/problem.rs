@@ -46,6 +46,8 @@ pub enum ApiError {
     Forbidden(&'static str),
     #[error("this Idempotency-Key was used with a different body in the last 24 hours")]
     IdempotencyConflict,
+    #[error("this credential's Idempotency-Key records of the last 24 hours take MAX_IDEMPOTENCY_BYTES; nothing was written: retry without Idempotency-Key, or with a key used before, or after {} s", retry_after_secs(*.wait))]
+    IdempotencyFull { wait: std::time::Duration },
     #[error("the persister is {backlog} entries behind (over MAX_BACKLOG); nothing was accepted, retry later")]
     Backlog { backlog: u64 },
     #[error("the message stream (Redis) is unreachable; nothing was accepted, retry later")]
@@ -83,6 +85,10 @@ impl ApiError {
             Self::Unauthenticated => ("unauthenticated", "Unauthenticated"),
             Self::Forbidden(_) => ("forbidden", "Forbidden"),
             Self::IdempotencyConflict => ("idempotency-key-reused", "Idempotency-Key reused"),
+            Self::IdempotencyFull { .. } => (
+                "idempotency-records-full",
+                "Too many Idempotency-Key records",
+            ),
             Self::Backlog { .. } => ("backlog-full", "Backlog over its limit"),
             Self::StreamUnavailable(_) => ("stream-unavailable", "Stream unavailable"),
             Self::StoreUnavailable(_) => ("store-unavailable", "Store unavailable"),
@@ -103,7 +109,9 @@ impl ResponseError for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::IdempotencyFull { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound | Self::NoRoute => StatusCode::NOT_FOUND,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
@@ -129,7 +137,7 @@ impl ResponseError for ApiError {
             _ => {}
         }
         let mut problem = Problem::new(self.status_code(), slug, title, self.to_string());
-        if let Self::RateLimited { wait, .. } = self {
+        if let Self::RateLimited { wait, .. } | Self::IdempotencyFull { wait } = self {
             problem = problem.retry_after(retry_after_secs(*wait));
         }
         let mut res = problem.response();

@@ -17,6 +17,16 @@ pub fn idempotency_key(stream_key: &str, caller: Option<&str>, key: &str) -> Str
     format!("{stream_key}:idem:{}:{key}", caller.unwrap_or("-"))
 }
 
+/// The ledger of `caller`'s `Idempotency-Key` records (a sorted set of them by creation time and a hash
+/// of their sizes and total), so one credential's records can be bounded in bytes.
+pub fn idempotency_ledger_keys(stream_key: &str, caller: Option<&str>) -> (String, String) {
+    let caller = caller.unwrap_or("-");
+    (
+        format!("{stream_key}:idem-by-time:{caller}"),
+        format!("{stream_key}:idem-sizes:{caller}"),
+    )
+}
+
 /// Whether `stream_key` holds a Redis Cluster hash tag (a non-empty `{…}`), so that every key above
 /// shares its slot.
 pub fn has_hash_tag(stream_key: &str) -> bool {

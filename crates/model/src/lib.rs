@@ -11,6 +11,6 @@ pub mod stream_id;
 pub mod testing;
 
 pub use codec::{DecodeError, EntryParts, StreamEntry, ENTRY_VERSION};
-pub use keys::{dead_letter_key, idempotency_key, PERSISTER_GROUP};
+pub use keys::{dead_letter_key, idempotency_key, idempotency_ledger_keys, PERSISTER_GROUP};
 pub use message::{format_received_at, now_micros, Accepted, Message};
 pub use stream_id::{StreamId, StreamIdError};

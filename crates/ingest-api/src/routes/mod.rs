@@ -79,7 +79,7 @@ pub struct ApiDoc(pub String);
         (status = 409, description = "Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Over a size limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Neither application/json nor application/x-ndjson", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Over PUBLISH_RATE for this API key (or client address): nothing written; retry after Retry-After", body = Problem, content_type = "application/problem+json",
+        (status = 429, description = "Over PUBLISH_RATE for this API key (or client address), or a new Idempotency-Key over MAX_IDEMPOTENCY_BYTES of this credential's records: nothing written; retry after Retry-After", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds"))),
         (status = 503, description = "Redis unreachable, the backlog over MAX_BACKLOG or MAX_STREAM_BYTES, or the service over MAX_INFLIGHT_BYTES: nothing accepted; retry after Retry-After (with the Idempotency-Key)", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds"))),

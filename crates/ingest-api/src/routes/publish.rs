@@ -117,8 +117,13 @@ async fn accept(
                 "json"
             };
             // A key belongs to the API key that sent it: another caller's same key is another record.
-            let record = model::idempotency_key(&settings.stream_key, caller.0.as_deref(), key);
-            Some((record, idempotency::fingerprint(kind_tag, &body)))
+            let caller = caller.0.as_deref();
+            Some(idempotency::Record {
+                key: model::idempotency_key(&settings.stream_key, caller, key),
+                fingerprint: idempotency::fingerprint(kind_tag, &body),
+                ledger: model::idempotency_ledger_keys(&settings.stream_key, caller),
+                budget: settings.max_idempotency_bytes,
+            })
         }
         None => None,
     };
@@ -222,7 +227,7 @@ async fn append(
     worker_redis: &WorkerRedis,
     group: &GroupCommit,
     payloads: Vec<Box<RawValue>>,
-    idempotency: Option<(String, String)>,
+    idempotency: Option<idempotency::Record>,
     request_id: String,
 ) -> Result<Vec<Accepted>, ApiError> {
     let received_at = now_micros();
@@ -238,8 +243,8 @@ async fn append(
     let key = &state.settings.stream_key;
     let mut redis = worker_redis.0.clone();
     let timeout = Duration::from_millis(state.settings.redis_timeout_ms);
-    if let Some((record, fingerprint)) = idempotency {
-        let once = idempotency::append_once(&mut redis, key, &record, &fingerprint, &entries);
+    if let Some(record) = idempotency {
+        let once = idempotency::append_once(&mut redis, key, &record, &entries);
         return bounded(timeout, once).await?;
     }
     let ids: Vec<String> = if let [entry] = entries.as_slice() {

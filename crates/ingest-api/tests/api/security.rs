@@ -420,3 +420,62 @@ async fn the_auth_matrix_holds_for_every_endpoint_with_keys_read_from_a_file() {
     assert_ne!(ids[0], ids[1]);
     assert_eq!(app.stream_len().await, 3);
 }
+
+/// Each Idempotency-Key record is kept 24 hours: without a bound, one credential posting with fresh
+/// keys fills Redis with them. Over MAX_IDEMPOTENCY_BYTES a new key is refused (429, nothing written)
+/// while repeats of kept keys, posts without a key and other credentials go on.
+#[tokio::test]
+async fn one_credentials_idempotency_records_are_bounded_in_bytes() {
+    let mut settings = test_settings();
+    settings.max_idempotency_bytes = 4096;
+    settings.api_keys = "a:publish,b:publish".parse().unwrap();
+    let app = Relay::ingest_only(settings).await;
+    let post = |key: &'static str, idem: String| {
+        app.client
+            .post(format!("{}/messages", app.ingest_url()))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .header("idempotency-key", idem)
+            .body("1")
+            .send()
+    };
+    let mut accepted = 0;
+    let refused = loop {
+        let res = post("a", format!("key-{accepted}")).await.unwrap();
+        if res.status() != 202 {
+            break res;
+        }
+        accepted += 1;
+        assert!(
+            accepted < 100,
+            "100 records of a 4 KiB budget were all kept"
+        );
+    };
+    assert!(accepted >= 4, "only {accepted} records fit 4 KiB");
+    assert!(refused.headers().contains_key("retry-after"));
+    let problem = assert_problem(refused, 429).await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("MAX_IDEMPOTENCY_BYTES"),
+        "{problem}"
+    );
+    assert_eq!(
+        app.stream_len().await,
+        accepted,
+        "the refused post wrote nothing"
+    );
+    let repeat = post("a", "key-0".into()).await.unwrap();
+    assert_eq!(
+        repeat.status(),
+        202,
+        "a kept key still answers its first 202"
+    );
+    assert_eq!(
+        post("b", "key-x".into()).await.unwrap().status(),
+        202,
+        "another credential has its own budget"
+    );
+    assert_eq!(app.stream_len().await, accepted + 1);
+}

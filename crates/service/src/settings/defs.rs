@@ -198,6 +198,12 @@ pub const DEFS: &[Def] = &[
         "The stream's memory in Redis (MEMORY USAGE … SAMPLES 0, exact, read every 250 ms) above which POST /messages answers 503; the persister keeps fewer than STREAM_RETENTION entries when they would take more than half of it.",
     ),
     def(
+        "MAX_IDEMPOTENCY_BYTES",
+        "67108864",
+        INGEST,
+        "Bytes of Idempotency-Key records (each kept 24 h) one credential (or, without API_KEYS, everyone) may hold in Redis; a post with a new Idempotency-Key over it answers 429.",
+    ),
+    def(
         "PUBLISH_RATE",
         "0",
         INGEST,

@@ -82,6 +82,8 @@ pub struct Settings {
     pub max_backlog: u64,
     #[serde(deserialize_with = "values::positive")]
     pub max_stream_bytes: u64,
+    #[serde(deserialize_with = "values::positive")]
+    pub max_idempotency_bytes: u64,
     /// 0: unlimited.
     #[serde(deserialize_with = "values::parsed")]
     pub publish_rate: u32,
