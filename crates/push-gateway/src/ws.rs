@@ -176,7 +176,11 @@ pub async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>
     actix_web::rt::spawn(sessions.track_future(async move {
         let _slot = slot;
         let id = subscription.id;
-        let reason = serve(&state, session.clone(), messages, subscription, since, addr).await;
+        let written = connection
+            .as_ref()
+            .map(service::http::ConnectionHeld::written);
+        let outlet = Outlet::new(session.clone(), written);
+        let reason = serve(&state, outlet, messages, subscription, since, addr).await;
         // Out of the hub at once: nothing more is queued for a session that has ended.
         state.hub.unsubscribe(id);
         // Ending the session ends the response stream, but actix keeps trying to flush what is already
@@ -214,7 +218,7 @@ fn close(code: CloseCode, why: &str) -> End {
 
 async fn serve(
     state: &AppState,
-    mut session: Session,
+    mut session: Outlet,
     mut messages: MessageStream,
     mut sub: Subscription,
     since: Option<StreamId>,
@@ -302,7 +306,7 @@ async fn serve(
 /// live frames continue after.
 async fn start(
     state: &AppState,
-    session: &mut Session,
+    session: &mut Outlet,
     sub: &Subscription,
     since: Option<StreamId>,
     addr: Option<IpAddr>,
@@ -351,7 +355,7 @@ fn delivered(state: &AppState, frame: &Frame) {
 /// exactly after the last frame sent. A client still behind after the catch-up window is closed with 1013.
 async fn catch_up(
     state: &AppState,
-    session: &mut Session,
+    session: &mut Outlet,
     behind: &Subscription,
     last_sent: &mut StreamId,
     addr: Option<IpAddr>,
@@ -409,6 +413,51 @@ fn close_linger(state: &AppState) -> Duration {
     (client_timeout(state) / 4).min(Duration::from_secs(1))
 }
 
+/// actix-ws's session of one client, and how far the socket has got: actix-ws queues 32 frames
+/// whatever their size (32 MiB with 1 MiB messages, pinned per socket), so the gateway hands it a text
+/// frame only while what it has handed and the socket has not yet written stays within
+/// `WS_SEND_QUEUE_BYTES` (a frame larger than that still goes to a client that has taken everything).
+struct Outlet {
+    session: Session,
+    /// What the connection has written, from `base` on; `None` outside `service::http::serve`.
+    written: Option<(service::connection::Written, u64)>,
+    /// Bytes of text frames handed to actix-ws.
+    handed: u64,
+}
+
+impl Outlet {
+    fn new(session: Session, written: Option<service::connection::Written>) -> Self {
+        Self {
+            session,
+            written: written.map(|w| {
+                let base = w.get();
+                (w, base)
+            }),
+            handed: 0,
+        }
+    }
+
+    fn has_room(&self, len: usize, limit: usize) -> bool {
+        let Some((written, base)) = &self.written else {
+            return true;
+        };
+        let in_flight = self
+            .handed
+            .saturating_sub(written.get().saturating_sub(*base));
+        in_flight == 0 || in_flight + len as u64 <= limit as u64
+    }
+
+    /// Waits until a frame of `len` bytes fits (the caller bounds the wait).
+    async fn room_for(&self, len: usize, limit: usize) {
+        while !self.has_room(len, limit) {
+            tokio::time::sleep(ROOM_POLL).await;
+        }
+    }
+}
+
+/// How often a send waiting for the socket to take what was handed to actix-ws looks again.
+const ROOM_POLL: Duration = Duration::from_millis(5);
+
 /// What the server writes to a client.
 enum Out {
     Text(bytestring::ByteString),
@@ -422,15 +471,24 @@ enum Out {
 /// (it would not read that either): the session ends, and the socket with it.
 async fn send(
     state: &AppState,
-    session: &mut Session,
+    session: &mut Outlet,
     sub: &Subscription,
     out: Out,
 ) -> Result<(), End> {
+    let limit = state.settings.ws_send_queue_bytes;
     let sent = async {
         match out {
-            Out::Text(text) => session.text(text).await,
-            Out::Ping => session.ping(b"").await,
-            Out::Pong(bytes) => session.pong(&bytes).await,
+            Out::Text(text) => {
+                let len = text.len();
+                if !session.has_room(len, limit) {
+                    session.room_for(len, limit).await;
+                }
+                session.session.text(text).await?;
+                session.handed += len as u64;
+                Ok(())
+            }
+            Out::Ping => session.session.ping(b"").await,
+            Out::Pong(bytes) => session.session.pong(&bytes).await,
         }
     };
     tokio::pin!(sent);
@@ -471,7 +529,7 @@ async fn send(
 /// is never read twice.
 async fn replay(
     state: &AppState,
-    session: &mut Session,
+    session: &mut Outlet,
     sub: &Subscription,
     since: StreamId,
 ) -> Result<StreamId, End> {

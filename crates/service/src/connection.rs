@@ -93,6 +93,17 @@ pub const FULL_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
 content-type: application/problem+json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 118\r\n\r\n\
 {\"type\":\"about:blank\",\"title\":\"Service Unavailable\",\"status\":503,\"detail\":\"over MAX_HTTP_CONNECTIONS; retry later\"}";
 
+/// Bytes a connection has written to its socket, shared with whoever watches its progress (the
+/// gateway, to bound what it has handed to actix but the client has not taken yet).
+#[derive(Debug, Clone, Default)]
+pub struct Written(Arc<std::sync::atomic::AtomicU64>);
+
+impl Written {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// A TCP stream with the deadlines of the module's header.
 pub struct Guarded {
     io: TcpStream,
@@ -105,6 +116,7 @@ pub struct Guarded {
     /// When a write last found the socket full with nothing written since.
     write_stalled_since: Option<Instant>,
     timer: Pin<Box<Sleep>>,
+    written: Written,
     _slot: Slot,
 }
 
@@ -118,8 +130,14 @@ impl Guarded {
             unanswered_bytes: 0,
             write_stalled_since: None,
             timer: Box::pin(tokio::time::sleep(timeout)),
+            written: Written::default(),
             _slot: slot,
         }
+    }
+
+    /// What the connection has written so far.
+    pub fn written(&self) -> Written {
+        self.written.clone()
     }
 
     /// The socket itself (to set options on, or to duplicate).
@@ -220,6 +238,7 @@ impl AsyncWrite for Guarded {
         match Pin::new(&mut this.io).poll_write(cx, data) {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
+                    this.written.0.fetch_add(n as u64, Ordering::Relaxed);
                     this.write_stalled_since = None;
                     this.unanswered_since = None;
                     this.unanswered_bytes = 0;

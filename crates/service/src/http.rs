@@ -15,7 +15,7 @@ use anyhow::Context;
 use futures_util::future::BoxFuture;
 use prometheus::Registry;
 
-use crate::connection::{ConnectionCap, Guarded, FULL_RESPONSE};
+use crate::connection::{ConnectionCap, Guarded, Written, FULL_RESPONSE};
 
 /// Binds `addr` (port 0 in tests), naming the setting when that fails.
 pub fn bind(addr: SocketAddr, setting: &str) -> anyhow::Result<TcpListener> {
@@ -161,12 +161,7 @@ where
             .on_connect_ext(move |io: &Guarded, ext: &mut actix_web::dev::Extensions| {
                 let tcp = io.tcp();
                 let _ = tcp.set_nodelay(true);
-                let held = if options.closable_sockets {
-                    ConnectionHeld::with_socket(tcp)
-                } else {
-                    ConnectionHeld::default()
-                };
-                ext.insert(held);
+                ext.insert(ConnectionHeld::new(io, options.closable_sockets));
             })
             .finish(map_config(app, move |()| AppConfig::default()));
         actix_web::dev::fn_service(move |io: actix_web::rt::net::TcpStream| {
@@ -204,6 +199,20 @@ async fn refuse_over_cap(mut io: actix_web::rt::net::TcpStream, timeout: Duratio
     log::debug!("refused a connection over MAX_HTTP_CONNECTIONS");
 }
 
+#[cfg(unix)]
+fn duplicate(tcp: &actix_web::rt::net::TcpStream) -> Option<std::net::TcpStream> {
+    use std::os::fd::AsFd;
+    tcp.as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .map(std::net::TcpStream::from)
+}
+
+#[cfg(not(unix))]
+fn duplicate(_: &actix_web::rt::net::TcpStream) -> Option<std::net::TcpStream> {
+    None
+}
+
 /// Things that live exactly as long as one TCP connection: a handler hands something here (a WebSocket's
 /// connection slot) and it is dropped when actix drops the socket, not when the handler or session ends.
 /// That is what makes "the slot is free only when the socket is gone" true.
@@ -215,26 +224,22 @@ struct Held {
     things: Mutex<Vec<Box<dyn Any + Send>>>,
     /// A duplicate of the connection's socket, when the server keeps one (`closable_sockets`).
     socket: Option<std::net::TcpStream>,
+    /// Bytes written to the socket so far.
+    written: Written,
 }
 
 impl ConnectionHeld {
-    #[cfg(unix)]
-    fn with_socket(tcp: &actix_web::rt::net::TcpStream) -> Self {
-        use std::os::fd::AsFd;
-        let socket = tcp
-            .as_fd()
-            .try_clone_to_owned()
-            .ok()
-            .map(std::net::TcpStream::from);
+    fn new(io: &Guarded, closable: bool) -> Self {
         Self(Arc::new(Held {
             things: Mutex::default(),
-            socket,
+            socket: if closable { duplicate(io.tcp()) } else { None },
+            written: io.written(),
         }))
     }
 
-    #[cfg(not(unix))]
-    fn with_socket(_: &actix_web::rt::net::TcpStream) -> Self {
-        Self::default()
+    /// What the connection has written so far (shared: it goes on counting after this call).
+    pub fn written(&self) -> Written {
+        self.0.written.clone()
     }
 
     /// The request's connection data, for a task that outlives the handler.
