@@ -111,16 +111,19 @@ mod tests {
 }
 
 /// `(stream_id, seq, t)` of a message frame, read at the fixed positions the gateway writes them (the
-/// frame layout is `{"type":"message","data":{"id":"<36>","stream_id":"…","received_at":"<27>",
-/// "payload":{"seq":…,"t":…`), falling back to a scan. The fan-out client reads a million frames a
+/// frame layout is `{"type":"message","data":{"id":"<36>","channel":"…","stream_id":"…",
+/// "received_at":"<27>","payload":{"seq":…,"t":…`), falling back to a scan. The fan-out client reads a million frames a
 /// second on the same two cores as the gateway, so this stays cheap.
 pub fn frame_fields(frame: &[u8]) -> (Option<model::StreamId>, Option<u64>, Option<u64>) {
     const HEAD: &[u8] = b"{\"type\":\"message\",\"data\":{\"id\":\"";
+    const CHANNEL: &[u8] = b"\",\"channel\":\"";
     const SID: &[u8] = b"\",\"stream_id\":\"";
     const AT: &[u8] = b"\",\"received_at\":\"";
     const PAYLOAD: &[u8] = b"\",\"payload\":{\"seq\":";
     let fast = || -> Option<(model::StreamId, u64, u64)> {
-        let rest = frame.strip_prefix(HEAD)?.get(36..)?.strip_prefix(SID)?;
+        let rest = frame.strip_prefix(HEAD)?.get(36..)?.strip_prefix(CHANNEL)?;
+        let rest = &rest[rest.iter().position(|b| *b == b'"')?..];
+        let rest = rest.strip_prefix(SID)?;
         let end = rest.iter().position(|b| *b == b'"')?;
         let stream_id = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
         let rest = rest[end..]
@@ -151,7 +154,7 @@ fn leading_number(text: &[u8]) -> Option<(u64, &[u8])> {
 mod frame_tests {
     #[test]
     fn frame_fields_are_read_at_their_positions() {
-        let frame = br#"{"type":"message","data":{"id":"01936f4e-8a9b-7c3d-9e2f-0a1b2c3d4e5f","stream_id":"1732478400123-7","received_at":"2026-11-24T20:00:00.123456Z","payload":{"seq":42,"t":1700000000000123,"pad":"x"}}}"#;
+        let frame = br#"{"type":"message","data":{"id":"01936f4e-8a9b-7c3d-9e2f-0a1b2c3d4e5f","channel":"default","stream_id":"1732478400123-7","received_at":"2026-11-24T20:00:00.123456Z","payload":{"seq":42,"t":1700000000000123,"pad":"x"}}}"#;
         let (sid, seq, t) = super::frame_fields(frame);
         assert_eq!(sid, Some(model::StreamId::new(1_732_478_400_123, 7)));
         assert_eq!((seq, t), (Some(42), Some(1_700_000_000_000_123)));

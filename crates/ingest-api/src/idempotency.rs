@@ -99,11 +99,17 @@ pub struct Record {
     pub budget: u64,
 }
 
-/// The request's fingerprint: its kind (single or batch) and its exact body.
-pub fn fingerprint(kind: &str, body: &[u8]) -> String {
+/// The request's fingerprint: its kind (single or batch), its channel and its exact body. The same
+/// key and body sent to another channel is another request (409), not a repeat. (`default` adds
+/// nothing, so records written before channels still match their repeats.)
+pub fn fingerprint(kind: &str, channel: &str, body: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update(kind.as_bytes());
     h.update([0]);
+    if channel != model::DEFAULT_CHANNEL {
+        h.update(channel.as_bytes());
+        h.update([0]);
+    }
     h.update(body);
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -149,7 +155,14 @@ pub async fn append_once(
         [tag, wait] if tag == "full" => Err(ApiError::IdempotencyFull {
             wait: std::time::Duration::from_secs(wait.parse().unwrap_or(KEY_TTL_SECS)),
         }),
-        [_, ids, stream_ids, received_at] => decode_answer(ids, stream_ids, received_at),
+        [_, ids, stream_ids, received_at] => {
+            // The fingerprint covers the channel: a record that answers is of this request's channel.
+            let channel = entries
+                .first()
+                .map(|e| e.channel.clone())
+                .unwrap_or_default();
+            decode_answer(&channel, ids, stream_ids, received_at)
+        }
         other => Err(ApiError::Internal(anyhow::anyhow!(
             "unexpected idempotency script reply: {other:?}"
         ))),
@@ -157,6 +170,7 @@ pub async fn append_once(
 }
 
 fn decode_answer(
+    channel: &model::ChannelName,
     ids: &str,
     stream_ids: &str,
     received_at: &str,
@@ -172,6 +186,7 @@ fn decode_answer(
         .map(|(id, sid)| {
             Ok(Accepted {
                 id: id.parse().map_err(|e| bad(&e))?,
+                channel: channel.clone(),
                 stream_id: parse_reply_id(sid).map_err(|e| bad(&e))?,
                 received_at,
             })

@@ -62,6 +62,12 @@ impl ChannelName {
     }
 }
 
+impl Default for ChannelName {
+    fn default() -> Self {
+        Self::default_channel()
+    }
+}
+
 impl FromStr for ChannelName {
     type Err = ChannelError;
 

@@ -10,17 +10,25 @@
 //! not know, so a reader of the previous build reads a new entry unchanged. `request_id` came that way —
 //! `v` stays 1, old persisters and gateways read entries that carry it, and new ones read entries that do
 //! not. Only a change that an old reader would misread (a field's meaning or format) bumps `v`.
+//!
+//! `ch`, the channel, is such a change for every channel but `default`: a reader of version 1 would take
+//! the message for one of `default`. So an entry of `default` is written as version 1 (with `ch`, which
+//! version-1 readers skip), and an entry of any other channel as version 2, which a version-1 reader
+//! hands back (it stays pending until an upgraded replica claims it) instead of storing it wrongly.
 
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use crate::channel::ChannelName;
 use crate::format_received_at;
 
-/// The version this build writes.
-pub const ENTRY_VERSION: u32 = 1;
+/// The newest version this build writes and reads (2: entries of a channel other than `default`).
+pub const ENTRY_VERSION: u32 = 2;
+/// The version of an entry of `default`, which readers from before channels store right.
+pub const DEFAULT_CHANNEL_VERSION: u32 = 1;
 /// How many field/value pairs [`StreamEntry::to_fields`] writes.
-pub const FIELD_COUNT: usize = 5;
+pub const FIELD_COUNT: usize = 6;
 
 /// Field: entry format version, a decimal integer.
 pub const FIELD_VERSION: &str = "v";
@@ -33,11 +41,14 @@ pub const FIELD_PAYLOAD: &str = "payload";
 /// Field (optional): the request id of the `POST` that carried the message, for following it through the
 /// logs of every service. Empty or absent when the writer had none.
 pub const FIELD_REQUEST_ID: &str = "rid";
+/// Field: the channel the message was published to; absent in entries from before channels (`default`).
+pub const FIELD_CHANNEL: &str = "ch";
 
 /// The content of one stream entry (its stream id is the entry's key, not part of the content).
 #[derive(Debug, Clone)]
 pub struct StreamEntry {
     pub id: Uuid,
+    pub channel: ChannelName,
     pub received_at: DateTime<Utc>,
     pub payload: Box<RawValue>,
     pub request_id: Option<String>,
@@ -48,6 +59,7 @@ pub struct StreamEntry {
 #[derive(Debug, Clone)]
 pub struct EntryParts {
     pub id: Uuid,
+    pub channel: ChannelName,
     pub received_at: DateTime<Utc>,
     pub payload: String,
     pub request_id: Option<String>,
@@ -57,6 +69,7 @@ impl From<StreamEntry> for EntryParts {
     fn from(e: StreamEntry) -> Self {
         Self {
             id: e.id,
+            channel: e.channel,
             received_at: e.received_at,
             payload: e.payload.get().to_owned(),
             request_id: e.request_id,
@@ -77,9 +90,15 @@ pub enum DecodeError {
 impl StreamEntry {
     /// The field/value pairs to pass to `XADD`, in a fixed order (always [`FIELD_COUNT`] of them).
     pub fn to_fields(&self) -> [(&'static str, String); FIELD_COUNT] {
+        let version = if self.channel.as_str() == crate::DEFAULT_CHANNEL {
+            DEFAULT_CHANNEL_VERSION
+        } else {
+            ENTRY_VERSION
+        };
         [
-            (FIELD_VERSION, ENTRY_VERSION.to_string()),
+            (FIELD_VERSION, version.to_string()),
             (FIELD_ID, self.id.hyphenated().to_string()),
+            (FIELD_CHANNEL, self.channel.to_string()),
             (FIELD_RECEIVED_AT, format_received_at(&self.received_at)),
             (
                 FIELD_REQUEST_ID,
@@ -100,6 +119,7 @@ impl StreamEntry {
         })?;
         Ok(Self {
             id: parts.id,
+            channel: parts.channel,
             received_at: parts.received_at,
             payload,
             request_id: parts.request_id,
@@ -114,7 +134,7 @@ impl EntryParts {
         fields: impl IntoIterator<Item = (&'a str, &'a [u8])>,
     ) -> Result<Self, DecodeError> {
         let (mut version, mut id, mut received_at, mut payload) = (None, None, None, None);
-        let mut request_id = None;
+        let (mut request_id, mut channel) = (None, None);
         for (name, value) in fields {
             match name {
                 FIELD_VERSION => version = Some(value),
@@ -122,6 +142,7 @@ impl EntryParts {
                 FIELD_RECEIVED_AT => received_at = Some(value),
                 FIELD_PAYLOAD => payload = Some(value),
                 FIELD_REQUEST_ID => request_id = Some(value),
+                FIELD_CHANNEL => channel = Some(value),
                 _ => {}
             }
         }
@@ -150,6 +171,12 @@ impl EntryParts {
             .map_err(|e| malformed(FIELD_RECEIVED_AT)(&e))?
             .to_utc();
         let payload = text(FIELD_PAYLOAD, payload)?.to_owned();
+        let channel = match channel {
+            Some(v) => text(FIELD_CHANNEL, Some(v))?
+                .parse()
+                .map_err(|e| malformed(FIELD_CHANNEL)(&e))?,
+            None => ChannelName::default_channel(),
+        };
         // A request id is only ever for the logs: one that is not text is dropped, not an error.
         let request_id = request_id
             .and_then(|v| std::str::from_utf8(v).ok())
@@ -157,6 +184,7 @@ impl EntryParts {
             .map(str::to_owned);
         Ok(Self {
             id,
+            channel,
             received_at,
             payload,
             request_id,
@@ -171,6 +199,7 @@ mod tests {
     fn sample() -> StreamEntry {
         StreamEntry {
             id: Uuid::now_v7(),
+            channel: ChannelName::default_channel(),
             received_at: crate::message::now_micros(),
             payload: RawValue::from_string(r#"{"z":1,"a":"\u0000","n":1e-300}"#.into()).unwrap(),
             request_id: Some("trace-me-1".into()),
@@ -229,11 +258,46 @@ mod tests {
         let mut fields = pairs(&entry.to_fields());
         fields.push(("added_later", b"x".to_vec()));
         assert!(StreamEntry::decode(fields.iter().map(|(k, v)| (*k, v.as_slice()))).is_ok());
-        fields[0].1 = b"2".to_vec();
+        fields[0].1 = b"3".to_vec();
         assert_eq!(
             StreamEntry::decode(fields.iter().map(|(k, v)| (*k, v.as_slice()))).unwrap_err(),
-            DecodeError::UnsupportedVersion(2)
+            DecodeError::UnsupportedVersion(3)
         );
+    }
+
+    /// `default` stays version 1, readable as before by builds from before channels; another channel is
+    /// version 2, which such a build refuses (and hands back) rather than store it in `default`.
+    #[test]
+    fn a_channel_other_than_default_is_version_two_and_default_stays_version_one() {
+        let mut entry = sample();
+        let fields = pairs(&entry.to_fields());
+        assert_eq!(fields[0], ("v", b"1".to_vec()));
+        entry.channel = "chat.room1".parse().unwrap();
+        let fields = pairs(&entry.to_fields());
+        assert_eq!(fields[0], ("v", b"2".to_vec()));
+        let back = StreamEntry::decode(fields.iter().map(|(k, v)| (*k, v.as_slice()))).unwrap();
+        assert_eq!(back.channel.as_str(), "chat.room1");
+        // An entry from before channels (no `ch`) is `default`'s.
+        let old = fields
+            .iter()
+            .filter(|(k, _)| *k != FIELD_CHANNEL)
+            .map(|(k, v)| (*k, v.as_slice()));
+        assert_eq!(
+            StreamEntry::decode(old).unwrap().channel.as_str(),
+            "default"
+        );
+        // A channel no writer of Relay would write is malformed, not stored somewhere else.
+        let bad = fields.iter().map(|(k, v)| {
+            if *k == FIELD_CHANNEL {
+                (*k, b"no spaces".as_slice())
+            } else {
+                (*k, v.as_slice())
+            }
+        });
+        assert!(matches!(
+            StreamEntry::decode(bad),
+            Err(DecodeError::Malformed { field: "ch", .. })
+        ));
     }
 
     #[test]
@@ -297,8 +361,9 @@ mod tests {
                 0i64..4_102_444_800_000_000,
                 json(),
                 any::<bool>(),
+                "[a-z.]{1,8}",
             )
-                .prop_map(|(id, micros, payload, pretty)| {
+                .prop_map(|(id, micros, payload, pretty, channel)| {
                     let text = if pretty {
                         serde_json::to_string_pretty(&payload)
                     } else {
@@ -306,6 +371,9 @@ mod tests {
                     };
                     StreamEntry {
                         id: Uuid::from_u128(id),
+                        channel: channel
+                            .parse()
+                            .unwrap_or_else(|_| ChannelName::default_channel()),
                         received_at: DateTime::from_timestamp_micros(micros).unwrap_or_default(),
                         payload: RawValue::from_string(text.unwrap_or_default())
                             .unwrap_or_else(|_| RawValue::from_string("null".into()).unwrap()),
@@ -321,6 +389,7 @@ mod tests {
                 Just(FIELD_RECEIVED_AT.to_owned()),
                 Just(FIELD_PAYLOAD.to_owned()),
                 Just(FIELD_REQUEST_ID.to_owned()),
+                Just(FIELD_CHANNEL.to_owned()),
                 any::<String>(),
             ]
         }

@@ -6,12 +6,13 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::StreamId;
+use crate::{ChannelName, StreamId};
 
 /// One persisted (or streamed) message. `payload` is the client's JSON text, byte for byte.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[schema(example = json!({
     "id": "01936f4e-8a9b-7c3d-9e2f-0a1b2c3d4e5f",
+    "channel": "default",
     "stream_id": "1732478400123-0",
     "received_at": "2026-11-24T20:00:00.123456Z",
     "payload": {"any": "JSON the client posted"}
@@ -19,6 +20,10 @@ use crate::StreamId;
 pub struct Message {
     /// A UUIDv7 that ingest-api assigns.
     pub id: Uuid,
+    /// The channel it was published to.
+    #[serde(deserialize_with = "de_channel")]
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
+    pub channel: ChannelName,
     /// The Redis Stream entry id: the one total order of the pipeline.
     #[serde(deserialize_with = "de_stream_id")]
     #[schema(value_type = String, pattern = "^[0-9]+-[0-9]+$")]
@@ -34,11 +39,15 @@ pub struct Message {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[schema(example = json!({
     "id": "01936f4e-8a9b-7c3d-9e2f-0a1b2c3d4e5f",
+    "channel": "default",
     "stream_id": "1732478400123-0",
     "received_at": "2026-11-24T20:00:00.123456Z"
 }))]
 pub struct Accepted {
     pub id: Uuid,
+    #[serde(deserialize_with = "de_channel")]
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
+    pub channel: ChannelName,
     #[serde(deserialize_with = "de_stream_id")]
     #[schema(value_type = String, pattern = "^[0-9]+-[0-9]+$")]
     pub stream_id: StreamId,
@@ -58,6 +67,11 @@ pub fn now_micros() -> DateTime<Utc> {
     DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
 }
 
+fn de_channel<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ChannelName, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
 fn de_stream_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<StreamId, D::Error> {
     let s = String::deserialize(d)?;
     s.parse().map_err(serde::de::Error::custom)
@@ -65,8 +79,9 @@ fn de_stream_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<StreamId, D::E
 
 impl Serialize for Message {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("Message", 4)?;
+        let mut st = s.serialize_struct("Message", 5)?;
         st.serialize_field("id", &self.id)?;
+        st.serialize_field("channel", self.channel.as_str())?;
         st.serialize_field("stream_id", &self.stream_id.to_string())?;
         st.serialize_field("received_at", &format_received_at(&self.received_at))?;
         st.serialize_field("payload", &self.payload)?;
@@ -76,8 +91,9 @@ impl Serialize for Message {
 
 impl Serialize for Accepted {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("Accepted", 3)?;
+        let mut st = s.serialize_struct("Accepted", 4)?;
         st.serialize_field("id", &self.id)?;
+        st.serialize_field("channel", self.channel.as_str())?;
         st.serialize_field("stream_id", &self.stream_id.to_string())?;
         st.serialize_field("received_at", &format_received_at(&self.received_at))?;
         st.end()
@@ -104,6 +120,7 @@ mod tests {
     fn a_message_serializes_its_payload_unchanged() {
         let m = Message {
             id: Uuid::nil(),
+            channel: "chat.1".parse().unwrap(),
             stream_id: StreamId::new(1, 2),
             received_at: DateTime::from_timestamp_micros(1).unwrap(),
             payload: RawValue::from_string(r#"{"b":1,"a":123456789012345678901234567890}"#.into())
@@ -111,7 +128,7 @@ mod tests {
         };
         assert_eq!(
             serde_json::to_string(&m).unwrap(),
-            r#"{"id":"00000000-0000-0000-0000-000000000000","stream_id":"1-2","received_at":"1970-01-01T00:00:00.000001Z","payload":{"b":1,"a":123456789012345678901234567890}}"#
+            r#"{"id":"00000000-0000-0000-0000-000000000000","channel":"chat.1","stream_id":"1-2","received_at":"1970-01-01T00:00:00.000001Z","payload":{"b":1,"a":123456789012345678901234567890}}"#
         );
     }
 }

@@ -36,11 +36,12 @@ pub type FieldName = std::borrow::Cow<'static, str>;
 /// Redis only sends names some writer gave it, and such a name is one no decoder knows.
 pub fn field_name(name: &[u8]) -> FieldName {
     use crate::codec::{
-        FIELD_ID, FIELD_PAYLOAD, FIELD_RECEIVED_AT, FIELD_REQUEST_ID, FIELD_VERSION,
+        FIELD_CHANNEL, FIELD_ID, FIELD_PAYLOAD, FIELD_RECEIVED_AT, FIELD_REQUEST_ID, FIELD_VERSION,
     };
     [
         FIELD_VERSION,
         FIELD_ID,
+        FIELD_CHANNEL,
         FIELD_RECEIVED_AT,
         FIELD_PAYLOAD,
         FIELD_REQUEST_ID,

@@ -23,6 +23,7 @@ enum Outgoing<'a> {
 pub fn message(stream_id: StreamId, entry: StreamEntry) -> Frame {
     let message = Message {
         id: entry.id,
+        channel: entry.channel,
         stream_id,
         received_at: entry.received_at,
         payload: entry.payload,
@@ -60,6 +61,7 @@ mod tests {
     fn frames_have_the_contracts_shape() {
         let entry = StreamEntry {
             id: uuid::Uuid::nil(),
+            channel: model::ChannelName::default_channel(),
             received_at: chrono::DateTime::from_timestamp_micros(0).unwrap(),
             payload: serde_json::value::RawValue::from_string("{\"b\":1,\"a\":2}".into()).unwrap(),
             request_id: None,
@@ -67,7 +69,7 @@ mod tests {
         let frame = message(StreamId::new(5, 1), entry);
         assert_eq!(
             &*frame.text,
-            r#"{"type":"message","data":{"id":"00000000-0000-0000-0000-000000000000","stream_id":"5-1","received_at":"1970-01-01T00:00:00.000000Z","payload":{"b":1,"a":2}}}"#
+            r#"{"type":"message","data":{"id":"00000000-0000-0000-0000-000000000000","channel":"default","stream_id":"5-1","received_at":"1970-01-01T00:00:00.000000Z","payload":{"b":1,"a":2}}}"#
         );
         assert_eq!(
             &*gap(StreamId::new(1, 0), StreamId::new(9, 0)),

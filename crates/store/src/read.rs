@@ -35,25 +35,38 @@ fn position_filter(
         .sql(")")
 }
 
-/// Messages after `after` (exclusive) and below `below` (exclusive, when given), in stream order, at
-/// most `limit` of them.
-fn window(
-    after: Option<StreamId>,
-    below: Option<StreamId>,
-    limit: i64,
-) -> messages::BoxedQuery<'static, Pg, SqlTypeOf<AsSelect<MessageRow, Pg>>> {
-    let mut query = messages::table
-        .select(MessageRow::as_select())
-        .order((messages::stream_ms, messages::stream_seq))
-        .limit(limit)
-        .into_boxed();
-    if let Some(after) = after {
-        query = query.filter(position_filter(">", after));
+/// Which messages a read walks: those of one channel (or all), after `after` (exclusive) and below
+/// `below` (exclusive, the committed watermark), in stream order.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Window<'a> {
+    pub channel: Option<&'a str>,
+    pub after: Option<StreamId>,
+    pub below: Option<StreamId>,
+}
+
+impl Window<'_> {
+    /// At most `limit` messages of the window. A channel's read is a range scan of its
+    /// `(channel, stream_ms, stream_seq)` index; a read of every channel, of the primary key.
+    fn query(
+        &self,
+        limit: i64,
+    ) -> messages::BoxedQuery<'static, Pg, SqlTypeOf<AsSelect<MessageRow, Pg>>> {
+        let mut query = messages::table
+            .select(MessageRow::as_select())
+            .order((messages::stream_ms, messages::stream_seq))
+            .limit(limit)
+            .into_boxed();
+        if let Some(channel) = self.channel {
+            query = query.filter(messages::channel.eq(channel.to_owned()));
+        }
+        if let Some(after) = self.after {
+            query = query.filter(position_filter(">", after));
+        }
+        if let Some(below) = self.below {
+            query = query.filter(position_filter("<", below));
+        }
+        query
     }
-    if let Some(below) = below {
-        query = query.filter(position_filter("<", below));
-    }
-    query
 }
 
 /// Rows one query of [`page_json`] asks for at most. Stopping a query early still drains its rows from
@@ -65,17 +78,20 @@ const PAGE_QUERY_ROWS: i64 = 100;
 /// row past the page is read to tell, never kept).
 pub fn page_json(
     conn: &mut PgConnection,
-    after: Option<StreamId>,
-    below: Option<StreamId>,
+    window: &Window<'_>,
     limit: i64,
     max_bytes: usize,
 ) -> QueryResult<(Vec<u8>, Option<StreamId>, bool)> {
     let mut body = vec![b'['];
-    let (mut cursor, mut rows, mut more) = (after, 0i64, false);
+    let (mut cursor, mut rows, mut more) = (window.after, 0i64, false);
     let mut ask = (limit + 1).min(PAGE_QUERY_ROWS);
     loop {
         let (mut got, mut full) = (0, false);
-        for_each(conn, cursor, below, ask, |row| {
+        let from_cursor = Window {
+            after: cursor,
+            ..*window
+        };
+        for_each(conn, &from_cursor, ask, |row| {
             got += 1;
             if rows == limit || body.len() > max_bytes {
                 full = true;
@@ -106,21 +122,52 @@ pub fn page_json(
     Ok((body, cursor, more))
 }
 
-/// Calls `each` for up to `limit` messages after `after` (and below `below`), in stream order, one row in memory at a time (libpq's
-/// single-row mode). `each` returns `false` to stop early, e.g. when the HTTP client has gone.
+/// Calls `each` for up to `limit` messages of `window`, in stream order, one row in memory at a time
+/// (libpq's single-row mode). `each` returns `false` to stop early, e.g. when the HTTP client has gone.
 pub fn for_each(
     conn: &mut PgConnection,
-    after: Option<StreamId>,
-    below: Option<StreamId>,
+    window: &Window<'_>,
     limit: i64,
     mut each: impl FnMut(MessageRow) -> bool,
 ) -> QueryResult<()> {
     // Stopping early still drains the rest of the result from libpq: the limit bounds that too.
-    let rows = window(after, below, limit).load_iter::<MessageRow, PgRowByRowLoadingMode>(conn)?;
+    let rows = window
+        .query(limit)
+        .load_iter::<MessageRow, PgRowByRowLoadingMode>(conn)?;
     for row in rows {
         if !each(row?) {
             break;
         }
     }
     Ok(())
+}
+
+/// One channel as `GET /channels` lists it.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = crate::schema::channels, check_for_backend(Pg))]
+pub struct ChannelRow {
+    pub channel: String,
+    pub messages: i64,
+    pub last_stream_ms: i64,
+    pub last_stream_seq: i64,
+    pub last_received_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The channels that hold a message, by name, those starting with `prefix` when given: read from the
+/// `channels` table the persister keeps, so the cost grows with the channels, never with the messages.
+pub fn channels(conn: &mut PgConnection, prefix: Option<&str>) -> QueryResult<Vec<ChannelRow>> {
+    use crate::schema::channels::dsl;
+    let mut query = dsl::channels
+        .select(ChannelRow::as_select())
+        .order(dsl::channel)
+        .into_boxed();
+    if let Some(prefix) = prefix.filter(|p| !p.is_empty()) {
+        // `starts_with`, not LIKE: `_` is a wildcard to LIKE and a character of channel names.
+        query = query.filter(
+            sql::<Bool>("starts_with(channel, ")
+                .bind::<diesel::sql_types::Text, _>(prefix.to_owned())
+                .sql(")"),
+        );
+    }
+    query.load(conn)
 }

@@ -42,6 +42,7 @@ pub struct NewMessage {
     pub id: Uuid,
     pub received_at: DateTime<Utc>,
     pub payload: JsonText,
+    pub channel: String,
 }
 
 /// The same row for the staging table.
@@ -53,6 +54,7 @@ pub struct StagedMessage<'a> {
     pub id: &'a Uuid,
     pub received_at: &'a DateTime<Utc>,
     pub payload: &'a JsonText,
+    pub channel: &'a str,
 }
 
 impl NewMessage {
@@ -65,6 +67,7 @@ impl NewMessage {
             id: entry.id,
             received_at: entry.received_at,
             payload: JsonText(entry.payload),
+            channel: entry.channel.to_string(),
         }
     }
 
@@ -106,6 +109,7 @@ impl NewMessage {
             id: &self.id,
             received_at: &self.received_at,
             payload: &self.payload,
+            channel: &self.channel,
         }
     }
 }
@@ -119,6 +123,7 @@ pub struct MessageRow {
     pub id: Uuid,
     pub received_at: DateTime<Utc>,
     pub payload: JsonText,
+    pub channel: String,
 }
 
 impl MessageRow {
@@ -136,6 +141,9 @@ impl MessageRow {
                 .encode_lower(&mut Uuid::encode_buffer())
                 .as_bytes(),
         );
+        // Channel names are checked when published (letters, digits and `_-.:`): nothing to escape.
+        out.extend_from_slice(b"\",\"channel\":\"");
+        out.extend_from_slice(self.channel.as_bytes());
         out.extend_from_slice(b"\",\"stream_id\":\"");
         out.extend_from_slice(self.stream_id().to_string().as_bytes());
         out.extend_from_slice(b"\",\"received_at\":\"");

@@ -8,6 +8,18 @@ diesel::table! {
         received_at -> Timestamptz,
         payload -> Json,
         persisted_at -> Timestamptz,
+        channel -> Text,
+    }
+}
+
+diesel::table! {
+    /// One row per channel that holds a message (see the channels migration).
+    channels (channel) {
+        channel -> Text,
+        messages -> Int8,
+        last_stream_ms -> Int8,
+        last_stream_seq -> Int8,
+        last_received_at -> Timestamptz,
     }
 }
 
@@ -20,5 +32,6 @@ diesel::table! {
         id -> Uuid,
         received_at -> Timestamptz,
         payload -> Json,
+        channel -> Text,
     }
 }

@@ -45,10 +45,22 @@ pub fn store_batch(conn: &mut PgConnection, rows: &[NewMessage]) -> QueryResult<
                 .execute(conn)
         });
         match fast {
-            Ok(n) => Ok(Written {
-                new: n,
-                conflicts: Vec::new(),
-            }),
+            Ok(n) => {
+                count_in_channels(
+                    conn,
+                    rows.iter().map(|r| {
+                        (
+                            r.channel.as_str(),
+                            (r.stream_ms, r.stream_seq),
+                            r.received_at,
+                        )
+                    }),
+                )?;
+                Ok(Written {
+                    new: n,
+                    conflicts: Vec::new(),
+                })
+            }
             Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
                 store_deduplicated(conn, rows)
             }
@@ -95,12 +107,96 @@ fn store_deduplicated(conn: &mut PgConnection, rows: &[NewMessage]) -> QueryResu
     // The target is the id: a redelivered message is a no-op. A position conflict left here can only be
     // a concurrent insert of a different message since the DELETE above: it fails the batch (retried,
     // then caught by the DELETE), never a silent drop.
-    let new = diesel::sql_query(
-        "INSERT INTO messages (stream_ms, stream_seq, id, received_at, payload) \
-         SELECT stream_ms, stream_seq, id, received_at, payload FROM messages_staging \
-         ORDER BY stream_ms, stream_seq ON CONFLICT (id) DO NOTHING",
+    #[derive(QueryableByName)]
+    struct Inserted {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        channel: String,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        stream_ms: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        stream_seq: i64,
+        #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+        received_at: chrono::DateTime<chrono::Utc>,
+    }
+    let inserted: Vec<Inserted> = diesel::sql_query(
+        "INSERT INTO messages (stream_ms, stream_seq, id, received_at, payload, channel) \
+         SELECT stream_ms, stream_seq, id, received_at, payload, channel FROM messages_staging \
+         ORDER BY stream_ms, stream_seq ON CONFLICT (id) DO NOTHING \
+         RETURNING channel, stream_ms, stream_seq, received_at",
     )
     // The staging rows go with the commit (ON COMMIT DELETE ROWS): one batch per transaction.
+    .load(conn)?;
+    // Only the rows that were new count: a redelivered message is in its channel's count already.
+    count_in_channels(
+        conn,
+        inserted.iter().map(|r| {
+            (
+                r.channel.as_str(),
+                (r.stream_ms, r.stream_seq),
+                r.received_at,
+            )
+        }),
+    )?;
+    Ok(Written {
+        new: inserted.len(),
+        conflicts,
+    })
+}
+
+type Timestamp = chrono::DateTime<chrono::Utc>;
+/// A stored row as the channels table counts it: channel, stream position, received_at.
+type StoredRow<'a> = (&'a str, (i64, i64), Timestamp);
+
+/// Adds newly stored rows (channel, stream position, received_at) to the `channels` table, in the
+/// batch's transaction: each channel's count grows by its new rows, and its last message becomes the
+/// newest of them if that is newer than the one it has (a claimed batch can commit after a later one).
+/// Channels are written in name order, so two replicas' batches lock them in the same order and never
+/// deadlock on each other.
+fn count_in_channels<'a>(
+    conn: &mut PgConnection,
+    rows: impl Iterator<Item = StoredRow<'a>>,
+) -> QueryResult<()> {
+    use std::collections::BTreeMap;
+    // Per channel: new rows, and the position and received_at of the newest.
+    let mut per_channel: BTreeMap<&str, (i64, (i64, i64), Timestamp)> = BTreeMap::new();
+    for (channel, position, received_at) in rows {
+        let entry = per_channel
+            .entry(channel)
+            .or_insert((0, position, received_at));
+        entry.0 += 1;
+        if position >= entry.1 {
+            (entry.1, entry.2) = (position, received_at);
+        }
+    }
+    if per_channel.is_empty() {
+        return Ok(());
+    }
+    use diesel::sql_types::{Array, BigInt, Text, Timestamptz};
+    let names: Vec<&str> = per_channel.keys().copied().collect();
+    let counts: Vec<i64> = per_channel.values().map(|v| v.0).collect();
+    let ms: Vec<i64> = per_channel.values().map(|v| v.1 .0).collect();
+    let seq: Vec<i64> = per_channel.values().map(|v| v.1 .1).collect();
+    let at: Vec<chrono::DateTime<chrono::Utc>> = per_channel.values().map(|v| v.2).collect();
+    diesel::sql_query(
+        "INSERT INTO channels (channel, messages, last_stream_ms, last_stream_seq, last_received_at) \
+         SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::timestamptz[]) \
+         ON CONFLICT (channel) DO UPDATE SET \
+           messages = channels.messages + EXCLUDED.messages, \
+           last_stream_ms = CASE WHEN (EXCLUDED.last_stream_ms, EXCLUDED.last_stream_seq) \
+               > (channels.last_stream_ms, channels.last_stream_seq) \
+             THEN EXCLUDED.last_stream_ms ELSE channels.last_stream_ms END, \
+           last_stream_seq = CASE WHEN (EXCLUDED.last_stream_ms, EXCLUDED.last_stream_seq) \
+               > (channels.last_stream_ms, channels.last_stream_seq) \
+             THEN EXCLUDED.last_stream_seq ELSE channels.last_stream_seq END, \
+           last_received_at = CASE WHEN (EXCLUDED.last_stream_ms, EXCLUDED.last_stream_seq) \
+               > (channels.last_stream_ms, channels.last_stream_seq) \
+             THEN EXCLUDED.last_received_at ELSE channels.last_received_at END",
+    )
+    .bind::<Array<Text>, _>(names)
+    .bind::<Array<BigInt>, _>(counts)
+    .bind::<Array<BigInt>, _>(ms)
+    .bind::<Array<BigInt>, _>(seq)
+    .bind::<Array<Timestamptz>, _>(at)
     .execute(conn)?;
-    Ok(Written { new, conflicts })
+    Ok(())
 }

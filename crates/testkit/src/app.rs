@@ -271,6 +271,29 @@ impl Relay {
         res.json().await.unwrap()
     }
 
+    /// `POST /channels/{channel}/messages` of `body` as `content_type`.
+    pub async fn post_to(
+        &self,
+        channel: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.client
+            .post(format!("{}/channels/{channel}/messages", self.ingest_url()))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Posts one JSON message to `channel`, asserts the 202, and returns its body.
+    pub async fn publish_to(&self, channel: &str, body: String) -> serde_json::Value {
+        let res = self.post_to(channel, "application/json", body).await;
+        assert_eq!(res.status(), 202);
+        res.json().await.unwrap()
+    }
+
     /// Posts `lines` as one NDJSON batch, asserts the 202, and returns the accepted ids in order.
     pub async fn publish_batch(&self, lines: &[String]) -> Vec<serde_json::Value> {
         let res = self.post_ndjson(lines.join("\n")).await;

@@ -13,6 +13,7 @@ use uuid::Uuid;
 pub fn entry(payload: &str) -> StreamEntry {
     StreamEntry {
         id: Uuid::now_v7(),
+        channel: model::ChannelName::default(),
         received_at: now_micros(),
         payload: RawValue::from_string(payload.into()).unwrap(),
         request_id: None,

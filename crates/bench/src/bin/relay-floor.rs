@@ -113,7 +113,8 @@ async fn read_all(mode: web::Data<Mode>) -> HttpResponse {
         let mut chunk = Vec::with_capacity(CHUNK_BYTES * 2);
         chunk.push(b'[');
         let mut first = true;
-        let read = store::read::for_each(&mut conn, None, None, i64::MAX, |row| {
+        let all = store::read::Window::default();
+        let read = store::read::for_each(&mut conn, &all, i64::MAX, |row| {
             if !std::mem::take(&mut first) {
                 chunk.push(b',');
             }

@@ -30,6 +30,7 @@ pub async fn drain(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
         let entries: Vec<StreamEntry> = (chunk * 1000..((chunk + 1) * 1000).min(n))
             .map(|i| StreamEntry {
                 id: uuid::Uuid::now_v7(),
+                channel: model::ChannelName::default(),
                 received_at: now_micros(),
                 payload: serde_json::value::RawValue::from_string(format!(
                     "{{\"i\":{i},\"pad\":\"{filler}\"}}"

@@ -22,6 +22,9 @@ pub fn configure(cfg: &mut ServiceConfig, health: web::Data<Health>) {
     cfg.service(post_messages)
         .service(list_messages)
         .service(get_message)
+        .service(post_channel_messages)
+        .service(list_channel_messages)
+        .service(list_channels)
         .service(openapi_json)
         .service(docs)
         .default_service(web::to(|| async {
@@ -93,7 +96,109 @@ async fn post_messages(
     worker_redis: web::Data<WorkerRedis>,
     group: web::Data<crate::group_commit::GroupCommit>,
 ) -> Result<HttpResponse, ApiError> {
-    publish::publish(req, body, state, worker_redis, group).await
+    publish::publish(
+        req,
+        body,
+        state,
+        worker_redis,
+        group,
+        model::ChannelName::default(),
+    )
+    .await
+}
+
+/// A channel name from the path, or 400.
+fn channel_of(path: &str) -> Result<model::ChannelName, ApiError> {
+    path.parse()
+        .map_err(|e| ApiError::BadQuery(format!("`{path}` is not a channel name: {e}")))
+}
+
+/// Publishes to `{channel}` exactly as `POST /messages` publishes to `default`: one JSON value or an
+/// NDJSON batch, with the same limits, idempotency and answers.
+#[utoipa::path(
+    tag = "channels",
+    params(
+        ("channel" = String, Path, description = "1–128 characters of A–Z a–z 0–9 _ - . :", example = "chat.room1"),
+        ("Idempotency-Key" = Option<String>, Header, description = "As for POST /messages; the same key and body on another channel is 409."),
+    ),
+    request_body(
+        description = "As for POST /messages.",
+        content(
+            ("application/json", example = json!({"from": "ada", "text": "hello"})),
+            ("application/x-ndjson", example = json!("{\"n\":1}\n{\"n\":2}\n"))
+        )
+    ),
+    responses(
+        (status = 202, description = "In the stream, on this channel. For a batch, an array of these in line order.", body = model::Accepted,
+            headers(("Location" = String, description = "/messages/{id} (single messages)"))),
+        (status = 400, description = "Not a channel name, or any 400 of POST /messages", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown API key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key lacks the `publish` scope", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Idempotency-Key reused with another body or channel", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Over a size limit", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Neither application/json nor application/x-ndjson", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "As for POST /messages", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "As for POST /messages", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[post("/channels/{channel}/messages")]
+async fn post_channel_messages(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Payload,
+    state: web::Data<AppState>,
+    worker_redis: web::Data<WorkerRedis>,
+    group: web::Data<crate::group_commit::GroupCommit>,
+) -> Result<HttpResponse, ApiError> {
+    let channel = channel_of(&path)?;
+    publish::publish(req, body, state, worker_redis, group, channel).await
+}
+
+/// One channel's persisted messages in stream order, streamed with constant memory; or a page of them.
+#[utoipa::path(
+    tag = "channels",
+    params(
+        ("channel" = String, Path, description = "A channel name", example = "chat.room1"),
+        ("after" = Option<String>, Query, description = "A stream_id: only messages after it (exclusive)", example = "1732478400123-0"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "Page size; with it, a Link header names the next page of this channel", example = 100),
+    ),
+    responses(
+        (status = 200, description = "A JSON array of the channel's messages in stream order (`[]` for a channel without messages)", body = Vec<model::Message>,
+            headers(("Link" = String, description = "</channels/{channel}/messages?after=…&limit=…>; rel=\"next\" when more remain"))),
+        (status = 400, description = "Not a channel name, or a bad `after` or `limit`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown API key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Postgres unreachable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[get("/channels/{channel}/messages")]
+async fn list_channel_messages(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let channel = channel_of(&path)?;
+    read::list(req, state, read::Scope::Channel(channel)).await
+}
+
+/// Every channel that holds a persisted message, by name, with its count and last message.
+#[utoipa::path(
+    tag = "channels",
+    params(("prefix" = Option<String>, Query, description = "Only channels starting with it", example = "chat.")),
+    responses(
+        (status = 200, description = "The channels, ordered by name", body = Vec<read::ChannelInfo>),
+        (status = 400, description = "A prefix with characters no channel name has", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown API key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Postgres unreachable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[get("/channels")]
+async fn list_channels(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    read::channels(req, state).await
 }
 
 /// Every persisted message in stream order, streamed with constant memory; or a page of them.
@@ -117,7 +222,7 @@ async fn list_messages(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    read::list(req, state).await
+    read::list(req, state, read::Scope::All).await
 }
 
 /// One persisted message by its id.

@@ -15,7 +15,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use model::redis_stream::{parse_reply_id, xadd_cmd};
-use model::{now_micros, Accepted, StreamEntry};
+use model::{now_micros, Accepted, ChannelName, StreamEntry};
 use serde_json::value::RawValue;
 use service::http::Reservation;
 use service::settings::Scope;
@@ -34,9 +34,10 @@ pub async fn publish(
     state: web::Data<AppState>,
     worker_redis: web::Data<WorkerRedis>,
     group: web::Data<GroupCommit>,
+    channel: ChannelName,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
-    let result = accept(&req, body, &state, &worker_redis, &group).await;
+    let result = accept(&req, body, &state, &worker_redis, &group, channel).await;
     match &result {
         Ok((_, accepted)) => {
             state
@@ -68,6 +69,7 @@ async fn accept(
     state: &AppState,
     worker_redis: &WorkerRedis,
     group: &GroupCommit,
+    channel: ChannelName,
 ) -> Result<(BodyKind, Vec<Accepted>), ApiError> {
     let settings = &state.settings;
     let caller = crate::auth::require(req, &settings.api_keys, Scope::Publish)?;
@@ -120,7 +122,7 @@ async fn accept(
             let caller = caller.0.as_deref();
             Some(idempotency::Record {
                 key: model::idempotency_key(&settings.stream_key, caller, key),
-                fingerprint: idempotency::fingerprint(kind_tag, &body),
+                fingerprint: idempotency::fingerprint(kind_tag, channel.as_str(), &body),
                 ledger: model::idempotency_ledger_keys(&settings.stream_key, caller),
                 budget: settings.max_idempotency_bytes,
             })
@@ -139,6 +141,7 @@ async fn accept(
         state,
         worker_redis,
         group,
+        &channel,
         payloads,
         idempotency,
         service::http::RequestId::of(req).0,
@@ -226,6 +229,7 @@ async fn append(
     state: &AppState,
     worker_redis: &WorkerRedis,
     group: &GroupCommit,
+    channel: &ChannelName,
     payloads: Vec<Box<RawValue>>,
     idempotency: Option<idempotency::Record>,
     request_id: String,
@@ -235,6 +239,7 @@ async fn append(
         .into_iter()
         .map(|payload| StreamEntry {
             id: Uuid::now_v7(),
+            channel: channel.clone(),
             received_at,
             payload,
             request_id: Some(request_id.clone()),
@@ -265,6 +270,7 @@ async fn append(
             let stream_id = parse_reply_id(&stream_id).map_err(|e| ApiError::Internal(e.into()))?;
             Ok(Accepted {
                 id: entry.id,
+                channel: entry.channel.clone(),
                 stream_id,
                 received_at,
             })

@@ -1,4 +1,5 @@
-//! `GET /messages` and `GET /messages/{id}`: reads of what the persister has stored.
+//! `GET /messages`, `GET /channels/{channel}/messages`, `GET /channels` and `GET /messages/{id}`: reads
+//! of what the persister has stored.
 //!
 //! Diesel is blocking, so every query runs on the blocking pool. Without `limit`, the whole table is
 //! streamed in keyset pages (see [`stream_all`]): memory stays constant however many rows there are, and
@@ -9,9 +10,12 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use model::ChannelName;
 use model::StreamId;
 use serde::Deserialize;
-use service::settings::Scope;
+use service::settings::Scope as KeyScope;
+use std::sync::Arc;
+use store::read::Window;
 use store::PgPool;
 use uuid::Uuid;
 
@@ -29,8 +33,35 @@ pub struct ListQuery {
     limit: Option<String>,
 }
 
-pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    crate::auth::require(&req, &state.settings.api_keys, Scope::Read)?;
+/// What a list reads: every channel's messages (`GET /messages`) or one channel's.
+pub enum Scope {
+    All,
+    Channel(ChannelName),
+}
+
+impl Scope {
+    fn channel(&self) -> Option<&str> {
+        match self {
+            Self::All => None,
+            Self::Channel(c) => Some(c.as_str()),
+        }
+    }
+
+    /// The path the `Link` of a next page names.
+    fn path(&self) -> String {
+        match self {
+            Self::All => "/messages".to_owned(),
+            Self::Channel(c) => format!("/channels/{c}/messages"),
+        }
+    }
+}
+
+pub async fn list(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    scope: Scope,
+) -> Result<HttpResponse, ApiError> {
+    crate::auth::require(&req, &state.settings.api_keys, KeyScope::Read)?;
     let query = web::Query::<ListQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::BadQuery(format!("bad query string: {e}")))?;
     let after = match query.after.as_deref() {
@@ -60,8 +91,8 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
             .await
             .map_err(|e| ApiError::StreamUnavailable(e.into()))?;
     match limit {
-        Some(limit) => page(&state.db, after, below, limit).await,
-        None => stream_all(state, after, below).await,
+        Some(limit) => page(&state.db, scope, after, below, limit).await,
+        None => stream_all(state, scope, after, below).await,
     }
 }
 
@@ -73,14 +104,21 @@ pub const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// into the response body as rows arrive, one row in memory at a time: the body is the only copy.
 async fn page(
     db: &PgPool,
+    scope: Scope,
     after: Option<StreamId>,
     below: Option<StreamId>,
     limit: i64,
 ) -> Result<HttpResponse, ApiError> {
     let db = db.clone();
+    let path = scope.path();
     let (body, last, more) = web::block(move || -> Result<_, ApiError> {
         let mut conn = db.get().map_err(|e| ApiError::StoreUnavailable(e.into()))?;
-        store::read::page_json(&mut conn, after, below, limit, MAX_PAGE_BYTES)
+        let window = Window {
+            channel: scope.channel(),
+            after,
+            below,
+        };
+        store::read::page_json(&mut conn, &window, limit, MAX_PAGE_BYTES)
             .map_err(|e| ApiError::StoreUnavailable(e.into()))
     })
     .await
@@ -90,7 +128,7 @@ async fn page(
     if let (true, Some(last)) = (more, last) {
         res.insert_header((
             header::LINK,
-            format!("</messages?after={last}&limit={limit}>; rel=\"next\""),
+            format!("<{path}?after={last}&limit={limit}>; rel=\"next\""),
         ));
     }
     Ok(res.body(body))
@@ -105,12 +143,14 @@ async fn page(
 /// being read at once, so full reads never take the whole pool.
 async fn stream_all(
     state: web::Data<AppState>,
+    scope: Scope,
     after: Option<StreamId>,
     below: Option<StreamId>,
 ) -> Result<HttpResponse, ApiError> {
+    let channel: Option<Arc<str>> = scope.channel().map(Arc::from);
     // The first page before answering: a failure to reach Postgres then is a clean 503, not a 200 with
     // a broken body. A failure after it can only abort the response.
-    let first = read_page(&state, after, below, FIRST_PAGE_ROWS).await?;
+    let first = read_page(&state, channel.clone(), after, below, FIRST_PAGE_ROWS).await?;
     // The page's own buffer becomes the chunk (brackets and commas added in place): one allocation
     // per page, not two.
     let (first_last, first_done, first_empty, first_limit) = (
@@ -126,31 +166,34 @@ async fn stream_all(
     }
     let rest = futures_util::stream::unfold(
         (state, first_last, first_done, first_empty, first_limit),
-        move |(state, cursor, done, empty_so_far, limit)| async move {
-            if done {
-                return None;
+        move |(state, cursor, done, empty_so_far, limit)| {
+            let channel = channel.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                let item = match read_page(&state, channel, cursor, below, limit).await {
+                    Ok(page) => {
+                        let empty = empty_so_far && page.json.is_empty();
+                        let mut chunk = page.json;
+                        if !empty_so_far && !chunk.is_empty() {
+                            chunk.insert(0, b',');
+                        }
+                        if page.done {
+                            chunk.push(b']');
+                        }
+                        let next = (state, page.last, page.done, empty, page.next_limit);
+                        return Some((Ok(Bytes::from(chunk)), next));
+                    }
+                    Err(e) => {
+                        log::error!("GET /messages aborted mid-stream: {e:#}");
+                        Err(actix_web::error::ErrorServiceUnavailable(
+                            "store unavailable",
+                        ))
+                    }
+                };
+                Some((item, (state, cursor, true, empty_so_far, limit)))
             }
-            let item = match read_page(&state, cursor, below, limit).await {
-                Ok(page) => {
-                    let empty = empty_so_far && page.json.is_empty();
-                    let mut chunk = page.json;
-                    if !empty_so_far && !chunk.is_empty() {
-                        chunk.insert(0, b',');
-                    }
-                    if page.done {
-                        chunk.push(b']');
-                    }
-                    let next = (state, page.last, page.done, empty, page.next_limit);
-                    return Some((Ok(Bytes::from(chunk)), next));
-                }
-                Err(e) => {
-                    log::error!("GET /messages aborted mid-stream: {e:#}");
-                    Err(actix_web::error::ErrorServiceUnavailable(
-                        "store unavailable",
-                    ))
-                }
-            };
-            Some((item, (state, cursor, true, empty_so_far, limit)))
         },
     );
     let body =
@@ -186,6 +229,7 @@ struct Page {
 
 async fn read_page(
     state: &AppState,
+    channel: Option<Arc<str>>,
     after: Option<StreamId>,
     below: Option<StreamId>,
     limit: i64,
@@ -211,7 +255,12 @@ async fn read_page(
             next_limit: limit,
         };
         let mut rows = 0;
-        store::read::for_each(&mut conn, after, below, limit, |row| {
+        let window = Window {
+            channel: channel.as_deref(),
+            after,
+            below,
+        };
+        store::read::for_each(&mut conn, &window, limit, |row| {
             if rows > 0 {
                 page.json.push(b',');
             }
@@ -238,7 +287,7 @@ pub async fn one(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    crate::auth::require(&req, &state.settings.api_keys, Scope::Read)?;
+    crate::auth::require(&req, &state.settings.api_keys, KeyScope::Read)?;
     let id = Uuid::try_parse(&path)
         .map_err(|_| ApiError::BadQuery(format!("`{}` is not a UUID", path.as_str())))?;
     let db = state.db.clone();
@@ -253,5 +302,58 @@ pub async fn one(
             .content_type("application/json")
             .body(row.to_json())),
         None => Err(ApiError::NotFound),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ChannelsQuery {
+    prefix: Option<String>,
+}
+
+/// `GET /channels`: every channel that holds a persisted message, by name, with its count and last
+/// message, read from the table the persister keeps (never by counting messages).
+pub async fn channels(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    crate::auth::require(&req, &state.settings.api_keys, KeyScope::Read)?;
+    let query = web::Query::<ChannelsQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::BadQuery(format!("bad query string: {e}")))?;
+    let prefix = query.into_inner().prefix.unwrap_or_default();
+    // A prefix is what a pattern has before its `*`: the same characters as a channel name.
+    format!("{prefix}*")
+        .parse::<model::ChannelPattern>()
+        .map_err(|e| ApiError::BadQuery(format!("prefix: {e}")))?;
+    let db = state.db.clone();
+    let rows = web::block(move || -> Result<_, ApiError> {
+        let mut conn = db.get().map_err(|e| ApiError::StoreUnavailable(e.into()))?;
+        store::read::channels(&mut conn, Some(&prefix))
+            .map_err(|e| ApiError::StoreUnavailable(e.into()))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(anyhow::anyhow!("blocking pool: {e}")))??;
+    let list: Vec<ChannelInfo> = rows.into_iter().map(ChannelInfo::from).collect();
+    Ok(HttpResponse::Ok().json(list))
+}
+
+/// One channel in `GET /channels`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"channel": "chat.room1", "messages": 42, "last_stream_id": "1732478400123-0", "last_received_at": "2026-11-24T20:00:00.123456Z"}))]
+pub struct ChannelInfo {
+    channel: String,
+    messages: i64,
+    last_stream_id: String,
+    last_received_at: String,
+}
+
+impl From<store::read::ChannelRow> for ChannelInfo {
+    fn from(row: store::read::ChannelRow) -> Self {
+        Self {
+            channel: row.channel,
+            messages: row.messages,
+            last_stream_id: StreamId::from_i64_pair(row.last_stream_ms, row.last_stream_seq)
+                .to_string(),
+            last_received_at: model::format_received_at(&row.last_received_at),
+        }
     }
 }

@@ -239,6 +239,9 @@ async fn the_openapi_document_describes_every_route_and_docs_render_it_locally()
         ("/messages", "post"),
         ("/messages", "get"),
         ("/messages/{id}", "get"),
+        ("/channels/{channel}/messages", "post"),
+        ("/channels/{channel}/messages", "get"),
+        ("/channels", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/metrics", "get"),
@@ -250,7 +253,7 @@ async fn the_openapi_document_describes_every_route_and_docs_render_it_locally()
             "{method} {path} is not documented"
         );
     }
-    for schema in ["Message", "Accepted", "Problem"] {
+    for schema in ["Message", "Accepted", "Problem", "ChannelInfo"] {
         assert!(
             doc["components"]["schemas"][schema]["example"].is_object(),
             "{schema} has an example"
@@ -258,7 +261,9 @@ async fn the_openapi_document_describes_every_route_and_docs_render_it_locally()
     }
     // Every documented path answers (with anything but the catch-all 404).
     for path in paths.keys() {
-        let concrete = path.replace("{id}", &uuid::Uuid::now_v7().to_string());
+        let concrete = path
+            .replace("{id}", &uuid::Uuid::now_v7().to_string())
+            .replace("{channel}", "chat.room1");
         let res = app.get(&concrete).await;
         let body = res.text().await.unwrap();
         assert!(
@@ -301,7 +306,11 @@ async fn the_openapi_document_describes_every_route_and_docs_render_it_locally()
                         .client
                         .request(
                             method.to_uppercase().parse().unwrap(),
-                            format!("{}{path}", app.ingest_url()),
+                            format!(
+                                "{}{}",
+                                app.ingest_url(),
+                                path.replace("{channel}", "chat.room1")
+                            ),
                         )
                         .header("content-type", content_type)
                         .body(body)

@@ -31,7 +31,7 @@ async fn an_entry_of_a_newer_version_is_dead_lettered_after_max_deliveries_and_t
         &mut conn,
         &settings.stream_key,
         "*",
-        [("v", "2"), ("id", id.as_str())],
+        [("v", "3"), ("id", id.as_str())],
     );
     xadd(
         &settings,
@@ -50,7 +50,7 @@ async fn an_entry_of_a_newer_version_is_dead_lettered_after_max_deliveries_and_t
     let source: String = redis::from_redis_value(dead[0].map["source_id"].clone()).unwrap();
     let reason: String = redis::from_redis_value(dead[0].map["reason"].clone()).unwrap();
     assert_eq!(source, v2);
-    assert!(reason.contains("version 2"), "{reason}");
+    assert!(reason.contains("version 3"), "{reason}");
     // Nothing pins the trim any more: with no retention, every stored entry is trimmed (one pass per 5 s).
     let left = poll_until(
         Duration::from_secs(15),

@@ -44,6 +44,42 @@ async fn the_same_batch_stored_twice_leaves_one_row_each() {
     .await;
 }
 
+/// The channels table is kept in the batch's transaction and counts each message once, whether the
+/// batch went the fast way (COPY) or, redelivered, the deduplicating way.
+#[tokio::test]
+async fn each_channels_count_and_last_message_count_every_stored_message_once() {
+    let (settings, _cleanup) = setup();
+    testkit::db::prepare_database(&settings).await;
+    with_connection(&settings, move |conn| {
+        let rows: Vec<NewMessage> = (1..=10)
+            .map(|i| {
+                let mut e = entry(&i.to_string());
+                e.channel = if i % 2 == 0 { "even" } else { "odd" }.parse().unwrap();
+                NewMessage::from_entry(StreamId::new(i, 0), e)
+            })
+            .collect();
+        store::write::store_batch(conn, &rows[..6]).unwrap();
+        store::write::store_batch(conn, &rows[2..]).unwrap(); // a redelivery that overlaps
+        store::write::store_batch(conn, &rows).unwrap();
+        let channels = store::read::channels(conn, None).unwrap();
+        let seen: Vec<_> = channels
+            .iter()
+            .map(|c| (c.channel.as_str(), c.messages, c.last_stream_ms))
+            .collect();
+        assert_eq!(seen, [("even", 5, 10), ("odd", 5, 9)]);
+        // A batch claimed late (older positions committed after newer ones) leaves the last message.
+        let late = NewMessage::from_entry(StreamId::new(0, 5), {
+            let mut e = entry("0");
+            e.channel = "odd".parse().unwrap();
+            e
+        });
+        store::write::store_batch(conn, &[late]).unwrap();
+        let odd = &store::read::channels(conn, Some("od")).unwrap()[0];
+        assert_eq!((odd.messages, odd.last_stream_ms), (6, 9));
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn an_undecodable_entry_goes_to_the_dead_letter_stream_and_its_neighbours_are_stored() {
     let (settings, _cleanup) = setup();

@@ -1,0 +1,3 @@
+DROP TABLE channels;
+DROP INDEX messages_channel_position;
+ALTER TABLE messages DROP COLUMN channel;
