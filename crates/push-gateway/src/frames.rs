@@ -21,6 +21,7 @@ enum Outgoing<'a> {
 
 /// Encodes a message frame, once, for every client that gets it.
 pub fn message(stream_id: StreamId, entry: StreamEntry) -> Frame {
+    let channel: std::sync::Arc<str> = std::sync::Arc::from(entry.channel.as_str());
     let message = Message {
         id: entry.id,
         channel: entry.channel,
@@ -30,6 +31,7 @@ pub fn message(stream_id: StreamId, entry: StreamEntry) -> Frame {
     };
     Frame {
         stream_id,
+        channel,
         received_at_us: message.received_at.timestamp_micros(),
         text: encode(&Outgoing::Message { data: &message }),
     }

@@ -25,10 +25,13 @@ use model::StreamId;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// One encoded `{"type":"message",…}` frame and the stream position it carries.
+use crate::routing::{Filter, Index};
+
+/// One encoded `{"type":"message",…}` frame, the stream position it carries and its channel.
 #[derive(Debug, Clone)]
 pub struct Frame {
     pub stream_id: StreamId,
+    pub channel: Arc<str>,
     /// The message's `received_at` (Unix microseconds), for the delivery-delay histogram.
     pub received_at_us: i64,
     pub text: ByteString,
@@ -107,6 +110,8 @@ impl Subscription {
 struct Client {
     /// `None` while the client is behind: dropping the sender is what ends its session's `recv`.
     frames: Option<mpsc::Sender<Arc<Frame>>>,
+    /// The channels it subscribed to.
+    filter: Arc<Filter>,
     queued_bytes: Arc<AtomicUsize>,
     behind: Arc<Behind>,
 }
@@ -116,6 +121,8 @@ struct Client {
 /// changes under one lock, which is what makes `subscribe`'s and `catch_up`'s answers exact.
 struct Clients {
     by_id: HashMap<u64, Client>,
+    /// `by_id` by what each client subscribed to.
+    index: Index,
     /// The newest entry the reader has published (or the position it started from); `None` until the
     /// reader has a position.
     position: Option<StreamId>,
@@ -162,6 +169,7 @@ impl Hub {
         Self {
             clients: Mutex::new(Clients {
                 by_id: HashMap::new(),
+                index: Index::default(),
                 position: None,
                 history: VecDeque::new(),
                 history_bytes: 0,
@@ -190,29 +198,38 @@ impl Hub {
         self.lock().position.is_some()
     }
 
-    /// Adds a client. From this moment on, every frame the reader publishes is queued for it.
-    pub fn subscribe(&self) -> Result<Subscription, Refused> {
+    /// Adds a client for the channels of `filter`. From this moment on, every frame of them that the
+    /// reader publishes is queued for it.
+    pub fn subscribe(&self, filter: Arc<Filter>) -> Result<Subscription, Refused> {
         let mut clients = self.lock();
         let position = clients.position.ok_or(Refused::NotReady)?;
         if clients.by_id.len() >= self.max_clients {
             return Err(Refused::Full);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        Ok(self.register(&mut clients, id, position))
+        Ok(self.register(&mut clients, id, position, filter))
     }
 
-    fn register(&self, clients: &mut Clients, id: u64, position: StreamId) -> Subscription {
+    fn register(
+        &self,
+        clients: &mut Clients,
+        id: u64,
+        position: StreamId,
+        filter: Arc<Filter>,
+    ) -> Subscription {
         let (tx, rx) = mpsc::channel(self.queue);
         let behind = Arc::new(Behind::default());
         let queued_bytes = Arc::new(AtomicUsize::new(0));
-        clients.by_id.insert(
-            id,
-            Client {
-                frames: Some(tx),
-                queued_bytes: Arc::clone(&queued_bytes),
-                behind: Arc::clone(&behind),
-            },
-        );
+        let client = Client {
+            frames: Some(tx),
+            filter: Arc::clone(&filter),
+            queued_bytes: Arc::clone(&queued_bytes),
+            behind: Arc::clone(&behind),
+        };
+        if let Some(old) = clients.by_id.insert(id, client) {
+            clients.index.remove(id, &old.filter);
+        }
+        clients.index.add(id, &filter);
         Subscription {
             id,
             position,
@@ -228,25 +245,37 @@ impl Hub {
     pub fn catch_up(&self, id: u64, after: StreamId, max: usize) -> CatchUp {
         let mut clients = self.lock();
         let position = clients.position.unwrap_or(after);
+        let Some(filter) = clients.by_id.get(&id).map(|c| Arc::clone(&c.filter)) else {
+            return CatchUp::Evicted; // unsubscribed meanwhile: the session is ending
+        };
         if after >= position {
             // Live again from `position`: anything the stream held past `after` and before `position`
             // (there is none) or after it (the queue) reaches the client exactly once.
-            return CatchUp::Live(self.register(&mut clients, id, position));
+            return CatchUp::Live(self.register(&mut clients, id, position, filter));
         }
         if after < clients.history_from {
             return CatchUp::Evicted;
         }
         let start = clients.history.partition_point(|f| f.stream_id <= after);
-        let frames: Vec<_> = clients.history.range(start..).take(max).cloned().collect();
+        let frames: Vec<_> = clients
+            .history
+            .range(start..)
+            .filter(|f| filter.matches(&f.channel))
+            .take(max)
+            .cloned()
+            .collect();
         if frames.is_empty() {
-            // Cannot happen (the newest frame published is always in the history), but never loop on it.
-            return CatchUp::Evicted;
+            // Nothing it subscribed to was published after `after`: it has everything, live again.
+            return CatchUp::Live(self.register(&mut clients, id, position, filter));
         }
         CatchUp::Frames(frames)
     }
 
     pub fn unsubscribe(&self, id: u64) {
-        self.lock().by_id.remove(&id);
+        let mut clients = self.lock();
+        if let Some(client) = clients.by_id.remove(&id) {
+            clients.index.remove(id, &client.filter);
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -280,23 +309,47 @@ impl Hub {
             clients.history_from = oldest.stream_id;
         }
         let max_bytes = self.queue_bytes;
-        clients.by_id.retain(|_, client| {
+        // Sockets on `*` get the whole batch; every other socket the frames its patterns match, found
+        // through the index, so a frame costs what its subscribers cost.
+        let mut routed: HashMap<u64, Vec<Arc<Frame>>> = HashMap::new();
+        if !clients.index.only_everything() {
+            for frame in frames {
+                clients.index.for_each_wanting(&frame.channel, |id| {
+                    routed.entry(id).or_default().push(Arc::clone(frame));
+                });
+            }
+        }
+        let mut closed = Vec::new();
+        let targets = clients
+            .index
+            .everything()
+            .iter()
+            .map(|&id| (id, frames))
+            .chain(routed.iter().map(|(&id, f)| (id, f.as_slice())));
+        for (id, frames) in targets {
+            let Some(client) = clients.by_id.get_mut(&id) else {
+                continue;
+            };
             // A client catching up gets nothing here: its session rejoins with a new queue.
             let Some(sender) = &client.frames else {
-                return true;
+                continue;
             };
             match offer(sender, &client.queued_bytes, frames, max_bytes) {
-                Offered::All => true,
+                Offered::All => {}
                 Offered::Full => {
                     client.frames = None;
                     client.behind.mark();
                     fell_behind += 1;
-                    true
                 }
                 // The session has ended; it unsubscribes itself too, whichever comes first.
-                Offered::Closed => false,
+                Offered::Closed => closed.push(id),
             }
-        });
+        }
+        for id in closed {
+            if let Some(client) = clients.by_id.remove(&id) {
+                clients.index.remove(id, &client.filter);
+            }
+        }
         fell_behind
     }
 
@@ -348,9 +401,56 @@ mod tests {
     fn frame(ms: u64) -> Arc<Frame> {
         Arc::new(Frame {
             stream_id: StreamId::new(ms, 0),
+            channel: Arc::from("default"),
             received_at_us: 0,
             text: ByteString::from(format!("{ms}")),
         })
+    }
+
+    fn everything() -> Arc<Filter> {
+        Arc::new(Filter::all())
+    }
+
+    fn on(ms: u64, channel: &str) -> Arc<Frame> {
+        Arc::new(Frame {
+            stream_id: StreamId::new(ms, 0),
+            channel: Arc::from(channel),
+            received_at_us: 0,
+            text: ByteString::from(format!("{ms}")),
+        })
+    }
+
+    #[test]
+    fn a_client_gets_only_its_channels_live_and_when_it_catches_up() {
+        let hub = Hub::new(2, 1 << 20, 10);
+        hub.start_at(StreamId::new(0, 0));
+        let patterns = vec!["chat.*".parse().unwrap(), "news".parse().unwrap()];
+        let mut chat = hub
+            .subscribe(Arc::new(Filter::new(patterns, 10).unwrap()))
+            .unwrap();
+        hub.publish(&[on(1, "chat.a"), on(2, "other"), on(3, "news")]);
+        assert_eq!(
+            ms_of(&std::iter::from_fn(|| chat.try_recv()).collect::<Vec<_>>()),
+            [1, 3]
+        );
+        assert_eq!(hub.publish(&[on(4, "other"), on(5, "other")]), 0);
+        assert!(!chat.behind.is_behind());
+        assert!(chat.try_recv().is_none());
+        // Behind: it catches up on its channels only, and is live again once none is missing.
+        hub.publish(&[on(6, "chat.b"), on(7, "chat.c"), on(8, "chat.d")]);
+        assert!(chat.behind.is_behind());
+        let queued: Vec<_> = std::iter::from_fn(|| chat.try_recv()).collect();
+        assert_eq!(ms_of(&queued), [6, 7]);
+        let CatchUp::Frames(missed) = hub.catch_up(chat.id, StreamId::new(7, 0), 10) else {
+            panic!("the history holds what it missed")
+        };
+        assert_eq!(ms_of(&missed), [8]);
+        hub.publish(&[on(9, "other")]);
+        let CatchUp::Live(mut again) = hub.catch_up(chat.id, StreamId::new(8, 0), 10) else {
+            panic!("nothing of its channels is missing: live again")
+        };
+        hub.publish(&[on(10, "news")]);
+        assert_eq!(again.try_recv().unwrap().stream_id.ms, 10);
     }
 
     fn ms_of(frames: &[Arc<Frame>]) -> Vec<u64> {
@@ -361,8 +461,8 @@ mod tests {
     fn a_client_over_its_queue_falls_behind_catches_up_and_rejoins_exactly_where_it_stopped() {
         let hub = Hub::new(3, 1 << 20, 10);
         hub.start_at(StreamId::new(0, 0));
-        let mut fast = hub.subscribe().unwrap();
-        let mut slow = hub.subscribe().unwrap();
+        let mut fast = hub.subscribe(everything()).unwrap();
+        let mut slow = hub.subscribe(everything()).unwrap();
         for ms in 1..=3 {
             assert_eq!(hub.publish(&[frame(ms)]), 0);
             assert_eq!(fast.try_recv().unwrap().stream_id.ms, ms);
@@ -404,7 +504,7 @@ mod tests {
         );
         assert_eq!(hub.len(), 2);
         assert_eq!(
-            hub.subscribe().unwrap().position,
+            hub.subscribe(everything()).unwrap().position,
             StreamId::new(7, 0),
             "new clients start after the last frame"
         );
@@ -415,7 +515,7 @@ mod tests {
         // A queue of 2 keeps 32 frames of history.
         let hub = Hub::new(2, 1 << 20, 10);
         hub.start_at(StreamId::new(0, 0));
-        let slow = hub.subscribe().unwrap();
+        let slow = hub.subscribe(everything()).unwrap();
         for ms in 1..=40 {
             hub.publish(&[frame(ms)]);
         }
@@ -430,7 +530,7 @@ mod tests {
         // Bytes bound it too: 4 × 10 bytes of queue keeps 40 bytes of frames (one frame at least).
         let hub = Hub::new(1000, 10, 10);
         hub.start_at(StreamId::new(0, 0));
-        let slow = hub.subscribe().unwrap();
+        let slow = hub.subscribe(everything()).unwrap();
         hub.publish(&[sized(1, 30), sized(2, 30)]);
         assert!(matches!(
             hub.catch_up(slow.id, StreamId::new(0, 0), 100),
@@ -445,6 +545,7 @@ mod tests {
     fn sized(ms: u64, bytes: usize) -> Arc<Frame> {
         Arc::new(Frame {
             stream_id: StreamId::new(ms, 0),
+            channel: Arc::from("default"),
             received_at_us: 0,
             text: ByteString::from("x".repeat(bytes)),
         })
@@ -454,8 +555,8 @@ mod tests {
     fn a_client_over_its_queue_bytes_falls_behind_though_its_frame_count_is_low() {
         let hub = Hub::new(1000, 10_000, 10);
         hub.start_at(StreamId::new(0, 0));
-        let mut reader = hub.subscribe().unwrap();
-        let idle = hub.subscribe().unwrap();
+        let mut reader = hub.subscribe(everything()).unwrap();
+        let idle = hub.subscribe(everything()).unwrap();
         assert_eq!(hub.publish(&[sized(1, 6_000)]), 0);
         assert_eq!(reader.try_recv().unwrap().text.len(), 6_000);
         assert_eq!(
@@ -476,12 +577,12 @@ mod tests {
     #[test]
     fn the_connection_cap_refuses_clients() {
         let hub = Hub::new(1, 1 << 20, 2);
-        assert_eq!(hub.subscribe().err(), Some(Refused::NotReady));
+        assert_eq!(hub.subscribe(everything()).err(), Some(Refused::NotReady));
         hub.start_at(StreamId::new(0, 0));
-        let _a = hub.subscribe().unwrap();
-        let b = hub.subscribe().unwrap();
-        assert!(hub.subscribe().is_err());
+        let _a = hub.subscribe(everything()).unwrap();
+        let b = hub.subscribe(everything()).unwrap();
+        assert!(hub.subscribe(everything()).is_err());
         hub.unsubscribe(b.id);
-        assert!(hub.subscribe().is_ok());
+        assert!(hub.subscribe(everything()).is_ok());
     }
 }

@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod page;
 pub mod reader;
 pub mod replay_turns;
+pub mod routing;
 pub mod seams;
 pub mod slots;
 pub mod startup;

@@ -184,6 +184,7 @@ mod tests {
 
     fn frame(bytes: usize) -> Arc<Frame> {
         Arc::new(Frame {
+            channel: Arc::from("default"),
             stream_id: StreamId::new(1, 0),
             received_at_us: 0,
             text: "x".repeat(bytes).into(),

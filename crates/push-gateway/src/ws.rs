@@ -31,7 +31,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
 use futures_util::StreamExt;
-use model::StreamId;
+use model::{ChannelPattern, StreamId};
 use redis::Value;
 use serde::Deserialize;
 use service::settings::{Access, Scope};
@@ -39,6 +39,7 @@ use service::settings::{Access, Scope};
 use crate::frames;
 use crate::hub::{CatchUp, Frame, Refused, Subscription};
 use crate::reader::{reply_id, to_frames};
+use crate::routing::{Filter, Refusal};
 use crate::seams::Seam;
 use crate::slots::NoSlot;
 use crate::startup::AppState;
@@ -80,6 +81,7 @@ const CATCH_UP_PAGE: usize = 256;
 pub struct WsQuery {
     since: Option<String>,
     access_token: Option<String>,
+    channels: Option<String>,
 }
 
 pub async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>) -> HttpResponse {
@@ -126,6 +128,10 @@ pub async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>
             )
         }
     };
+    let filter = match subscriptions(query.channels.as_deref(), state.settings.max_subscriptions) {
+        Ok(filter) => Arc::new(filter),
+        Err(refused) => return *refused,
+    };
     // The slot first: an address over its cap, or a full gateway, costs no subscription.
     let addr = state.settings.trusted_proxies.client_addr(&req);
     let slot = match state.slots.take(addr) {
@@ -144,7 +150,7 @@ pub async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>
             .response();
         }
     };
-    let subscription = match state.hub.subscribe() {
+    let subscription = match state.hub.subscribe(Arc::clone(&filter)) {
         Ok(subscription) => subscription,
         Err(Refused::Full) => return gateway_full(&state),
         Err(Refused::NotReady) => {
@@ -180,7 +186,7 @@ pub async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>
             .as_ref()
             .map(service::http::ConnectionHeld::written);
         let outlet = Outlet::new(session.clone(), written);
-        let reason = serve(&state, outlet, messages, subscription, since, addr).await;
+        let reason = serve(&state, outlet, messages, subscription, since, addr, &filter).await;
         // Out of the hub at once: nothing more is queued for a session that has ended.
         state.hub.unsubscribe(id);
         // Ending the session ends the response stream, but actix keeps trying to flush what is already
@@ -206,6 +212,40 @@ pub async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>
     response
 }
 
+/// The socket's subscriptions from `?channels=`: `*` without it, none for an empty value, else the
+/// comma-separated patterns, none overlapping another and at most `MAX_SUBSCRIPTIONS`; or the problem
+/// that refuses the upgrade.
+fn subscriptions(channels: Option<&str>, max: usize) -> Result<Filter, Box<HttpResponse>> {
+    let Some(list) = channels else {
+        return Ok(Filter::all());
+    };
+    let mut patterns = Vec::new();
+    for text in list.split(',').filter(|p| !p.is_empty()) {
+        match text.parse::<ChannelPattern>() {
+            Ok(pattern) => patterns.push(pattern),
+            Err(e) => {
+                let detail = format!("channels: `{text}`: {e}");
+                let refused = problem(400, "invalid-parameter", "Invalid parameter", detail);
+                return Err(Box::new(refused));
+            }
+        }
+    }
+    Filter::new(patterns, max).map_err(|refusal| Box::new(match refusal {
+        Refusal::Overlap(a, b) => problem(
+            409,
+            "overlapping-subscriptions",
+            "Overlapping subscriptions",
+            format!("channels: `{a}` and `{b}` overlap: a message would be sent twice; subscribe to the wider one"),
+        ),
+        Refusal::TooMany(max) => problem(
+            429,
+            "too-many-subscriptions",
+            "Too many subscriptions",
+            format!("channels: more than MAX_SUBSCRIPTIONS ({max}) patterns"),
+        ),
+    }))
+}
+
 /// Why a session ended: `Some(reason)` when the server should send a close frame.
 type End = Option<CloseReason>;
 
@@ -223,10 +263,12 @@ async fn serve(
     mut sub: Subscription,
     since: Option<StreamId>,
     addr: Option<IpAddr>,
+    filter: &Filter,
 ) -> End {
     // The start (hello, or a replay from `since`) runs once: boxed, so its state is not part of every
     // idle session's future.
-    let mut last_sent = match Box::pin(start(state, &mut session, &sub, since, addr)).await {
+    let mut last_sent = match Box::pin(start(state, &mut session, &sub, since, addr, filter)).await
+    {
         Ok(position) => position,
         Err(end) => return end,
     };
@@ -247,7 +289,7 @@ async fn serve(
                     // Behind: everything queued has been sent; the rest comes from the history.
                     // Boxed, as the replay is: a rare path whose state need not sit in every idle
                     // session's future.
-                    match Box::pin(catch_up(state, &mut session, &sub, &mut last_sent, addr)).await {
+                    match Box::pin(catch_up(state, &mut session, &sub, &mut last_sent, addr, filter)).await {
                         Ok(again) => sub = again,
                         Err(end) => return end,
                     }
@@ -310,6 +352,7 @@ async fn start(
     sub: &Subscription,
     since: Option<StreamId>,
     addr: Option<IpAddr>,
+    filter: &Filter,
 ) -> Result<StreamId, End> {
     match since {
         Some(since) => {
@@ -326,7 +369,7 @@ async fn start(
             // `replay` returns the position the live frames continue after: the last entry sent, `since`
             // itself, or — for a `since` past the newest entry — the newest entry, which its `hello` named.
             // Boxed: the replay's state lives on the heap while it runs, not in every idle session's future.
-            let position = Box::pin(replay(state, session, sub, since)).await;
+            let position = Box::pin(replay(state, session, sub, since, filter)).await;
             // The turn is given back once the replay ends, before the live frames start.
             drop(permit);
             let position = position?;
@@ -359,6 +402,7 @@ async fn catch_up(
     behind: &Subscription,
     last_sent: &mut StreamId,
     addr: Option<IpAddr>,
+    filter: &Filter,
 ) -> Result<Subscription, End> {
     let window = catch_up_window(state);
     let live = state.metrics.frames.with_label_values(&["live"]);
@@ -383,7 +427,7 @@ async fn catch_up(
                 let Some(_permit) = state.replays.take(addr, left).await else {
                     return Err(too_slow(state));
                 };
-                *last_sent = Box::pin(replay(state, session, behind, *last_sent)).await?;
+                *last_sent = Box::pin(replay(state, session, behind, *last_sent, filter)).await?;
             }
         }
     }
@@ -532,6 +576,7 @@ async fn replay(
     session: &mut Outlet,
     sub: &Subscription,
     since: StreamId,
+    filter: &Filter,
 ) -> Result<StreamId, End> {
     let unavailable = |e: redis::RedisError| {
         log::warn!("replay for a client failed: {e}");
@@ -610,6 +655,11 @@ async fn replay(
             start = format!("({}", newest.id);
         }
         for frame in to_frames(&page) {
+            if !filter.matches(&frame.channel) {
+                // Not this socket's: passed over, but the replay's position moves past it.
+                position = frame.stream_id;
+                continue;
+            }
             send(state, session, sub, Out::Text(frame.text.clone())).await?;
             state.metrics.frames.with_label_values(&["replay"]).inc();
             delivered(state, &frame);

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod browser;
+mod channels;
 mod live;
 mod replay;
 mod seam;

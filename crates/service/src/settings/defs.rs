@@ -168,6 +168,12 @@ pub const DEFS: &[Def] = &[
         "WebSocket clients one gateway serves at once; more are refused with 503.",
     ),
     def(
+        "MAX_SUBSCRIPTIONS",
+        "100",
+        GATEWAY,
+        "Channel patterns one WebSocket may subscribe to (?channels=); more are refused with 429.",
+    ),
+    def(
         "MAX_BODY_BYTES",
         "1048576",
         INGEST | PERSISTER,

@@ -73,6 +73,8 @@ pub struct Settings {
     #[serde(deserialize_with = "values::positive")]
     pub max_connections: usize,
     #[serde(deserialize_with = "values::positive")]
+    pub max_subscriptions: usize,
+    #[serde(deserialize_with = "values::positive")]
     pub max_body_bytes: usize,
     #[serde(deserialize_with = "values::positive")]
     pub max_batch_lines: usize,

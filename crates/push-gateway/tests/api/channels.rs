@@ -1,0 +1,105 @@
+//! Channels on the gateway (contract v1.2, "Subscriptions"): a socket subscribes with `?channels=` to
+//! patterns, gets exactly their messages — live, replayed and caught up — in stream order, and a set of
+//! patterns that would send a message twice, or too many, refuses the upgrade.
+
+use std::time::Duration;
+
+use testkit::{test_settings, Relay};
+
+fn channel_and_n(messages: &[serde_json::Value]) -> Vec<(String, i64)> {
+    messages
+        .iter()
+        .map(|m| {
+            (
+                m["channel"].as_str().unwrap().to_owned(),
+                m["payload"]["n"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+async fn publish_mixed(relay: &Relay, from: i64) {
+    for (i, channel) in ["chat.a", "other", "news", "chat.b", "default"]
+        .iter()
+        .enumerate()
+    {
+        relay
+            .publish_to(channel, format!(r#"{{"n":{}}}"#, from + i as i64))
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn a_socket_on_patterns_gets_exactly_their_messages_in_stream_order() {
+    let relay = Relay::live(test_settings()).await;
+    let mut subscribed = relay.ws_connect("?channels=chat.*,news").await;
+    let mut everything = relay.ws_connect("").await;
+    publish_mixed(&relay, 0).await;
+    let got = channel_and_n(&subscribed.messages(3).await);
+    assert_eq!(
+        got,
+        [
+            ("chat.a".into(), 0),
+            ("news".into(), 2),
+            ("chat.b".into(), 3)
+        ]
+    );
+    subscribed.assert_quiet(Duration::from_millis(300)).await;
+    let all = channel_and_n(&everything.messages(5).await);
+    assert_eq!(
+        all.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>(),
+        ["chat.a", "other", "news", "chat.b", "default"],
+        "without ?channels= a socket gets every channel, each message naming its own"
+    );
+}
+
+#[tokio::test]
+async fn a_socket_resumed_with_since_replays_only_its_channels_then_goes_live() {
+    let relay = Relay::live(test_settings()).await;
+    publish_mixed(&relay, 0).await;
+    let mut ws = relay.ws_connect("?since=0-0&channels=news,default").await;
+    assert_eq!(
+        channel_and_n(&ws.messages(2).await),
+        [("news".into(), 2), ("default".into(), 4)]
+    );
+    publish_mixed(&relay, 10).await;
+    assert_eq!(
+        channel_and_n(&ws.messages(2).await),
+        [("news".into(), 12), ("default".into(), 14)]
+    );
+    ws.assert_quiet(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn an_empty_channels_opens_a_socket_with_no_subscription() {
+    let relay = Relay::live(test_settings()).await;
+    let mut ws = relay.ws_connect("?channels=").await;
+    let hello = ws.next_any().await;
+    assert!(matches!(hello, testkit::ws::Seen::Frame(f) if f["type"] == "hello"));
+    publish_mixed(&relay, 0).await;
+    ws.assert_quiet(Duration::from_millis(300)).await;
+}
+
+async fn refused(relay: &Relay, query: &str) -> Option<u16> {
+    match testkit::ws::connect(&relay.gateway_addr(), query).await {
+        Ok(_) => None,
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => Some(res.status().as_u16()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test]
+async fn overlapping_malformed_or_too_many_patterns_refuse_the_upgrade() {
+    let mut settings = test_settings();
+    settings.max_subscriptions = 2;
+    let relay = Relay::live(settings).await;
+    assert_eq!(
+        refused(&relay, "?channels=chat.*,chat.room1").await,
+        Some(409)
+    );
+    assert_eq!(refused(&relay, "?channels=*,news").await, Some(409));
+    assert_eq!(refused(&relay, "?channels=a%20b").await, Some(400));
+    assert_eq!(refused(&relay, "?channels=a*b").await, Some(400));
+    assert_eq!(refused(&relay, "?channels=a,b,c").await, Some(429));
+    assert_eq!(refused(&relay, "?channels=a,b").await, None);
+}
