@@ -44,6 +44,11 @@ pub enum ApiError {
     Unauthenticated,
     #[error("this API key lacks the `{0}` scope")]
     Forbidden(&'static str),
+    #[error("this credential's `{scope}` does not cover the channel `{channel}`")]
+    ChannelForbidden {
+        scope: &'static str,
+        channel: String,
+    },
     #[error("this Idempotency-Key was used with a different body in the last 24 hours")]
     IdempotencyConflict,
     #[error("this credential's Idempotency-Key records of the last 24 hours take MAX_IDEMPOTENCY_BYTES; nothing was written: retry without Idempotency-Key, or with a key used before, or after {} s", retry_after_secs(*.wait))]
@@ -83,7 +88,7 @@ impl ApiError {
             Self::NotFound => ("message-not-found", "Message not found"),
             Self::NoRoute => ("not-found", "Not found"),
             Self::Unauthenticated => ("unauthenticated", "Unauthenticated"),
-            Self::Forbidden(_) => ("forbidden", "Forbidden"),
+            Self::Forbidden(_) | Self::ChannelForbidden { .. } => ("forbidden", "Forbidden"),
             Self::IdempotencyConflict => ("idempotency-key-reused", "Idempotency-Key reused"),
             Self::IdempotencyFull { .. } => (
                 "idempotency-records-full",
@@ -115,7 +120,7 @@ impl ResponseError for ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound | Self::NoRoute => StatusCode::NOT_FOUND,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::ChannelForbidden { .. } => StatusCode::FORBIDDEN,
             Self::IdempotencyConflict => StatusCode::CONFLICT,
             Self::Backlog { .. }
             | Self::Busy

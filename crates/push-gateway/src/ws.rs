@@ -109,13 +109,13 @@ pub async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>
             );
         }
     }
-    match state.settings.api_keys.check(bearer, Scope::Subscribe) {
-        Access::Granted(_) => {}
+    let caller = match state.settings.api_keys.check(bearer, Scope::Subscribe) {
+        Access::Granted(caller) => caller,
         Access::Unauthenticated => {
             return problem(401, "unauthenticated", "Unauthenticated", "send a key with the `subscribe` scope as `Authorization: Bearer <key>` or `?access_token=<key>`".into())
         }
         Access::Forbidden => return problem(403, "forbidden", "Forbidden", "this API key lacks the `subscribe` scope".into()),
-    }
+    };
     let since = match query.since.as_deref().map(str::parse::<StreamId>) {
         None => None,
         Some(Ok(id)) => Some(id),
@@ -132,6 +132,15 @@ pub async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>
         Ok(filter) => Arc::new(filter),
         Err(refused) => return *refused,
     };
+    // Every pattern subscribed to (`*` when none is named) must be covered by the credential's.
+    if let Some(uncovered) = filter.patterns().iter().find(|p| !caller.channels.cover(p)) {
+        return problem(
+            403,
+            "forbidden",
+            "Forbidden",
+            format!("this credential may not subscribe to `{uncovered}`"),
+        );
+    }
     // The slot first: an address over its cap, or a full gateway, costs no subscription.
     let addr = state.settings.trusted_proxies.client_addr(&req);
     let slot = match state.slots.take(addr) {

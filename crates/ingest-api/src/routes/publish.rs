@@ -72,7 +72,12 @@ async fn accept(
     channel: ChannelName,
 ) -> Result<(BodyKind, Vec<Accepted>), ApiError> {
     let settings = &state.settings;
-    let caller = crate::auth::require(req, &settings.api_keys, Scope::Publish)?;
+    let caller = crate::auth::require_on(
+        req,
+        &settings.api_keys,
+        Scope::Publish,
+        &model::ChannelPattern::Exact(channel.clone()),
+    )?;
     let kind = validate::body_kind(req)?;
     let limit = match kind {
         BodyKind::Single => settings.max_body_bytes,
@@ -88,7 +93,7 @@ async fn accept(
             BodyKind::Single => 1,
             BodyKind::Batch => validate::count_lines(text),
         };
-        let who = match caller.0.clone() {
+        let who = match caller.id.clone() {
             Some(key) => Publisher::Key(key),
             None => settings
                 .trusted_proxies
@@ -119,7 +124,7 @@ async fn accept(
                 "json"
             };
             // A key belongs to the API key that sent it: another caller's same key is another record.
-            let caller = caller.0.as_deref();
+            let caller = caller.id.as_deref();
             Some(idempotency::Record {
                 key: model::idempotency_key(&settings.stream_key, caller, key),
                 fingerprint: idempotency::fingerprint(kind_tag, channel.as_str(), &body),

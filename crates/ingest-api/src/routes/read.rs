@@ -61,7 +61,11 @@ pub async fn list(
     state: web::Data<AppState>,
     scope: Scope,
 ) -> Result<HttpResponse, ApiError> {
-    crate::auth::require(&req, &state.settings.api_keys, KeyScope::Read)?;
+    let wanted = match &scope {
+        Scope::All => model::ChannelPattern::all(),
+        Scope::Channel(c) => model::ChannelPattern::Exact(c.clone()),
+    };
+    crate::auth::require_on(&req, &state.settings.api_keys, KeyScope::Read, &wanted)?;
     let query = web::Query::<ListQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::BadQuery(format!("bad query string: {e}")))?;
     let after = match query.after.as_deref() {
@@ -287,7 +291,7 @@ pub async fn one(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    crate::auth::require(&req, &state.settings.api_keys, KeyScope::Read)?;
+    let caller = crate::auth::require(&req, &state.settings.api_keys, KeyScope::Read)?;
     let id = Uuid::try_parse(&path)
         .map_err(|_| ApiError::BadQuery(format!("`{}` is not a UUID", path.as_str())))?;
     let db = state.db.clone();
@@ -298,10 +302,11 @@ pub async fn one(
     .await
     .map_err(|e| ApiError::Internal(anyhow::anyhow!("blocking pool: {e}")))??;
     match row {
-        Some(row) => Ok(HttpResponse::Ok()
+        // A message of a channel the caller may not read does not exist, as far as it can tell.
+        Some(row) if caller.channels.cover_channel(&row.channel) => Ok(HttpResponse::Ok()
             .content_type("application/json")
             .body(row.to_json())),
-        None => Err(ApiError::NotFound),
+        _ => Err(ApiError::NotFound),
     }
 }
 
@@ -316,7 +321,7 @@ pub async fn channels(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    crate::auth::require(&req, &state.settings.api_keys, KeyScope::Read)?;
+    let caller = crate::auth::require(&req, &state.settings.api_keys, KeyScope::Read)?;
     let query = web::Query::<ChannelsQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::BadQuery(format!("bad query string: {e}")))?;
     let prefix = query.into_inner().prefix.unwrap_or_default();
@@ -332,7 +337,12 @@ pub async fn channels(
     })
     .await
     .map_err(|e| ApiError::Internal(anyhow::anyhow!("blocking pool: {e}")))??;
-    let list: Vec<ChannelInfo> = rows.into_iter().map(ChannelInfo::from).collect();
+    // Only the channels the caller may read.
+    let list: Vec<ChannelInfo> = rows
+        .into_iter()
+        .filter(|row| caller.channels.cover_channel(&row.channel))
+        .map(ChannelInfo::from)
+        .collect();
     Ok(HttpResponse::Ok().json(list))
 }
 

@@ -153,3 +153,88 @@ async fn one_idempotency_key_and_body_on_another_channel_is_a_conflict_not_a_rep
     assert_eq!(post("b").await.unwrap().status(), 409);
     assert_eq!(app.stream_len().await, 1);
 }
+
+/// `API_KEYS` entries may name channel patterns (`key:scopes:pattern|pattern`): such a key publishes,
+/// reads and lists only what they cover, and a message of another channel is as good as absent.
+#[tokio::test]
+async fn a_key_with_channel_patterns_publishes_reads_and_lists_only_its_channels() {
+    let mut settings = test_settings();
+    settings.api_keys = "chat:publish+read:chat.*,all:publish+read".parse().unwrap();
+    let app = Relay::pipeline(settings).await;
+    let send = |key: &'static str, path: String| {
+        app.client
+            .post(format!("{}{path}", app.ingest_url()))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(r#"{"n":1}"#)
+            .send()
+    };
+    let get = |key: &'static str, path: String| {
+        app.client
+            .get(format!("{}{path}", app.ingest_url()))
+            .bearer_auth(key)
+            .send()
+    };
+    let ok = send("chat", "/channels/chat.a/messages".into())
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 202);
+    assert_problem(
+        send("chat", "/channels/news/messages".into())
+            .await
+            .unwrap(),
+        403,
+    )
+    .await;
+    assert_problem(send("chat", "/messages".into()).await.unwrap(), 403).await;
+    let news: serde_json::Value = send("all", "/channels/news/messages".into())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    testkit::poll_until(
+        std::time::Duration::from_secs(10),
+        || async {
+            get("all", "/messages".into())
+                .await
+                .unwrap()
+                .json::<Vec<serde_json::Value>>()
+                .await
+                .unwrap()
+        },
+        |all| all.len() == 2,
+    )
+    .await;
+    assert_eq!(
+        get("chat", "/channels/chat.a/messages".into())
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_problem(
+        get("chat", "/channels/news/messages".into()).await.unwrap(),
+        403,
+    )
+    .await;
+    assert_problem(get("chat", "/messages".into()).await.unwrap(), 403).await;
+    let by_id = format!("/messages/{}", news["id"].as_str().unwrap());
+    assert_problem(get("chat", by_id.clone()).await.unwrap(), 404).await;
+    assert_eq!(get("all", by_id).await.unwrap().status(), 200);
+    let listed: Vec<serde_json::Value> = get("chat", "/channels".into())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["channel"], "chat.a");
+    let listed: Vec<serde_json::Value> = get("all", "/channels".into())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2);
+}

@@ -103,3 +103,29 @@ async fn overlapping_malformed_or_too_many_patterns_refuse_the_upgrade() {
     assert_eq!(refused(&relay, "?channels=a,b,c").await, Some(429));
     assert_eq!(refused(&relay, "?channels=a,b").await, None);
 }
+
+/// A key whose patterns are `chat.*` may subscribe to what they cover and nothing else — not to
+/// every channel, which a socket without `?channels=` asks for.
+#[tokio::test]
+async fn a_key_subscribes_only_to_patterns_its_own_cover() {
+    let mut settings = test_settings();
+    settings.api_keys = "sub:subscribe:chat.*,pub:publish".parse().unwrap();
+    let relay = Relay::live(settings).await;
+    assert_eq!(
+        refused(&relay, "?access_token=sub&channels=chat.*").await,
+        None
+    );
+    assert_eq!(
+        refused(&relay, "?access_token=sub&channels=chat.room1,chat.b.*").await,
+        None
+    );
+    assert_eq!(refused(&relay, "?access_token=sub").await, Some(403));
+    assert_eq!(
+        refused(&relay, "?access_token=sub&channels=news").await,
+        Some(403)
+    );
+    assert_eq!(
+        refused(&relay, "?access_token=sub&channels=chat*").await,
+        Some(403)
+    );
+}

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use model::ChannelPattern;
 use sha2::{Digest, Sha256};
 
 /// `ALLOWED_ORIGINS`: `*`, or a comma-separated list of origins such as `https://relay.example.com`.
@@ -81,10 +82,40 @@ impl FromStr for Scope {
     }
 }
 
-/// Who made a request, as far as keys tell: the identity of its API key, or `None` when Relay runs open.
-/// The identity is a digest prefix, so it can name the key in stored records without revealing it.
+/// The channels a credential covers: every one, or those its patterns match.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Caller(pub Option<String>);
+pub enum Channels {
+    #[default]
+    All,
+    Only(Vec<ChannelPattern>),
+}
+
+impl Channels {
+    /// Whether one of the credential's patterns covers every channel `wanted` matches.
+    pub fn cover(&self, wanted: &ChannelPattern) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(patterns) => patterns.iter().any(|p| p.covers(wanted)),
+        }
+    }
+
+    /// Whether the credential covers the one channel `channel`.
+    pub fn cover_channel(&self, channel: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(patterns) => patterns.iter().any(|p| p.matches(channel)),
+        }
+    }
+}
+
+/// Who made a request, as far as credentials tell: the identity of its API key (`None` when Relay runs
+/// open), and the channels it covers. The identity is a digest prefix, so it can name the key in stored
+/// records without revealing it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Caller {
+    pub id: Option<String>,
+    pub channels: Channels,
+}
 
 /// The outcome of checking a presented key against [`ApiKeys`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,10 +127,18 @@ pub enum Access {
     Forbidden,
 }
 
-/// `API_KEYS`: `key:scope+scope,…`, or `@path` naming a file that holds the same list (a mounted
-/// secret). Only digests of the keys are kept; `Debug` shows how many there are, never a key.
+/// `API_KEYS`: `key:scope+scope[:pattern|pattern],…`, or `@path` naming a file that holds the same
+/// list (a mounted secret). A key without patterns covers every channel. Only digests of the keys are
+/// kept; `Debug` shows how many there are, never a key.
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct ApiKeys(Vec<([u8; 32], Vec<Scope>)>);
+pub struct ApiKeys(Vec<Key>);
+
+#[derive(Clone, PartialEq, Eq)]
+struct Key {
+    digest: [u8; 32],
+    scopes: Vec<Scope>,
+    channels: Channels,
+}
 
 fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
@@ -115,16 +154,16 @@ impl ApiKeys {
     /// so the answer's timing does not tell how much of a key was right.
     pub fn check(&self, key: Option<&str>, scope: Scope) -> Access {
         if self.is_open() {
-            return Access::Granted(Caller(None));
+            return Access::Granted(Caller::default());
         }
         let Some(key) = key else {
             return Access::Unauthenticated;
         };
         let presented = digest(key);
-        let mut found: Option<&([u8; 32], Vec<Scope>)> = None;
+        let mut found: Option<&Key> = None;
         for entry in &self.0 {
             let differs = entry
-                .0
+                .digest
                 .iter()
                 .zip(presented.iter())
                 .fold(0u8, |acc, (a, b)| acc | (a ^ b));
@@ -134,9 +173,12 @@ impl ApiKeys {
         }
         match found {
             None => Access::Unauthenticated,
-            Some((d, scopes)) if scopes.contains(&scope) => {
-                let id: String = d[..8].iter().map(|b| format!("{b:02x}")).collect();
-                Access::Granted(Caller(Some(id)))
+            Some(key) if key.scopes.contains(&scope) => {
+                let id: String = key.digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+                Access::Granted(Caller {
+                    id: Some(id),
+                    channels: key.channels.clone(),
+                })
             }
             Some(_) => Access::Forbidden,
         }
@@ -151,18 +193,39 @@ impl ApiKeys {
             .enumerate()
         {
             // The error never repeats the key itself: settings errors are logged.
-            let (key, scopes) = item
-                .rsplit_once(':')
+            let (key, rest) = item
+                .split_once(':')
                 .ok_or_else(|| format!("entry {} is not key:scope+scope", i + 1))?;
             if key.is_empty() {
                 return Err(format!("entry {} has an empty key", i + 1));
             }
+            if key.contains('.') {
+                // A credential with two dots is taken for a signed token.
+                return Err(format!("entry {}: a key may not contain `.`", i + 1));
+            }
+            let (scopes, patterns) = match rest.split_once(':') {
+                Some((scopes, patterns)) => (scopes, Some(patterns)),
+                None => (rest, None),
+            };
             let scopes = scopes
                 .split('+')
                 .map(str::parse)
                 .collect::<Result<Vec<Scope>, _>>()
                 .map_err(|e| format!("entry {}: {e}", i + 1))?;
-            keys.push((digest(key), scopes));
+            let channels = match patterns {
+                None => Channels::All,
+                Some(list) => Channels::Only(
+                    list.split('|')
+                        .map(str::parse::<ChannelPattern>)
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| format!("entry {}: a channel pattern: {e}", i + 1))?,
+                ),
+            };
+            keys.push(Key {
+                digest: digest(key),
+                scopes,
+                channels,
+            });
         }
         Ok(Self(keys))
     }
@@ -198,7 +261,7 @@ mod tests {
         let keys: ApiKeys = "k1:publish+read, k2:subscribe".parse().unwrap();
         assert!(matches!(
             keys.check(Some("k1"), Scope::Read),
-            Access::Granted(Caller(Some(_)))
+            Access::Granted(Caller { id: Some(_), .. })
         ));
         assert_eq!(keys.check(Some("k2"), Scope::Publish), Access::Forbidden);
         assert_eq!(
@@ -210,8 +273,35 @@ mod tests {
         assert!(!format!("{keys:?}").contains("k1"));
         assert_eq!(
             ApiKeys::default().check(None, Scope::Publish),
-            Access::Granted(Caller(None))
+            Access::Granted(Caller::default())
         );
+    }
+
+    #[test]
+    fn a_key_with_patterns_covers_only_what_they_match() {
+        let keys: ApiKeys = "k:read+subscribe:chat.*|user:42, all:read".parse().unwrap();
+        let Access::Granted(k) = keys.check(Some("k"), Scope::Read) else {
+            panic!("k may read")
+        };
+        let p = |s: &str| s.parse::<ChannelPattern>().unwrap();
+        assert!(k.channels.cover(&p("chat.room1")) && k.channels.cover(&p("chat.a.*")));
+        assert!(k.channels.cover(&p("user:42")) && !k.channels.cover(&p("user:43")));
+        assert!(!k.channels.cover(&p("*")) && !k.channels.cover(&p("chat*")));
+        assert!(k.channels.cover_channel("chat.x") && !k.channels.cover_channel("news"));
+        let Access::Granted(all) = keys.check(Some("all"), Scope::Read) else {
+            panic!("all may read")
+        };
+        assert!(
+            all.channels.cover(&p("*")),
+            "a key without patterns covers every channel"
+        );
+        for bad in ["k:read:bad pattern", "k:read:a*b", "k.x:read", "k:read:"] {
+            let e = bad.parse::<ApiKeys>().unwrap_err();
+            assert!(
+                !e.contains("k.x") && !e.contains("k:"),
+                "never repeats the key: {e}"
+            );
+        }
     }
 
     #[test]

@@ -97,7 +97,7 @@ pub const DEFS: &[Def] = &[
             "API_KEYS",
             "",
             INGEST | GATEWAY,
-            "key:scope+scope,… (scopes publish, read, subscribe), or @path to read that list from a file; empty: no authentication (local use only: each service warns at start).",
+            "key:scope+scope[:pattern|pattern],… (scopes publish, read, subscribe; without patterns a key covers every channel; keys contain no `:` or `.`), or @path to read that list from a file; empty: no authentication (local use only: each service warns at start).",
         ),
         Secret::Whole,
     ),

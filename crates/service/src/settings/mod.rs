@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use config::{Config, ConfigError, File, FileFormat};
 use serde::{Deserialize, Serialize};
 
-pub use access::{Access, AllowedOrigins, ApiKeys, Caller, Scope};
+pub use access::{Access, AllowedOrigins, ApiKeys, Caller, Channels, Scope};
 use defs::{Secret, UsedBy, DEFS};
 pub use proxies::TrustedProxies;
 pub use values::{cluster_seeds, mask, mask_url_password, CLUSTER_SCHEME};
