@@ -45,6 +45,10 @@ use crate::slots::NoSlot;
 use crate::startup::AppState;
 use model::redis_stream::entry_list;
 
+/// The close code of a socket whose token's `exp` passed (the client library asks for a new token and
+/// resumes).
+pub const TOKEN_EXPIRED: u16 = 4001;
+
 /// How often the server pings each client (more often when `CLIENT_TIMEOUT_MS` is under three times this,
 /// so a silent client is noticed in time).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
@@ -109,8 +113,11 @@ pub async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>
             );
         }
     }
-    let caller = match state.settings.api_keys.check(bearer, Scope::Subscribe) {
-        Access::Granted(caller) => caller,
+    let caller = match state.settings.authorize(bearer, Scope::Subscribe) {
+        Access::Granted(caller) => {
+            service::http::Subject::record(&req, caller.sub.as_deref());
+            caller
+        }
         Access::Unauthenticated => {
             return problem(401, "unauthenticated", "Unauthenticated", "send a key with the `subscribe` scope as `Authorization: Bearer <key>` or `?access_token=<key>`".into())
         }
@@ -195,7 +202,13 @@ pub async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>
             .as_ref()
             .map(service::http::ConnectionHeld::written);
         let outlet = Outlet::new(session.clone(), written);
-        let reason = serve(&state, outlet, messages, subscription, since, addr, &filter).await;
+        let opening = Opening {
+            since,
+            addr,
+            filter: &filter,
+            expires: caller.expires,
+        };
+        let reason = serve(&state, outlet, messages, subscription, opening).await;
         // Out of the hub at once: nothing more is queued for a session that has ended.
         state.hub.unsubscribe(id);
         // Ending the session ends the response stream, but actix keeps trying to flush what is already
@@ -265,15 +278,45 @@ fn close(code: CloseCode, why: &str) -> End {
     })
 }
 
+/// What a session starts from: where it resumes, who it is (for the replay share), what it subscribed
+/// to, and when its token expires.
+struct Opening<'a> {
+    since: Option<StreamId>,
+    addr: Option<IpAddr>,
+    filter: &'a Filter,
+    /// A token's `exp` (Unix seconds): the socket is closed with 4001 when it passes.
+    expires: Option<u64>,
+}
+
+/// Resolves when a token's expiry passes; never for a session without one.
+async fn expired(expiry: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match expiry {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How long until `exp` (Unix seconds); zero once it has passed.
+fn until(exp: u64) -> Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Duration::from_secs(exp).saturating_sub(now)
+}
+
 async fn serve(
     state: &AppState,
     mut session: Outlet,
     mut messages: MessageStream,
     mut sub: Subscription,
-    since: Option<StreamId>,
-    addr: Option<IpAddr>,
-    filter: &Filter,
+    opening: Opening<'_>,
 ) -> End {
+    let Opening {
+        since,
+        addr,
+        filter,
+        expires,
+    } = opening;
     // The start (hello, or a replay from `since`) runs once: boxed, so its state is not part of every
     // idle session's future.
     let mut last_sent = match Box::pin(start(state, &mut session, &sub, since, addr, filter)).await
@@ -289,10 +332,15 @@ async fn serve(
     // futures on every turn was a sixth of the gateway's CPU.
     let stopping = state.stop.cancelled();
     tokio::pin!(stopping);
+    // Boxed and only for tokens: an API key's session carries no timer.
+    let mut expiry = expires.map(|exp| Box::pin(tokio::time::sleep(until(exp))));
     loop {
         tokio::select! {
             biased;
             () = &mut stopping => return close(CloseCode::Away, "server shutting down"),
+            () = expired(&mut expiry) => {
+                return close(CloseCode::Other(TOKEN_EXPIRED), "token expired; reconnect with a new one");
+            }
             frame = sub.recv() => {
                 let Some(frame) = frame else {
                     // Behind: everything queued has been sent; the rest comes from the history.

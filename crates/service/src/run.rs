@@ -86,7 +86,7 @@ where
             }
         };
         log::info!("{binary} settings: {}", settings.describe(used_by));
-        if settings.api_keys.is_open() && used_by & crate::settings::defs::PERSISTER == 0 {
+        if settings.is_open() && used_by & crate::settings::defs::PERSISTER == 0 {
             log::warn!(
                 "{binary} is open: API_KEYS is empty, so anyone who reaches it may use it (set API_KEYS before exposing it)"
             );

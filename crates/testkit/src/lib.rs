@@ -143,3 +143,18 @@ impl Drop for Cleanup {
         cleanup(&self.0);
     }
 }
+
+/// A secret for `TOKEN_SECRET` in tests (32 bytes).
+pub const TOKEN_SECRET: &str = "test-secret-of-thirty-two-bytes!";
+
+/// A token signed with HS256 and [`TOKEN_SECRET`], with `claims` (an `exp` of `exp_in_secs` from now
+/// is added), as an application's back end mints one.
+pub fn token(exp_in_secs: i64, mut claims: serde_json::Value) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    claims["exp"] = serde_json::json!(now + exp_in_secs);
+    let key = jsonwebtoken::EncodingKey::from_secret(TOKEN_SECRET.as_bytes()).unwrap();
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+}

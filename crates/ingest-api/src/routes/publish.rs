@@ -74,7 +74,7 @@ async fn accept(
     let settings = &state.settings;
     let caller = crate::auth::require_on(
         req,
-        &settings.api_keys,
+        settings,
         Scope::Publish,
         &model::ChannelPattern::Exact(channel.clone()),
     )?;

@@ -65,7 +65,7 @@ pub async fn list(
         Scope::All => model::ChannelPattern::all(),
         Scope::Channel(c) => model::ChannelPattern::Exact(c.clone()),
     };
-    crate::auth::require_on(&req, &state.settings.api_keys, KeyScope::Read, &wanted)?;
+    crate::auth::require_on(&req, &state.settings, KeyScope::Read, &wanted)?;
     let query = web::Query::<ListQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::BadQuery(format!("bad query string: {e}")))?;
     let after = match query.after.as_deref() {
@@ -291,7 +291,7 @@ pub async fn one(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = crate::auth::require(&req, &state.settings.api_keys, KeyScope::Read)?;
+    let caller = crate::auth::require(&req, &state.settings, KeyScope::Read)?;
     let id = Uuid::try_parse(&path)
         .map_err(|_| ApiError::BadQuery(format!("`{}` is not a UUID", path.as_str())))?;
     let db = state.db.clone();
@@ -321,7 +321,7 @@ pub async fn channels(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = crate::auth::require(&req, &state.settings.api_keys, KeyScope::Read)?;
+    let caller = crate::auth::require(&req, &state.settings, KeyScope::Read)?;
     let query = web::Query::<ChannelsQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::BadQuery(format!("bad query string: {e}")))?;
     let prefix = query.into_inner().prefix.unwrap_or_default();

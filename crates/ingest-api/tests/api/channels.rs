@@ -238,3 +238,76 @@ async fn a_key_with_channel_patterns_publishes_reads_and_lists_only_its_channels
         .unwrap();
     assert_eq!(listed.len(), 2);
 }
+
+/// With `TOKEN_SECRET`, a back end mints each user a token: it publishes and reads on the channels it
+/// names, with the scopes it names, until its `exp`; any fault of it is 401, as is no credential.
+#[tokio::test]
+async fn a_signed_token_acts_on_its_channels_until_it_expires_and_a_faulty_one_is_401() {
+    let mut settings = test_settings();
+    settings.token_secret = testkit::TOKEN_SECRET.parse().unwrap();
+    let app = Relay::ingest_only(settings).await;
+    let ada = testkit::token(
+        60,
+        serde_json::json!({"scope": "publish read", "channels": ["chat.*"], "sub": "ada"}),
+    );
+    let post = |credential: Option<String>, channel: &'static str, idem: &'static str| {
+        let mut req = app
+            .client
+            .post(format!("{}/channels/{channel}/messages", app.ingest_url()))
+            .header("content-type", "application/json")
+            .header("idempotency-key", idem)
+            .body("1");
+        if let Some(c) = credential {
+            req = req.bearer_auth(c);
+        }
+        req.send()
+    };
+    assert_eq!(
+        post(Some(ada.clone()), "chat.a", "k1")
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    assert_problem(post(Some(ada.clone()), "news", "k2").await.unwrap(), 403).await;
+    let reader = testkit::token(60, serde_json::json!({"scope": "read", "channels": ["*"]}));
+    assert_problem(post(Some(reader), "chat.a", "k3").await.unwrap(), 403).await;
+    let expired = testkit::token(
+        -1,
+        serde_json::json!({"scope": "publish", "channels": ["*"]}),
+    );
+    assert_problem(post(Some(expired), "chat.a", "k4").await.unwrap(), 401).await;
+    let flipped = if ada.ends_with('x') { 'y' } else { 'x' };
+    let forged = format!("{}{flipped}", &ada[..ada.len() - 1]);
+    assert_problem(post(Some(forged), "chat.a", "k5").await.unwrap(), 401).await;
+    assert_problem(
+        post(Some("an-api-key".into()), "chat.a", "k6")
+            .await
+            .unwrap(),
+        401,
+    )
+    .await;
+    assert_problem(post(None, "chat.a", "k7").await.unwrap(), 401).await;
+    // A token's Idempotency-Key records are its `sub`'s: ada's second token repeats, bob's does not.
+    let ada_again = testkit::token(
+        30,
+        serde_json::json!({"scope": "publish", "channels": ["chat.a"], "sub": "ada"}),
+    );
+    let bob = testkit::token(
+        30,
+        serde_json::json!({"scope": "publish", "channels": ["chat.a"], "sub": "bob"}),
+    );
+    assert_eq!(
+        post(Some(ada_again), "chat.a", "k1")
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    assert_eq!(post(Some(bob), "chat.a", "k1").await.unwrap().status(), 202);
+    assert_eq!(
+        app.stream_len().await,
+        2,
+        "ada's repeat added nothing, bob's key is his own"
+    );
+}

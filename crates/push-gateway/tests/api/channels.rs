@@ -129,3 +129,47 @@ async fn a_key_subscribes_only_to_patterns_its_own_cover() {
         Some(403)
     );
 }
+
+/// A socket opened with a token is closed with 4001 when the token's `exp` passes, so that the client
+/// asks its back end for a new one; a token that does not cover the channels is refused at the upgrade.
+#[tokio::test]
+async fn a_socket_opened_with_a_token_is_closed_with_4001_when_it_expires() {
+    let mut settings = test_settings();
+    settings.token_secret = testkit::TOKEN_SECRET.parse().unwrap();
+    let relay = Relay::live(settings).await;
+    let token = testkit::token(
+        2,
+        serde_json::json!({"scope": "subscribe", "channels": ["chat.*"]}),
+    );
+    assert_eq!(
+        refused(&relay, &format!("?access_token={token}")).await,
+        Some(403),
+        "* is not covered"
+    );
+    let mut ws = relay
+        .ws_connect(&format!("?access_token={token}&channels=chat.*"))
+        .await;
+    let started = std::time::Instant::now();
+    loop {
+        match ws.next_any().await {
+            testkit::ws::Seen::Frame(_) => continue,
+            testkit::ws::Seen::Closed(close) => {
+                let code: u16 = close.expect("a close frame").code.into();
+                assert_eq!(code, 4001);
+                break;
+            }
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed at expiry, not later"
+    );
+    let expired = testkit::token(
+        -1,
+        serde_json::json!({"scope": "subscribe", "channels": ["*"]}),
+    );
+    assert_eq!(
+        refused(&relay, &format!("?access_token={expired}")).await,
+        Some(401)
+    );
+}

@@ -115,6 +115,10 @@ impl Channels {
 pub struct Caller {
     pub id: Option<String>,
     pub channels: Channels,
+    /// When a token's `exp` passes (Unix seconds); `None` for API keys and open access.
+    pub expires: Option<u64>,
+    /// A token's `sub`, for the access log.
+    pub sub: Option<String>,
 }
 
 /// The outcome of checking a presented key against [`ApiKeys`].
@@ -178,6 +182,7 @@ impl ApiKeys {
                 Access::Granted(Caller {
                     id: Some(id),
                     channels: key.channels.clone(),
+                    ..Caller::default()
                 })
             }
             Some(_) => Access::Forbidden,

@@ -101,6 +101,15 @@ pub const DEFS: &[Def] = &[
         ),
         Secret::Whole,
     ),
+    secret(
+        def(
+            "TOKEN_SECRET",
+            "",
+            INGEST | GATEWAY,
+            "The HS256 secret of signed tokens (JWT with exp, scope, channels, sub), at least 32 bytes, or @path to read it from a file; empty: tokens are not accepted.",
+        ),
+        Secret::Whole,
+    ),
     def(
         "CONSUMER_NAME",
         "",

@@ -12,6 +12,7 @@ pub mod defs;
 pub mod proxies;
 #[cfg(test)]
 mod tests;
+pub mod tokens;
 mod values;
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 pub use access::{Access, AllowedOrigins, ApiKeys, Caller, Channels, Scope};
 use defs::{Secret, UsedBy, DEFS};
 pub use proxies::TrustedProxies;
+pub use tokens::TokenSecret;
 pub use values::{cluster_seeds, mask, mask_url_password, CLUSTER_SCHEME};
 
 /// The variable that names an optional settings file (TOML).
@@ -50,6 +52,8 @@ pub struct Settings {
     pub allowed_origins: AllowedOrigins,
     #[serde(deserialize_with = "values::parsed", serialize_with = "values::debug")]
     pub api_keys: ApiKeys,
+    #[serde(deserialize_with = "values::parsed", serialize_with = "values::debug")]
+    pub token_secret: TokenSecret,
     /// Never empty after loading: defaults to the host name.
     pub consumer_name: String,
     #[serde(deserialize_with = "values::positive")]
@@ -124,6 +128,27 @@ pub enum SettingsError {
 }
 
 impl Settings {
+    /// Whether neither `API_KEYS` nor `TOKEN_SECRET` is set: every request may do everything (local use).
+    pub fn is_open(&self) -> bool {
+        self.api_keys.is_open() && !self.token_secret.is_set()
+    }
+
+    /// What the credential `presented` (an API key, or a signed token: two dots) may do with `scope`.
+    pub fn authorize(&self, presented: Option<&str>, scope: Scope) -> Access {
+        if self.is_open() {
+            return Access::Granted(Caller::default());
+        }
+        match presented {
+            None => Access::Unauthenticated,
+            Some(token) if TokenSecret::looks_like_token(token) => {
+                self.token_secret.check(token, scope)
+            }
+            // With tokens only, no key is valid (an empty ApiKeys would grant everything).
+            Some(_) if self.api_keys.is_open() => Access::Unauthenticated,
+            Some(key) => self.api_keys.check(Some(key), scope),
+        }
+    }
+
     /// Defaults, then the file named by `RELAY_CONFIG`, then the process environment.
     pub fn load() -> Result<Self, SettingsError> {
         Self::from_sources(std::env::vars())
