@@ -3,6 +3,7 @@
 
 pub mod consumer;
 pub mod group;
+pub mod history;
 pub mod metrics;
 pub mod reading;
 pub mod seams;

@@ -17,6 +17,8 @@ pub struct Metrics {
     pub claimed: IntCounter,
     /// Failed attempts to store a batch (each is retried).
     pub store_errors: IntCounter,
+    /// Rows deleted by `HISTORY_RETENTION`.
+    pub history_deleted: IntCounter,
     /// The largest reply of one read or claim since start, bytes (bounded by `PERSISTER_READ_BYTES`).
     pub largest_read_bytes: IntGauge,
     /// Time to store one batch, seconds.
@@ -54,6 +56,11 @@ impl Metrics {
                 &r,
                 "relay_persister_store_errors_total",
                 "Failed attempts to store a batch",
+            ),
+            history_deleted: counter(
+                &r,
+                "relay_persister_history_deleted_total",
+                "Rows deleted from Postgres by HISTORY_RETENTION",
             ),
             largest_read_bytes: gauge(
                 &r,

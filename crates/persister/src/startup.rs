@@ -22,6 +22,8 @@ pub struct Application {
     consumer: Consumer,
     /// For the stream gauges' sampler.
     sampler: (service::redis::Conn, String, Arc<Metrics>),
+    /// `HISTORY_RETENTION`'s deletions, when set: the retention and their own connection.
+    history: Option<(Duration, store::PgPool)>,
 }
 
 impl Application {
@@ -82,12 +84,18 @@ impl Application {
             Arc::clone(&metrics),
         );
         let seam = crate::seams::Seam::from_env()?;
+        let history = settings.history_retention.0.map(|retention| {
+            // Deletions wait on the batches' row locks at most this long, then retry next pass.
+            let db = store::connect_pool(&settings.database_url, 1, Duration::from_secs(10));
+            (retention, db)
+        });
         let consumer = Consumer::new(settings, reads, redis, metrics, seam);
         Ok(Self {
             port,
             server,
             consumer,
             sampler,
+            history,
         })
     }
 
@@ -104,18 +112,30 @@ impl Application {
         let stop = CancellationToken::new();
         let consumer = tokio::spawn(self.consumer.run(stop.clone()));
         let (redis, key, metrics) = self.sampler;
+        let metrics_for_history = Arc::clone(&metrics);
         let sampler = tokio::spawn(crate::metrics::sample_stream(
             redis,
             key,
             metrics,
             stop.clone(),
         ));
+        let history = self.history.map(|(retention, db)| {
+            tokio::spawn(crate::history::run(
+                retention,
+                db,
+                Arc::clone(&metrics_for_history),
+                stop.clone(),
+            ))
+        });
         let handle = self.server.handle();
         let server = tokio::spawn(self.server);
         shutdown.await;
         stop.cancel();
         consumer.await.context("consumer task")?;
         sampler.await.context("stream sampler task")?;
+        if let Some(history) = history {
+            history.await.context("history retention task")?;
+        }
         handle.stop(true).await;
         server.await.context("health server task")??;
         Ok(())

@@ -3,6 +3,7 @@
 //! on a blocking pool.
 
 pub mod read;
+pub mod retention;
 pub mod rows;
 pub mod schema;
 pub mod setup;

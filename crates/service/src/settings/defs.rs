@@ -135,6 +135,12 @@ pub const DEFS: &[Def] = &[
         "Stored entries kept in the stream for replay (fewer when they would take more than half of MAX_STREAM_BYTES).",
     ),
     def(
+        "HISTORY_RETENTION",
+        "0",
+        PERSISTER,
+        "Messages older than this (90s, 30m, 12h, 30d) are deleted from Postgres, in batches, at least every 10 s; 0: keep every message.",
+    ),
+    def(
         "PERSISTER_BATCH_SIZE",
         "2000",
         PERSISTER,

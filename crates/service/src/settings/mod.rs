@@ -10,6 +10,7 @@
 pub mod access;
 pub mod defs;
 pub mod proxies;
+pub mod retention;
 #[cfg(test)]
 mod tests;
 pub mod tokens;
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 pub use access::{Access, AllowedOrigins, ApiKeys, Caller, Channels, Scope};
 use defs::{Secret, UsedBy, DEFS};
 pub use proxies::TrustedProxies;
+pub use retention::HistoryRetention;
 pub use tokens::TokenSecret;
 pub use values::{cluster_seeds, mask, mask_url_password, CLUSTER_SCHEME};
 
@@ -62,6 +64,8 @@ pub struct Settings {
     pub max_deliveries: u64,
     #[serde(deserialize_with = "values::parsed")]
     pub stream_retention: u64,
+    #[serde(deserialize_with = "values::parsed", serialize_with = "values::debug")]
+    pub history_retention: HistoryRetention,
     #[serde(deserialize_with = "values::positive")]
     pub persister_batch_size: usize,
     #[serde(deserialize_with = "values::positive")]
