@@ -1,27 +1,23 @@
-// Relay live page: no build step, nothing fetched from outside the gateway (the form posts to the ingest
-// API named in <meta name="relay-ingest-url">).
-"use strict";
+// Relay live page, built on /relay.js: no build step, nothing fetched from outside the gateway (the form
+// posts to the ingest API named in <meta name="relay-ingest-url">).
+import { Relay, isAfter as after } from "/relay.js";
 
 const MAX_ON_SCREEN = 500;          // DOM cap: older cards are removed, the count keeps going
-const BACKOFF_MIN_MS = 500, BACKOFF_MAX_MS = 10000;
 const RATE_WINDOW_MS = 10000;
 const PAGE_LIMIT = 1000;
+const BACKOFF_MAX_MS = 10000;
 
 const ingestUrl = document.querySelector('meta[name="relay-ingest-url"]').content.replace(/\/$/, "");
 const accessToken = new URLSearchParams(location.search).get("access_token");
 const $ = (id) => document.getElementById(id);
 
-let lastStreamId = null;   // the newest stream id shown: the resume point
+let lastStreamId = null;   // the newest stream id shown
 let total = 0;
 let arrivals = [];         // arrival times within the rate window
-let backoff = BACKOFF_MIN_MS;
-let socket = null;
-let filling = null;        // a gap being filled from GET /messages: frames wait until it is done
-let waiting = [];          // frames that arrived during a fill
-
-// Stream ids compare numerically, part by part ("5-10" is after "5-9").
-function parseId(id) { const [ms, seq] = id.split("-"); return [BigInt(ms), BigInt(seq)]; }
-function after(a, b) { const [am, as] = parseId(a), [bm, bs] = parseId(b); return am > bm || (am === bm && as > bs); }
+let filling = null;        // a gap being filled from the REST API: messages wait until it is done
+let waiting = [];          // messages that arrived during a fill
+let generation = 0;        // bumped when the pattern changes: late answers of the old one are dropped
+let subscription = null;
 
 function setStatus(state, text) { const el = $("status"); el.dataset.state = state; el.textContent = text; }
 
@@ -73,6 +69,7 @@ function show(message, payloadText, fresh) {
   const meta = document.createElement("div");
   meta.className = "meta";
   for (const [cls, text, title] of [
+    ["channel", message.channel, "channel"],
     ["sid", message.stream_id, "stream id"],
     ["id", message.id, "message id"],
     ["time", new Date(message.received_at).toLocaleTimeString(undefined, { hour12: false }) + "." +
@@ -102,26 +99,44 @@ function tickRate() {
 }
 setInterval(tickRate, 500);
 
-// Entries after `since` that the stream no longer holds come from the ingest API, page by page, up to the
-// stream's oldest entry; live frames wait meanwhile, then are shown in order. A failed fill is retried
-// (never skipped: skipping would move the resume point past messages never shown).
-async function fillGap(since, oldest, gen) {
-  let cursor = since, delay = 1000;
+// Whether `channel` matches the subscribed pattern (a name, or a prefix and `*`).
+function matches(pattern, channel) {
+  return pattern.endsWith("*") ? channel.startsWith(pattern.slice(0, -1)) : channel === pattern;
+}
+
+// A notice in the feed where messages were missing from the stream.
+function showGap(gap, filled) {
+  const li = document.createElement("li");
+  li.className = "gap";
+  li.textContent = filled
+    ? `gap after ${gap.since}: ${filled} message(s) read back from the store`
+    : `gap after ${gap.since}: messages up to ${gap.oldest} are gone`;
+  $("messages").prepend(li);
+}
+
+// Messages after `since` that the stream no longer holds come from the ingest API, page by page, up to
+// the stream's oldest entry; live messages wait meanwhile, then are shown in order. A failed fill is
+// retried (never skipped: skipping would move past messages never shown).
+async function fillGap(pattern, gap, gen) {
+  const exact = !pattern.endsWith("*");
+  const path = exact ? `/channels/${encodeURIComponent(pattern)}/messages` : "/messages";
+  let cursor = gap.since, delay = 1000, filled = 0;
   for (;;) {
     try {
-      const res = await fetch(`${ingestUrl}/messages?after=${encodeURIComponent(cursor)}&limit=${PAGE_LIMIT}`, { headers: authHeaders() });
-      if (!res.ok) throw new Error(`GET /messages: ${res.status}`);
+      const res = await fetch(`${ingestUrl}${path}?after=${encodeURIComponent(cursor)}&limit=${PAGE_LIMIT}`, { headers: authHeaders() });
+      if (!res.ok) throw new Error(`GET ${path}: ${res.status}`);
       const page = await res.json();
       if (gen !== generation) return;
+      let more = res.headers.has("link");
       for (const m of page) {
-        if (!after(oldest, m.stream_id)) return;
-        show(m, null, false);
+        if (!after(gap.oldest, m.stream_id)) { more = false; break; }
         cursor = m.stream_id;
+        if (matches(pattern, m.channel)) { show(m, null, false); filled++; }
       }
-      if (page.length < PAGE_LIMIT) return;
+      if (!more) return showGap(gap, filled);
     } catch (e) {
       if (gen !== generation) return;
-      setStatus("reconnecting", "filling a gap…");
+      setStatus("connecting", "filling a gap…");
       console.warn("could not fill the gap from the API, retrying:", e);
       await new Promise((r) => setTimeout(r, delay));
       delay = Math.min(delay * 2, BACKOFF_MAX_MS);
@@ -129,69 +144,61 @@ async function fillGap(since, oldest, gen) {
   }
 }
 
-function handleFrame(text) {
-  const frame = JSON.parse(text);
-  if (frame.type === "message") show(frame.data, rawPayload(text), true);
-  else if (frame.type === "hello") {
-    // Where this connection starts: resume from here even if no message arrives before a disconnect.
-    if (lastStreamId === null) lastStreamId = frame.position;
-  } else if (frame.type === "gap") {
-    const gen = generation;
-    filling = fillGap(frame.since, frame.oldest, gen).then(() => {
-      if (gen !== generation) return;
-      filling = null;
-      if (socket && socket.readyState === WebSocket.OPEN) setStatus("live", "live");
-      drain();
-    });
-  }
+function onMessage(message, frameText) {
+  if (filling) waiting.push([message, frameText]); else show(message, rawPayload(frameText), true);
 }
 
-// Shows queued frames in order, stopping if one of them starts another gap fill.
-function drain() {
-  while (waiting.length && !filling) handleFrame(waiting.shift());
+function onGap(pattern, gap) {
+  const gen = generation;
+  filling = fillGap(pattern, gap, gen).then(() => {
+    if (gen !== generation) return;
+    filling = null;
+    if (relay.state === "open") setStatus("live", "live");
+    while (waiting.length && !filling) { const [m, t] = waiting.shift(); show(m, rawPayload(t), true); }
+  });
 }
 
-let generation = 0;
+const relay = new Relay(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`, {
+  token: async () => accessToken,
+});
+relay.on("state", (state) => {
+  if (state === "open" && !filling) setStatus("live", "live");
+  else if (state === "connecting") setStatus(lastStreamId ? "reconnecting" : "connecting", lastStreamId ? "reconnecting…" : "connecting…");
+  else if (state === "closed") setStatus("offline", "offline");
+});
 
-function connect() {
+// Subscribes the feed to `pattern`, from now on; the feed starts over.
+function follow(pattern) {
   generation++;
-  filling = null;
-  waiting = [];
-  const params = new URLSearchParams();
-  if (lastStreamId) params.set("since", lastStreamId);
-  if (accessToken) params.set("access_token", accessToken);
-  const query = params.toString();
-  const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws${query ? "?" + query : ""}`;
-  setStatus(lastStreamId ? "reconnecting" : "connecting", lastStreamId ? "reconnecting…" : "connecting…");
-  const ws = new WebSocket(url);
-  socket = ws;
-  ws.onopen = () => { backoff = BACKOFF_MIN_MS; setStatus("live", "live"); };
-  ws.onmessage = (ev) => {
-    if (ws !== socket) return; // a frame from a connection that was replaced
-    if (filling) waiting.push(ev.data); else handleFrame(ev.data);
-  };
-  ws.onclose = (ev) => {
-    if (ws !== socket) return;
-    const delay = Math.round(backoff * (0.75 + Math.random() * 0.5));
-    backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);
-    setStatus("offline", `offline (${ev.code || "no connection"}) · retrying in ${(delay / 1000).toFixed(1)} s`);
-    setTimeout(connect, delay);
-  };
+  filling = null; waiting = [];
+  if (subscription) subscription.unsubscribe();
+  lastStreamId = null; total = 0; arrivals = [];
+  $("messages").replaceChildren();
+  $("count").textContent = "0";
+  $("empty").hidden = false;
+  $("pattern-shown").textContent = pattern;
+  subscription = relay.subscribe(pattern, { onMessage, onGap: (gap) => onGap(pattern, gap) });
 }
 
-$("ingest-url").textContent = ingestUrl + "/messages";
+$("follow").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  follow($("pattern").value.trim() || "*");
+});
+
+$("ingest-url").textContent = ingestUrl;
 $("compose").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const result = $("send-result"), text = $("payload").value;
+  const channel = $("channel").value.trim() || "default";
   result.className = ""; result.textContent = "";
   try { JSON.parse(text); } catch (e) { result.className = "error"; result.textContent = "Not JSON: " + e.message; return; }
   $("send").disabled = true;
   try {
-    const res = await fetch(`${ingestUrl}/messages`, {
+    const res = await fetch(`${ingestUrl}/channels/${encodeURIComponent(channel)}/messages`, {
       method: "POST", headers: { "Content-Type": "application/json", ...authHeaders() }, body: text,
     });
     const body = await res.json().catch(() => ({}));
-    if (res.status === 202) result.textContent = "Accepted · " + body.stream_id;
+    if (res.status === 202) result.textContent = `Accepted on ${body.channel} · ${body.stream_id}`;
     else { result.className = "error"; result.textContent = `${res.status}: ${body.detail || body.title || "error"}`; }
   } catch (e) {
     result.className = "error"; result.textContent = "Could not reach the ingest API: " + e.message;
@@ -200,4 +207,4 @@ $("compose").addEventListener("submit", async (ev) => {
   }
 });
 
-connect();
+follow(new URLSearchParams(location.search).get("channels") || "*");

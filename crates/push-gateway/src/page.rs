@@ -14,6 +14,9 @@ use crate::startup::AppState;
 const INDEX: &str = include_str!("../../../web/index.html");
 const APP_JS: &str = include_str!("../../../web/app.js");
 const STYLE: &str = include_str!("../../../web/style.css");
+/// The browser client, an ES module any application may load (`import { Relay } from "/relay.js"`).
+const RELAY_JS: &str = include_str!("../../../web/relay.js");
+const RELAY_D_TS: &str = include_str!("../../../web/relay.d.ts");
 
 /// The page with `INGEST_PUBLIC_URL` in its `<meta name="relay-ingest-url">`.
 pub fn render_index(ingest_public_url: &str) -> String {
@@ -54,7 +57,54 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             "/style.css",
             web::get().to(|| async { asset("text/css; charset=utf-8", STYLE) }),
+        )
+        .route(
+            "/relay.js",
+            web::get()
+                .to(|req| async move { library(&req, "text/javascript; charset=utf-8", RELAY_JS) }),
+        )
+        .route(
+            "/relay.d.ts",
+            web::get().to(|req| async move {
+                library(&req, "application/typescript; charset=utf-8", RELAY_D_TS)
+            }),
         );
+}
+
+/// The client library: other sites' pages load it too, so it is cached for a day and revalidated by
+/// its ETag (a hash of the text, so a new build's library is fetched again) with a 304.
+fn library(
+    req: &actix_web::HttpRequest,
+    content_type: &'static str,
+    body: &'static str,
+) -> HttpResponse {
+    let etag = etag_of(body);
+    let fresh = req
+        .headers()
+        .get(actix_web::http::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    let mut res = if fresh {
+        HttpResponse::NotModified()
+    } else {
+        HttpResponse::Ok()
+    };
+    res.insert_header(("etag", etag.clone()))
+        .insert_header(("cache-control", "public, max-age=86400"))
+        .insert_header(("x-content-type-options", "nosniff"))
+        .insert_header(("access-control-allow-origin", "*"));
+    if fresh {
+        return res.finish();
+    }
+    res.content_type(content_type).body(body)
+}
+
+/// A strong ETag for `body`: FNV-1a, stable across builds and runs for the same text.
+fn etag_of(body: &str) -> String {
+    let hash = body.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("\"{hash:016x}\"")
 }
 
 async fn index(state: web::Data<AppState>) -> HttpResponse {

@@ -359,3 +359,65 @@ async fn a_payload_with_html_and_a_script_is_shown_as_text_and_never_runs() {
     );
     assert_eq!(shown[1], 0, "no element made from the payload");
 }
+
+/// `/relay.js` itself in real Chromium: a subscription to `chat.*` while messages of several channels
+/// are posted, the gateway stopped, more posted, the gateway started again: every `chat.*` message
+/// arrives once, in stream order, none of another channel, and the subscription's position is the
+/// last one delivered.
+#[tokio::test]
+async fn the_client_library_resumes_a_pattern_across_a_gateway_restart_exactly_once_in_order() {
+    let mut relay = spawn_relay(test_settings()).await;
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let port = relay.gateway_port();
+    browser.goto(&format!("http://127.0.0.1:{port}/")).await;
+    browser
+        .js(
+            "window.got = []; import('/relay.js').then(({ Relay }) => {
+               const relay = new Relay(`ws://${location.host}/ws`);
+               window.sub = relay.subscribe('chat.*', { onMessage: (m) => window.got.push([m.channel, m.stream_id, m.payload.n]) });
+               relay.on('state', (s) => { window.state = s; });
+             })",
+            json!([]),
+        )
+        .await;
+    wait_until(
+        "the subscription to open",
+        Duration::from_secs(20),
+        || async { browser.js("return window.state", json!([])).await == "open" },
+    )
+    .await;
+    let mut expected = Vec::new();
+    post_mixed(&relay, 0..6, &mut expected).await;
+    relay.stop_gateway().await;
+    post_mixed(&relay, 6..15, &mut expected).await;
+    relay.start_gateway(Some(port)).await;
+    post_mixed(&relay, 15..18, &mut expected).await;
+    wait_until("every chat.* message", Duration::from_secs(30), || async {
+        browser
+            .js("return window.got.length", json!([]))
+            .await
+            .as_u64()
+            .unwrap() as usize
+            >= expected.len()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = browser.js("return window.got", json!([])).await;
+    assert_eq!(got, json!(expected), "each once, in order, only chat.*");
+    let position = browser.js("return window.sub.position", json!([])).await;
+    assert_eq!(position, expected.last().unwrap()[1]);
+}
+
+/// Posts `{"n":n}` for each n, to chat.a, news and chat.b in turn; adds what a `chat.*` subscriber should
+/// get to `expected`.
+async fn post_mixed(relay: &testkit::Relay, ns: std::ops::Range<i64>, expected: &mut Vec<Value>) {
+    for n in ns {
+        let channel = ["chat.a", "news", "chat.b"][n as usize % 3];
+        let accepted = relay.publish_to(channel, format!(r#"{{"n":{n}}}"#)).await;
+        if channel.starts_with("chat.") {
+            expected.push(json!([channel, accepted["stream_id"], n]));
+        }
+    }
+}

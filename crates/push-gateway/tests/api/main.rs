@@ -3,6 +3,7 @@
 
 mod browser;
 mod channels;
+mod client;
 mod live;
 mod replay;
 mod seam;
