@@ -21,3 +21,11 @@ FROM messages,
      (SELECT stream_ms, stream_seq, received_at FROM messages
       ORDER BY stream_ms DESC, stream_seq DESC LIMIT 1) AS last
 GROUP BY last.stream_ms, last.stream_seq, last.received_at;
+
+-- The newest stream position HISTORY_RETENTION has deleted: a replay that starts before it tells the
+-- client of the gap instead of skipping silently. One row at most.
+CREATE TABLE history_horizon (
+    one        BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),
+    stream_ms  BIGINT  NOT NULL,
+    stream_seq BIGINT  NOT NULL
+);

@@ -2,6 +2,7 @@
 //! entry) and pushes each message to every connected WebSocket client; serves the live page at `/`.
 
 pub mod frames;
+pub mod history;
 pub mod hub;
 pub mod metrics;
 pub mod page;

@@ -31,6 +31,9 @@ pub struct AppState {
     pub redis: Conn,
     /// Replays' own connection (`XINFO`, `XRANGE` pages), apart from readiness and the live reader.
     pub replay_redis: Conn,
+    /// Replays of what the stream no longer holds (see `history`): a small pool that connects when
+    /// first needed, so the gateway starts and stays ready while Postgres is down.
+    pub db: store::PgPool,
     /// At most [`REPLAYS_AT_ONCE`] replays run at once, a quarter of them per client address.
     pub replays: Arc<crate::replay_turns::ReplayTurns>,
     /// `MAX_CONNECTIONS` and `MAX_CONNECTIONS_PER_IP`, held by the sockets themselves.
@@ -96,6 +99,11 @@ impl Application {
             hub,
             redis,
             replay_redis: service::redis::shared_connection(&settings).context("REDIS_URL")?,
+            db: store::connect_pool(
+                &settings.database_url,
+                crate::history::POOL_SIZE,
+                crate::history::POOL_WAIT,
+            ),
             replays: Arc::default(),
             slots: Slots::new(
                 settings.max_connections,

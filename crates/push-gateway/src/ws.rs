@@ -698,14 +698,24 @@ async fn replay(
         };
         let page = entry_list(page);
         if trimmed_past_cursor && !page.is_empty() {
-            send(
-                state,
-                session,
-                sub,
-                Out::Text(frames::gap(position, oldest)),
-            )
-            .await?;
-            state.metrics.frames.with_label_values(&["gap"]).inc();
+            // What the stream no longer holds is in Postgres: sent from there, up to the stream's
+            // oldest entry. Only when Postgres cannot say is the client told of a gap.
+            match Box::pin(replay_stored(state, session, sub, filter, position, oldest)).await {
+                Ok(Some(last)) => position = last,
+                Ok(None) => {}
+                Err(Stored::Sending(end)) => return Err(end),
+                Err(Stored::Unavailable(e)) => {
+                    log::warn!("replaying from Postgres failed, sending a gap instead: {e:#}");
+                    send(
+                        state,
+                        session,
+                        sub,
+                        Out::Text(frames::gap(position, oldest)),
+                    )
+                    .await?;
+                    state.metrics.frames.with_label_values(&["gap"]).inc();
+                }
+            }
         }
         let count = page.len();
         if let Some(newest) = page.last() {
@@ -726,6 +736,78 @@ async fn replay(
             return Ok(position);
         }
     }
+}
+
+/// Why a replay from Postgres stopped.
+enum Stored {
+    /// Postgres could not be read: the caller falls back to a `gap` frame.
+    Unavailable(anyhow::Error),
+    /// Sending to the client ended the session.
+    Sending(End),
+}
+
+/// Sends the stored messages after `since` and before `until` (the stream's oldest entry) that the
+/// socket subscribed to; returns the last position read, if any. When `HISTORY_RETENTION` has deleted
+/// messages after `since`, a `gap` frame says so first, naming the oldest message still held.
+async fn replay_stored(
+    state: &AppState,
+    session: &mut Outlet,
+    sub: &Subscription,
+    filter: &Filter,
+    since: StreamId,
+    until: StreamId,
+) -> Result<Option<StreamId>, Stored> {
+    let (mut cursor, mut last) = (since, None);
+    let horizon = crate::history::horizon(&state.db)
+        .await
+        .map_err(Stored::Unavailable)?;
+    let mut gap = horizon.filter(|h| since < *h).map(|h| {
+        cursor = h;
+        last = Some(h);
+        since
+    });
+    loop {
+        let page = crate::history::page(&state.db, filter, cursor, until)
+            .await
+            .map_err(Stored::Unavailable)?;
+        if let Some(gap_since) = gap.take() {
+            // The oldest message held after the deleted ones: this page's first, or the stream's.
+            let oldest = page
+                .frames
+                .first()
+                .and_then(|f| frame_stream_id(f))
+                .unwrap_or(until);
+            send(
+                state,
+                session,
+                sub,
+                Out::Text(frames::gap(gap_since, oldest)),
+            )
+            .await
+            .map_err(Stored::Sending)?;
+            state.metrics.frames.with_label_values(&["gap"]).inc();
+        }
+        for text in page.frames {
+            send(state, session, sub, Out::Text(text))
+                .await
+                .map_err(Stored::Sending)?;
+            state.metrics.frames.with_label_values(&["replay"]).inc();
+        }
+        if let Some(read) = page.last {
+            cursor = read;
+            last = Some(read);
+        }
+        if !page.more {
+            return Ok(last);
+        }
+    }
+}
+
+/// The `stream_id` of a message frame the gateway built (`…"stream_id":"<id>"…`).
+fn frame_stream_id(frame: &str) -> Option<StreamId> {
+    let at = frame.find("\"stream_id\":\"")? + "\"stream_id\":\"".len();
+    let len = frame[at..].find('"')?;
+    frame[at..at + len].parse().ok()
 }
 
 struct StreamInfo {

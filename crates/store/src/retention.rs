@@ -25,6 +25,10 @@ pub fn delete_older_than(
     struct Deleted {
         #[diesel(sql_type = Text)]
         channel: String,
+        #[diesel(sql_type = BigInt)]
+        stream_ms: i64,
+        #[diesel(sql_type = BigInt)]
+        stream_seq: i64,
     }
     conn.transaction(|conn| {
         let deleted: Vec<Deleted> = diesel::sql_query(
@@ -32,7 +36,7 @@ pub fn delete_older_than(
                SELECT stream_ms, stream_seq FROM messages \
                WHERE stream_ms < $1 AND received_at < $2 \
                ORDER BY stream_ms, stream_seq LIMIT $3) \
-             RETURNING channel",
+             RETURNING channel, stream_ms, stream_seq",
         )
         // A minute of slack on the stream's clock: `received_at` is what decides.
         .bind::<BigInt, _>(cutoff.timestamp_millis() + 60_000)
@@ -49,9 +53,35 @@ pub fn delete_older_than(
                 .bind::<BigInt, _>(n)
                 .execute(conn)?;
         }
-        if !deleted.is_empty() {
+        if let Some(newest) = deleted.iter().map(|d| (d.stream_ms, d.stream_seq)).max() {
             diesel::sql_query("DELETE FROM channels WHERE messages <= 0").execute(conn)?;
+            // The horizon only moves forward.
+            diesel::sql_query(
+                "INSERT INTO history_horizon (one, stream_ms, stream_seq) VALUES (TRUE, $1, $2) \
+                 ON CONFLICT (one) DO UPDATE SET stream_ms = EXCLUDED.stream_ms, stream_seq = EXCLUDED.stream_seq \
+                 WHERE (EXCLUDED.stream_ms, EXCLUDED.stream_seq) > (history_horizon.stream_ms, history_horizon.stream_seq)",
+            )
+            .bind::<BigInt, _>(newest.0)
+            .bind::<BigInt, _>(newest.1)
+            .execute(conn)?;
         }
         Ok(deleted.len())
     })
+}
+
+/// The newest stream position `HISTORY_RETENTION` has deleted, if it has deleted anything: messages at
+/// or before it may be gone.
+pub fn horizon(conn: &mut PgConnection) -> QueryResult<Option<model::StreamId>> {
+    #[derive(QueryableByName)]
+    struct Horizon {
+        #[diesel(sql_type = BigInt)]
+        stream_ms: i64,
+        #[diesel(sql_type = BigInt)]
+        stream_seq: i64,
+    }
+    let row: Option<Horizon> =
+        diesel::sql_query("SELECT stream_ms, stream_seq FROM history_horizon")
+            .get_result(conn)
+            .optional()?;
+    Ok(row.map(|h| model::StreamId::from_i64_pair(h.stream_ms, h.stream_seq)))
 }

@@ -23,10 +23,11 @@ async fn messages_older_than_the_retention_are_deleted_and_the_channel_list_foll
     settings.history_retention = "1h".parse().unwrap();
     testkit::db::prepare_database(&settings).await;
     let two_hours = Duration::from_secs(7200);
+    let mut rows: Vec<NewMessage> = (0..12).map(|i| row("old", two_hours, i)).collect();
+    rows.extend((0..3).map(|i| row("mixed", two_hours, 100 + i)));
+    let newest_old = rows.iter().map(NewMessage::stream_id).max();
+    rows.extend((0..2).map(|i| row("mixed", Duration::ZERO, 200 + i)));
     with_connection(&settings, move |conn| {
-        let mut rows: Vec<NewMessage> = (0..12).map(|i| row("old", two_hours, i)).collect();
-        rows.extend((0..3).map(|i| row("mixed", two_hours, 100 + i)));
-        rows.extend((0..2).map(|i| row("mixed", Duration::ZERO, 200 + i)));
         store::write::store_batch(conn, &rows).unwrap();
     })
     .await;
@@ -49,6 +50,9 @@ async fn messages_older_than_the_retention_are_deleted_and_the_channel_list_foll
         [("mixed".to_owned(), 2)],
         "a channel left with none leaves the list"
     );
+    // How far it deleted, for a replay that starts before it to announce the gap.
+    let horizon = with_connection(&settings, |conn| store::retention::horizon(conn).unwrap()).await;
+    assert_eq!(horizon, newest_old);
     let metrics = scrape(&persister.url()).await;
     assert_eq!(
         metrics.value("relay_persister_history_deleted_total", &[]),

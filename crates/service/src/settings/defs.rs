@@ -66,8 +66,8 @@ pub const DEFS: &[Def] = &[
         def(
             "DATABASE_URL",
             "postgres://postgres@127.0.0.1:5432/relay",
-            INGEST | PERSISTER,
-            "The Postgres database of persisted messages (created by the persister when missing).",
+            ALL,
+            "The Postgres database of persisted messages (created by the persister when missing; push-gateway reads it to replay what the stream no longer holds).",
         ),
         Secret::UrlPassword,
     ),

@@ -1,0 +1,88 @@
+//! Replay from Postgres: what a resuming client missed that the stream no longer holds. The persister
+//! trims only what it has stored, so every entry trimmed from the stream is in Postgres (unless
+//! `HISTORY_RETENTION` deleted it since): a replay reads the rows after the client's position and before
+//! the stream's oldest entry, then goes on with the stream, then live — one sequence, no gap.
+//!
+//! The gateway's pool is small (two connections) and its statements time out, so a replay of years
+//! holds no more than a page at a time, and a Postgres that is away makes the replay fall back to the
+//! `gap` frame (the client fills it from the REST API) instead of holding the socket.
+
+use std::time::Duration;
+
+use bytestring::ByteString;
+use model::StreamId;
+use store::read::Window;
+use store::PgPool;
+
+use crate::routing::Filter;
+
+/// Rows read per page, at most.
+const PAGE_ROWS: i64 = 500;
+/// A page ends after the row that takes its frames past this size (the same bound as a stream page).
+const PAGE_BYTES: usize = 1024 * 1024;
+/// Postgres connections of one gateway, for replays only.
+pub const POOL_SIZE: u32 = 2;
+/// How long a replay waits for one of them.
+pub const POOL_WAIT: Duration = Duration::from_secs(2);
+
+/// One page of stored messages after `after` and before `until`.
+pub struct Page {
+    /// The frame of each message of the channels the filter takes.
+    pub frames: Vec<ByteString>,
+    /// The last row read (other channels' included), where the next page starts.
+    pub last: Option<StreamId>,
+    /// Whether rows may remain before `until`.
+    pub more: bool,
+}
+
+pub async fn page(
+    db: &PgPool,
+    filter: &Filter,
+    after: StreamId,
+    until: StreamId,
+) -> anyhow::Result<Page> {
+    let db = db.clone();
+    let filter = filter.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut conn = db.get()?;
+        // One exact channel reads through its index; anything else reads the stream order and filters.
+        let channel = match filter.patterns() {
+            [model::ChannelPattern::Exact(name)] => Some(name.as_str().to_owned()),
+            _ => None,
+        };
+        let window = Window {
+            channel: channel.as_deref(),
+            after: Some(after),
+            below: Some(until),
+        };
+        let (mut frames, mut bytes, mut read, mut last) = (Vec::new(), 0, 0, None);
+        store::read::for_each(&mut conn, &window, PAGE_ROWS, |row| {
+            read += 1;
+            last = Some(row.stream_id());
+            if filter.matches(&row.channel) {
+                let mut text = Vec::with_capacity(row.payload.0.len() + 160);
+                text.extend_from_slice(b"{\"type\":\"message\",\"data\":");
+                row.write_json(&mut text);
+                text.push(b'}');
+                bytes += text.len();
+                // The row's JSON is built from checked UTF-8 (the payload column holds valid JSON).
+                let text = String::from_utf8(text).unwrap_or_default();
+                frames.push(ByteString::from(text));
+            }
+            bytes < PAGE_BYTES
+        })?;
+        let more = read >= PAGE_ROWS || bytes >= PAGE_BYTES;
+        Ok(Page { frames, last, more })
+    })
+    .await?
+}
+
+/// The newest position `HISTORY_RETENTION` deleted, if any (see `store::retention::horizon`).
+pub async fn horizon(db: &PgPool) -> anyhow::Result<Option<StreamId>> {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let mut conn = db.get()?;
+        Ok(store::retention::horizon(&mut conn)?)
+    })
+    .await?
+}
