@@ -178,6 +178,11 @@ fn cors(origins: &AllowedOrigins) -> Cors {
         .max_age(3600);
     match origins {
         AllowedOrigins::Any => cors.allow_any_origin(),
+        AllowedOrigins::Loopback => cors.allowed_origin_fn(|origin, _| {
+            origin
+                .to_str()
+                .is_ok_and(service::settings::access::is_loopback_origin)
+        }),
         AllowedOrigins::List(list) => list.iter().fold(cors, |c, o| c.allowed_origin(o)),
     }
 }

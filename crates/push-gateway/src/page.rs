@@ -30,10 +30,11 @@ fn escape_attribute(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// The page's CSP. `connect-src` needs `ws:`/`wss:` besides `'self'`: CSP Level 3 lets `'self'` cover
-/// the same host's WebSocket, but older browsers do not, and the gateway cannot know the scheme and host a
-/// proxy in front of it presents.
-pub fn content_security_policy(ingest_public_url: &str) -> String {
+/// The page's CSP for a page served as `host`. `connect-src` names the gateway's own WebSocket origin
+/// (`ws://host` and `wss://host`: CSP Level 3 lets `'self'` cover it, older browsers do not, and behind a
+/// TLS proxy the scheme is not known here) and the ingest origin — never `ws:` to any host. A `Host`
+/// that is not a plain host name (and port) adds nothing: it goes into a header.
+pub fn content_security_policy(ingest_public_url: &str, host: Option<&str>) -> String {
     // The settings guarantee a URL here; a value that does not parse just adds no origin.
     let ingest = url::Url::parse(ingest_public_url)
         .map(|u| u.origin().ascii_serialization())
@@ -41,9 +42,17 @@ pub fn content_security_policy(ingest_public_url: &str) -> String {
         .filter(|o| o != "null")
         .map(|o| format!(" {o}"))
         .unwrap_or_default();
+    let own = host
+        .filter(|h| {
+            !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        })
+        .map(|h| format!(" ws://{h} wss://{h}"))
+        .unwrap_or_default();
     format!(
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
-         connect-src 'self' ws: wss:{ingest}; base-uri 'none'; form-action 'none'; \
+         connect-src 'self'{own}{ingest}; base-uri 'none'; form-action 'none'; \
          frame-ancestors 'none'"
     )
 }
@@ -107,12 +116,17 @@ fn etag_of(body: &str) -> String {
     format!("\"{hash:016x}\"")
 }
 
-async fn index(state: web::Data<AppState>) -> HttpResponse {
+async fn index(req: actix_web::HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let host = req
+        .headers()
+        .get(actix_web::http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let csp = content_security_policy(&state.settings.ingest_public_url, host);
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .insert_header(("cache-control", "no-cache"))
         .insert_header(("x-content-type-options", "nosniff"))
-        .insert_header(("content-security-policy", state.csp.as_str()))
+        .insert_header(("content-security-policy", csp))
         .insert_header(("x-frame-options", "DENY"))
         .insert_header(("referrer-policy", "no-referrer"))
         .body(state.page.clone())
@@ -140,11 +154,20 @@ mod tests {
 
     #[test]
     fn the_csp_names_only_the_page_its_websocket_and_the_ingest_origin() {
-        let csp = content_security_policy("https://ingest.example:8443/api/");
+        let csp = content_security_policy(
+            "https://ingest.example:8443/api/",
+            Some("relay.example:8081"),
+        );
         assert!(csp.contains("script-src 'self';"), "{csp}");
         assert!(
-            csp.contains("connect-src 'self' ws: wss: https://ingest.example:8443;"),
+            csp.contains("connect-src 'self' ws://relay.example:8081 wss://relay.example:8081 https://ingest.example:8443;"),
             "{csp}"
+        );
+        assert!(!csp.contains(" ws: ") && !csp.contains(" wss: "), "{csp}");
+        let hostile = content_security_policy("http://i", Some("x; script-src *"));
+        assert!(
+            hostile.contains("connect-src 'self' http://i;"),
+            "{hostile}"
         );
         assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
         assert!(!csp.contains("unsafe"), "{csp}");

@@ -41,8 +41,6 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The rendered live page.
     pub page: String,
-    /// Its Content-Security-Policy (it names the ingest origin the form posts to).
-    pub csp: String,
     /// Cancelled at shutdown: every session closes with 1001.
     pub stop: CancellationToken,
     /// Every session task: shutdown waits for them to have sent their close frames.
@@ -112,7 +110,6 @@ impl Application {
             ),
             metrics,
             page: page::render_index(&settings.ingest_public_url),
-            csp: page::content_security_policy(&settings.ingest_public_url),
             stop: CancellationToken::new(),
             sessions: TaskTracker::new(),
             seams: Seams::default(),

@@ -23,7 +23,7 @@ pub fn bind(addr: SocketAddr, setting: &str) -> anyhow::Result<TcpListener> {
 }
 
 /// How a service's HTTP server runs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ServerOptions {
     /// Worker threads; `None`: one per core.
     pub workers: Option<usize>,
@@ -38,6 +38,9 @@ pub struct ServerOptions {
     pub closable_sockets: bool,
     /// `MAX_HTTP_CONNECTIONS`: connections held at once (0 in the setting: sized to the open-files limit).
     pub max_connections: usize,
+    /// While Relay is open (no credentials), the `Host` names requests may use (`ALLOWED_HOSTS` and
+    /// loopback); `None` when credentials are configured.
+    pub hosts: Option<crate::settings::AllowedHosts>,
     /// Blocking threads per worker (`web::block`); `None`: actix's default (hundreds). Every thread
     /// that runs libpq gets a C malloc arena of its own: a full read spread over many threads grew
     /// ingest-api by 34-42 MiB, over two threads per worker by 14-20 MiB.
@@ -47,6 +50,7 @@ pub struct ServerOptions {
 impl ServerOptions {
     pub fn new(settings: &crate::Settings, shutdown_grace: Duration) -> Self {
         Self {
+            hosts: settings.is_open().then(|| settings.allowed_hosts.clone()),
             workers: None,
             shutdown_grace,
             client_timeout: Duration::from_millis(settings.client_timeout_ms),
@@ -142,8 +146,13 @@ where
     let server = builder.listen(format!("relay-{addr}"), listener, move || {
         let shutdown = shutdown.clone();
         let cap = cap.clone();
+        let options = options.clone();
         let timeout = options.client_timeout;
+        let closable = options.closable_sockets;
+        let hosts = web::Data::new(HostGuard(options.hosts.clone()));
         let app = factory()
+            .app_data(hosts)
+            .wrap(actix_web::middleware::from_fn(guard_host))
             .wrap(actix_web::middleware::from_fn(observe))
             .into_factory()
             .map_err(|err| err.error_response());
@@ -161,7 +170,7 @@ where
             .on_connect_ext(move |io: &Guarded, ext: &mut actix_web::dev::Extensions| {
                 let tcp = io.tcp();
                 let _ = tcp.set_nodelay(true);
-                ext.insert(ConnectionHeld::new(io, options.closable_sockets));
+                ext.insert(ConnectionHeld::new(io, closable));
             })
             .finish(map_config(app, move |()| AppConfig::default()));
         actix_web::dev::fn_service(move |io: actix_web::rt::net::TcpStream| {
@@ -184,6 +193,52 @@ where
         .and_then(http)
     })?;
     Ok(server.run())
+}
+
+/// The `Host` names an open Relay answers to (see [`guard_host`]).
+struct HostGuard(Option<crate::settings::AllowedHosts>);
+
+/// Routes every `Host` may reach: probes and scrapers name the pod or container, not Relay.
+const ANY_HOST_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// While Relay is open, a request whose `Host` is not `localhost`, a loopback address or in
+/// `ALLOWED_HOSTS` gets 421: a web page cannot reach a local Relay by pointing a name it controls at
+/// 127.0.0.1 (DNS rebinding), since the browser then sends that name. The raw `Host` header decides, never
+/// `X-Forwarded-Host`, which a client writes. With credentials configured, every request must carry
+/// one anyway, and this check is off.
+async fn guard_host(
+    req: ServiceRequest,
+    next: actix_web::middleware::Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<actix_web::body::EitherBody<impl MessageBody>>, actix_web::Error> {
+    let refused = match req
+        .app_data::<web::Data<HostGuard>>()
+        .and_then(|g| g.0.as_ref())
+    {
+        Some(hosts) if !ANY_HOST_PATHS.contains(&req.path()) => req
+            .headers()
+            .get(actix_web::http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|host| !hosts.allows(host))
+            .map(str::to_owned),
+        _ => None,
+    };
+    match refused {
+        Some(host) => {
+            let detail = format!(
+                "Relay runs without API_KEYS or TOKEN_SECRET and answers only to localhost, loopback \
+                 addresses and ALLOWED_HOSTS, not to `{host}`"
+            );
+            let res = crate::Problem::new(
+                actix_web::http::StatusCode::MISDIRECTED_REQUEST,
+                "misdirected-request",
+                "Host not allowed",
+                detail,
+            )
+            .response();
+            Ok(req.into_response(res).map_into_right_body())
+        }
+        None => Ok(next.call(req).await?.map_into_left_body()),
+    }
 }
 
 /// Tells a connection over `MAX_HTTP_CONNECTIONS` so (a 503 problem), briefly: the answer fits any

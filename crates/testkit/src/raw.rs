@@ -75,6 +75,6 @@ impl Raw {
 /// The head of a `POST /messages` with `content_type` that declares `content_length` bytes.
 pub fn post_head(content_type: &str, content_length: u64) -> String {
     format!(
-        "POST /messages HTTP/1.1\r\nhost: relay\r\ncontent-type: {content_type}\r\ncontent-length: {content_length}\r\n\r\n"
+        "POST /messages HTTP/1.1\r\nhost: localhost\r\ncontent-type: {content_type}\r\ncontent-length: {content_length}\r\n\r\n"
     )
 }

@@ -294,7 +294,7 @@ async fn hostile_clients(addr: &str) -> anyhow::Result<Vec<tokio::task::JoinHand
     for _ in 0..16 {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         tasks.push(tokio::spawn(async move {
-            let request = b"GET /openapi.json HTTP/1.1\r\nHost: bench\r\n\r\n";
+            let request = b"GET /openapi.json HTTP/1.1\r\nHost: localhost\r\n\r\n";
             // Write until the kernel's buffers are full (the server stopped reading because we never
             // read its answers), then sit on the connection.
             let mut written = 0usize;
@@ -321,7 +321,7 @@ async fn hostile_clients(addr: &str) -> anyhow::Result<Vec<tokio::task::JoinHand
     for _ in 0..16 {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
         tasks.push(tokio::spawn(async move {
-            let head = "POST /messages HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{";
+            let head = "POST /messages HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{";
             if stream.write_all(head.as_bytes()).await.is_err() {
                 return;
             }

@@ -116,7 +116,7 @@ async fn readers_that_never_read_their_response_are_disconnected_after_client_ti
         let mut stream = socket.connect(addr).await.unwrap();
         tokio::io::AsyncWriteExt::write_all(
             &mut stream,
-            b"GET /messages HTTP/1.1\r\nhost: relay\r\n\r\n",
+            b"GET /messages HTTP/1.1\r\nhost: localhost\r\n\r\n",
         )
         .await
         .unwrap();

@@ -426,7 +426,7 @@ async fn sixteen_readers_that_never_read_hold_no_connection_a_paged_read_needs()
         let mut stream = socket.connect(addr).await.unwrap();
         tokio::io::AsyncWriteExt::write_all(
             &mut stream,
-            b"GET /messages HTTP/1.1\r\nhost: relay\r\n\r\n",
+            b"GET /messages HTTP/1.1\r\nhost: localhost\r\n\r\n",
         )
         .await
         .unwrap();

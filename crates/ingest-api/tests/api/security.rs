@@ -34,7 +34,7 @@ async fn sixteen_stalled_bodies_and_heads_are_closed_within_client_timeout_while
     }
     for _ in 0..4 {
         let mut raw = Raw::connect(&addr(&app)).await;
-        assert!(raw.send(b"POST /messages HTTP/1.1\r\nhost: x\r\n").await);
+        assert!(raw.send(b"POST /messages HTTP/1.1\r\nhost: localhost\r\n").await);
         stalled.push((raw, Instant::now()));
     }
 
@@ -191,7 +191,7 @@ async fn the_hostile_corpus_each_gets_its_4xx_and_nothing_is_written() {
     // A 1 MiB header.
     let mut raw = Raw::connect(&addr(&app)).await;
     let head = format!(
-        "POST /messages HTTP/1.1\r\nhost: x\r\nx-big: {}\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}",
+        "POST /messages HTTP/1.1\r\nhost: localhost\r\nx-big: {}\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}",
         "a".repeat(1 << 20)
     );
     raw.send(head.as_bytes()).await;
@@ -478,4 +478,110 @@ async fn one_credentials_idempotency_records_are_bounded_in_bytes() {
         "another credential has its own budget"
     );
     assert_eq!(app.stream_len().await, accepted + 1);
+}
+
+/// With the default `ALLOWED_ORIGINS` (loopback only), a page on any other site gets no CORS grant: it
+/// cannot read from or post to a Relay on the visitor's machine. A page on localhost can.
+#[tokio::test]
+async fn by_default_only_loopback_origins_get_cors() {
+    let app = Relay::ingest_only(test_settings()).await;
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{}/messages", app.ingest_url()),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+    for origin in ["http://evil.example", "http://localhost.evil.example:8081"] {
+        let res = preflight(origin).await.unwrap();
+        assert!(
+            res.headers().get("access-control-allow-origin").is_none(),
+            "{origin} was granted CORS"
+        );
+    }
+    for origin in ["http://localhost:8081", "http://127.0.0.1:3000"] {
+        let res = preflight(origin).await.unwrap();
+        assert_eq!(res.headers()["access-control-allow-origin"], origin);
+    }
+}
+
+/// DNS rebinding: a page on rebind.example whose name now points at 127.0.0.1 makes the browser send
+/// `Host: rebind.example` to the local Relay. While Relay is open, that is 421 (nothing written);
+/// health and metrics answer any Host; `ALLOWED_HOSTS` or credentials lift it.
+#[tokio::test]
+async fn an_open_relay_answers_421_to_a_host_it_does_not_know() {
+    let app = Relay::ingest_only(test_settings()).await;
+    let with_host = |method: reqwest::Method, path: &'static str, host: &'static str| {
+        app.client
+            .request(method, format!("{}{path}", app.ingest_url()))
+            .header("host", host)
+            .header("content-type", "application/json")
+            .body("1")
+            .send()
+    };
+    let refused = with_host(reqwest::Method::POST, "/messages", "rebind.example:8080")
+        .await
+        .unwrap();
+    let problem = assert_problem(refused, 421).await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ALLOWED_HOSTS"),
+        "{problem}"
+    );
+    assert_problem(
+        with_host(reqwest::Method::GET, "/messages", "rebind.example")
+            .await
+            .unwrap(),
+        421,
+    )
+    .await;
+    assert_eq!(app.stream_len().await, 0, "nothing was written");
+    for open in ["/healthz", "/readyz", "/metrics"] {
+        let res = with_host(reqwest::Method::GET, open, "rebind.example")
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{open}");
+    }
+    assert_eq!(
+        with_host(reqwest::Method::POST, "/messages", "localhost:8080")
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+
+    let mut settings = test_settings();
+    settings.allowed_hosts = "rebind.example".parse().unwrap();
+    let listed = Relay::ingest_only(settings).await;
+    let res = listed
+        .client
+        .get(format!("{}/messages", listed.ingest_url()))
+        .header("host", "rebind.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "a host in ALLOWED_HOSTS is served");
+
+    let mut settings = test_settings();
+    settings.api_keys = "k:read".parse().unwrap();
+    let keyed = Relay::ingest_only(settings).await;
+    let res = keyed
+        .client
+        .get(format!("{}/messages", keyed.ingest_url()))
+        .header("host", "rebind.example")
+        .bearer_auth("k")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        200,
+        "with credentials every request carries one: no Host check"
+    );
 }

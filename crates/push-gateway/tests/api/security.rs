@@ -183,9 +183,12 @@ async fn the_page_sends_its_csp_and_no_referrer_and_the_ws_auth_matrix_holds() {
     let ingest_origin = relay.ingest_url();
     assert!(csp.contains("script-src 'self'"), "{csp}");
     assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    let own = relay.gateway_addr();
     assert!(
-        csp.contains(&format!("connect-src 'self' ws: wss: {ingest_origin}")),
-        "{csp}"
+        csp.contains(&format!(
+            "connect-src 'self' ws://{own} wss://{own} {ingest_origin}"
+        )),
+        "the page may open its own gateway's WebSocket and post to the ingest API, nothing else: {csp}"
     );
     assert_eq!(header("referrer-policy"), "no-referrer");
     assert_eq!(header("x-content-type-options"), "nosniff");
@@ -309,4 +312,55 @@ async fn one_address_cannot_hold_every_replay_turn() {
         started.elapsed()
     );
     drop(hog);
+}
+
+/// The gateway's side of DNS rebinding and foreign pages: with the defaults, `/` and `/ws` under an
+/// unknown `Host` get 421, and a WebSocket from a foreign origin 403; the health routes answer any Host.
+#[tokio::test]
+async fn an_open_gateway_refuses_unknown_hosts_and_foreign_origins() {
+    let relay = Relay::live(test_settings()).await;
+    let base = format!("http://{}", relay.gateway_addr());
+    let page = relay
+        .client
+        .get(format!("{base}/"))
+        .header("host", "rebind.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 421);
+    let health = relay
+        .client
+        .get(format!("{base}/healthz"))
+        .header("host", "rebind.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let upgrade = |host: &str, origin: &str| {
+        let mut request = format!("ws://{}/ws", relay.gateway_addr())
+            .into_client_request()
+            .unwrap();
+        request.headers_mut().insert("host", host.parse().unwrap());
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+        tokio_tungstenite::connect_async(request)
+    };
+    let status = |r: Result<_, tokio_tungstenite::tungstenite::Error>| match r {
+        Ok(_) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => res.status().as_u16(),
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(
+        status(upgrade("rebind.example", "http://rebind.example").await),
+        421
+    );
+    assert_eq!(
+        status(upgrade("127.0.0.1", "http://evil.example").await),
+        403
+    );
+    assert_eq!(
+        status(upgrade("127.0.0.1", "http://localhost:8081").await),
+        101
+    );
 }

@@ -88,9 +88,15 @@ pub const DEFS: &[Def] = &[
     ),
     def(
         "ALLOWED_ORIGINS",
-        "*",
+        "",
         INGEST | GATEWAY,
-        "Comma-separated browser origins allowed to call ingest-api (CORS) and open /ws; * is any.",
+        "Comma-separated browser origins allowed to call ingest-api (CORS) and open /ws; * is any; empty: loopback origins only (http://localhost:*, http://127.0.0.1:*, http://[::1]:*).",
+    ),
+    def(
+        "ALLOWED_HOSTS",
+        "",
+        INGEST | GATEWAY,
+        "Comma-separated host names a request's Host may name while Relay is open (no API_KEYS or TOKEN_SECRET), besides localhost and loopback addresses; others get 421 (health and metrics excepted), against DNS rebinding.",
     ),
     secret(
         def(

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use config::{Config, ConfigError, File, FileFormat};
 use serde::{Deserialize, Serialize};
 
-pub use access::{Access, AllowedOrigins, ApiKeys, Caller, Channels, Scope};
+pub use access::{Access, AllowedHosts, AllowedOrigins, ApiKeys, Caller, Channels, Scope};
 use defs::{Secret, UsedBy, DEFS};
 pub use proxies::TrustedProxies;
 pub use retention::HistoryRetention;
@@ -52,6 +52,8 @@ pub struct Settings {
     pub ingest_public_url: String,
     #[serde(deserialize_with = "values::parsed", serialize_with = "values::debug")]
     pub allowed_origins: AllowedOrigins,
+    #[serde(deserialize_with = "values::parsed", serialize_with = "values::debug")]
+    pub allowed_hosts: AllowedHosts,
     #[serde(deserialize_with = "values::parsed", serialize_with = "values::debug")]
     pub api_keys: ApiKeys,
     #[serde(deserialize_with = "values::parsed", serialize_with = "values::debug")]
@@ -277,7 +279,18 @@ impl fmt::Debug for Settings {
 
 /// A settings file's keys (lower-cased) and values (as text; deserializing parses them).
 fn file_table(path: &str) -> Result<HashMap<String, String>, SettingsError> {
-    let err = |e: ConfigError| SettingsError::Source(format!("{CONFIG_FILE_VAR}={path}: {e}"));
+    // The TOML parser's message quotes the offending line, which may hold a key or a password: only its
+    // first line (where the error is) is shown.
+    let err = |e: ConfigError| {
+        let text = match &e {
+            ConfigError::FileParse { cause, .. } => cause.to_string(),
+            other => other.to_string(),
+        };
+        let first = text.lines().next().unwrap_or_default();
+        SettingsError::Source(format!(
+            "{CONFIG_FILE_VAR}={path}: {first} (the line itself is not shown: it may hold a secret)"
+        ))
+    };
     let map: HashMap<String, config::Value> = Config::builder()
         .add_source(
             File::with_name(path)

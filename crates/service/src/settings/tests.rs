@@ -23,7 +23,7 @@ fn the_defaults_are_the_contracts() {
     assert_eq!(s.client_timeout_ms, 15_000);
     assert_eq!(s.max_connections_per_ip, 100);
     assert!(s.trusted_proxies.is_empty());
-    assert_eq!(s.allowed_origins, AllowedOrigins::Any);
+    assert_eq!(s.allowed_origins, AllowedOrigins::Loopback);
     assert!(s.api_keys.is_open());
     assert!(!s.consumer_name.is_empty());
 }
@@ -143,4 +143,19 @@ fn a_settings_file_sets_the_same_keys() {
     std::fs::remove_file(&path).ok();
     assert_eq!(s.stream_key, "from-file");
     assert_eq!(s.max_backlog, 9, "the environment wins over the file");
+}
+
+#[test]
+fn a_broken_settings_file_names_its_line_but_never_shows_it() {
+    let path = std::env::temp_dir().join(format!("relay-settings-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "stream_key = \"ok\"\napi_keys = \"supersecret:publish\n",
+    )
+    .unwrap();
+    let vars = vec![(CONFIG_FILE_VAR.to_owned(), path.display().to_string())];
+    let error = Settings::from_sources(vars).err().unwrap().to_string();
+    std::fs::remove_file(&path).ok();
+    assert!(!error.contains("supersecret"), "{error}");
+    assert!(error.contains("line 2"), "{error}");
 }
