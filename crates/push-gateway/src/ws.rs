@@ -60,13 +60,14 @@ const REPLAY_PAGE: usize = 500;
 const REPLAY_PAGE_BYTES: usize = 1024 * 1024;
 /// One replay page, read inside Redis so that it can end at a byte bound (`XRANGE` counts entries
 /// only): `{cut, entries}`, `entries` shaped as `XRANGE`'s reply, `cut` 1 when the byte bound ended it.
-/// Sub-pages of 16 bound what the script itself holds.
+/// Sub-pages start at one entry and grow (to 16) only as far as the entries seen so far fit the bytes
+/// left, so the script never copies much more than the page itself: 16 entries of 1 MiB at a time,
+/// times 16 replays, kept Redis busy past `REDIS_TIMEOUT_MS`.
 const REPLAY_PAGE_SCRIPT: &str = r"
 local key, start = KEYS[1], ARGV[1]
 local max_count, max_bytes = tonumber(ARGV[2]), tonumber(ARGV[3])
-local out, bytes = {}, 0
+local out, bytes, want = {}, 0, 1
 while #out < max_count do
-  local want = math.min(16, max_count - #out)
   local page = redis.call('XRANGE', key, start, '+', 'COUNT', want)
   for _, entry in ipairs(page) do
     out[#out + 1] = entry
@@ -75,6 +76,9 @@ while #out < max_count do
     if bytes >= max_bytes then return {1, out} end
   end
   if #page < want then break end
+  -- The next sub-page: as many entries as fit the bytes left at the size seen so far (1 to 16).
+  local fit = math.floor((max_bytes - bytes) * #out / math.max(bytes, 1))
+  want = math.max(1, math.min(16, fit, max_count - #out))
 end
 return {0, out}
 ";
@@ -516,8 +520,8 @@ fn close_linger(state: &AppState) -> Duration {
 
 /// actix-ws's session of one client, and how far the socket has got: actix-ws queues 32 frames
 /// whatever their size (32 MiB with 1 MiB messages, pinned per socket), so the gateway hands it a text
-/// frame only while what it has handed and the socket has not yet written stays within
-/// `WS_SEND_QUEUE_BYTES` (a frame larger than that still goes to a client that has taken everything).
+/// frame only while what it has handed and the socket has not yet written stays within [`HANDED_BYTES`]
+/// (a frame larger than that still goes to a client that has taken everything).
 struct Outlet {
     session: Session,
     /// What the connection has written, from `base` on; `None` outside `service::http::serve`.
@@ -556,6 +560,12 @@ impl Outlet {
     }
 }
 
+/// Bytes of frames handed to actix-ws that the socket has not written yet, per socket (one frame larger
+/// than this still goes to a socket that has written everything). actix encodes each socket's frames
+/// into a buffer of its own, so this is memory per socket, unlike the hub's queue of shared frames:
+/// the 1 MiB attack mix measured 480 MiB of gateway RSS with `WS_SEND_QUEUE_BYTES` (8 MiB) here.
+const HANDED_BYTES: usize = 256 * 1024;
+
 /// How often a send waiting for the socket to take what was handed to actix-ws looks again.
 const ROOM_POLL: Duration = Duration::from_millis(5);
 
@@ -576,7 +586,7 @@ async fn send(
     sub: &Subscription,
     out: Out,
 ) -> Result<(), End> {
-    let limit = state.settings.ws_send_queue_bytes;
+    let limit = HANDED_BYTES;
     let sent = async {
         match out {
             Out::Text(text) => {
