@@ -34,7 +34,10 @@ async fn sixteen_stalled_bodies_and_heads_are_closed_within_client_timeout_while
     }
     for _ in 0..4 {
         let mut raw = Raw::connect(&addr(&app)).await;
-        assert!(raw.send(b"POST /messages HTTP/1.1\r\nhost: localhost\r\n").await);
+        assert!(
+            raw.send(b"POST /messages HTTP/1.1\r\nhost: localhost\r\n")
+                .await
+        );
         stalled.push((raw, Instant::now()));
     }
 
@@ -584,4 +587,17 @@ async fn an_open_relay_answers_421_to_a_host_it_does_not_know() {
         200,
         "with credentials every request carries one: no Host check"
     );
+}
+
+/// The rate is checked from the line count, before any line is parsed: a client over its rate costs a
+/// scan for newlines, not the parse of a 16 MiB batch. A batch over the rate with a broken line is
+/// therefore a 429, not the 400 its parse would give.
+#[tokio::test]
+async fn a_batch_over_the_rate_is_refused_before_any_line_is_parsed() {
+    let mut settings = test_settings();
+    settings.publish_rate = 2;
+    let app = Relay::ingest_only(settings).await;
+    let refused = app.post_ndjson("1\n2\n3\n{broken\n").await;
+    assert_problem(refused, 429).await;
+    assert_eq!(app.stream_len().await, 0);
 }
