@@ -72,6 +72,27 @@ impl Raw {
     }
 }
 
+impl Raw {
+    /// A client with a 4 KiB receive buffer (its kernel buffers fill at once) that sends
+    /// `GET {path}` to `addr` and then never reads.
+    pub async fn stalled_get(addr: &str, path: &str) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .set_recv_buffer_size(4096)
+            .expect("a small receive buffer");
+        let mut stream = socket
+            .connect(addr.parse().expect("host:port"))
+            .await
+            .expect("connect");
+        let head = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n");
+        stream
+            .write_all(head.as_bytes())
+            .await
+            .expect("send the head");
+        Self { stream }
+    }
+}
+
 /// The head of a `POST /messages` with `content_type` that declares `content_length` bytes.
 pub fn post_head(content_type: &str, content_length: u64) -> String {
     format!(

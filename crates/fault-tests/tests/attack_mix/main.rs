@@ -22,6 +22,18 @@ fn big_message(n: usize) -> String {
     format!(r#"{{"n":{n},"pad":"{pad}"}}"#)
 }
 
+/// Posts message `n` of 1 MiB, and asserts the 202.
+async fn post_big(client: &reqwest::Client, ingest: &Service, n: usize) {
+    let res = client
+        .post(format!("{}/messages", ingest.url()))
+        .header("content-type", "application/json")
+        .body(big_message(n))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+}
+
 /// A socket with a 4 KiB receive buffer (its kernel buffers fill at once when it stops reading), from
 /// loopback address 127.0.0.`client`: sixteen clients, not one host opening sixteen sockets (which
 /// the per-address replay share would rightly serve four at a time).
@@ -90,14 +102,7 @@ async fn one_mebibyte_messages_through_every_path_at_once_keep_every_service_und
 
     // 160 messages of 1 MiB, and two NDJSON batches of 15 lines of 1 MiB (at MAX_BATCH_BYTES).
     for n in 0..160 {
-        let res = client
-            .post(format!("{}/messages", ingest.url()))
-            .header("content-type", "application/json")
-            .body(big_message(n))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 202);
+        post_big(&client, ingest, n).await;
     }
     for b in 0..2 {
         let lines: Vec<String> = (0..15).map(|i| big_message(1000 + b * 100 + i)).collect();
@@ -166,14 +171,7 @@ async fn one_mebibyte_messages_through_every_path_at_once_keep_every_service_und
     }
     // More 1 MiB messages while the slow sockets do not read: they queue for them, in bytes.
     for n in 2000..2030 {
-        let res = client
-            .post(format!("{}/messages", ingest.url()))
-            .header("content-type", "application/json")
-            .body(big_message(n))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 202);
+        post_big(&client, ingest, n).await;
     }
     // Everyone else is served meanwhile.
     let started = Instant::now();

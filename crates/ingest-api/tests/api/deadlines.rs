@@ -108,19 +108,9 @@ async fn readers_that_never_read_their_response_are_disconnected_after_client_ti
         crate::read::insert_rows(conn, 20_000, 1_000)
     })
     .await;
-    let addr: std::net::SocketAddr = addr(&app).parse().unwrap();
     let mut stalled = Vec::new();
     for _ in 0..16 {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let mut stream = socket.connect(addr).await.unwrap();
-        tokio::io::AsyncWriteExt::write_all(
-            &mut stream,
-            b"GET /messages HTTP/1.1\r\nhost: localhost\r\n\r\n",
-        )
-        .await
-        .unwrap();
-        stalled.push(Raw { stream });
+        stalled.push(Raw::stalled_get(&addr(&app), "/messages").await);
     }
     // Other clients are served meanwhile.
     assert_eq!(app.get("/messages?limit=10").await.status(), 200);

@@ -418,19 +418,10 @@ async fn sixteen_readers_that_never_read_hold_no_connection_a_paged_read_needs()
     let app = Relay::ingest_only(test_settings()).await;
     // 20,000 rows of 1 KB: far more than a stalled reader's socket buffers hold.
     with_connection(&app.settings, |conn| insert_rows(conn, 20_000, 1_000)).await;
-    let addr: std::net::SocketAddr = app.ingest_url()["http://".len()..].parse().unwrap();
+    let addr = &app.ingest_url()["http://".len()..];
     let mut stalled = Vec::new();
     for _ in 0..16 {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let mut stream = socket.connect(addr).await.unwrap();
-        tokio::io::AsyncWriteExt::write_all(
-            &mut stream,
-            b"GET /messages HTTP/1.1\r\nhost: localhost\r\n\r\n",
-        )
-        .await
-        .unwrap();
-        stalled.push(stream); // and never read
+        stalled.push(testkit::raw::Raw::stalled_get(addr, "/messages").await); // and never read
     }
     // Let every stalled response fill its buffers and stop.
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
