@@ -6,6 +6,8 @@ use service::metrics::{counter, counter_vec, gauge, histogram, prometheus, LATEN
 pub struct Metrics {
     pub registry: Registry,
     pub connections: IntGauge,
+    /// Channel patterns subscribed to, over every socket (`*` counts one).
+    pub subscriptions: IntGauge,
     pub entries_read: IntCounter,
     /// Frames written to clients, by kind: `live`, `replay`, `gap`.
     pub frames: IntCounterVec,
@@ -21,6 +23,11 @@ impl Metrics {
         let r = service::metrics::registry();
         Self {
             connections: gauge(&r, "relay_gateway_connections", "Open WebSocket clients"),
+            subscriptions: gauge(
+                &r,
+                "relay_gateway_subscriptions",
+                "Channel patterns subscribed to, over every WebSocket",
+            ),
             entries_read: counter(
                 &r,
                 "relay_gateway_entries_read_total",

@@ -212,9 +212,12 @@ pub async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>
             filter: &filter,
             expires: caller.expires,
         };
+        let subscribed = filter.patterns().len() as i64;
+        state.metrics.subscriptions.add(subscribed);
         let reason = serve(&state, outlet, messages, subscription, opening).await;
         // Out of the hub at once: nothing more is queued for a session that has ended.
         state.hub.unsubscribe(id);
+        state.metrics.subscriptions.sub(subscribed);
         // Ending the session ends the response stream, but actix keeps trying to flush what is already
         // buffered for as long as the client does not read: without this, a client that stopped reading
         // would keep its socket (and its slot) for ever. A client that ended the session itself, or whose

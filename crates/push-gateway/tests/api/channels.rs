@@ -53,6 +53,33 @@ async fn a_socket_on_patterns_gets_exactly_their_messages_in_stream_order() {
     );
 }
 
+/// `relay_gateway_subscriptions` counts the patterns of every open socket.
+#[tokio::test]
+async fn the_subscriptions_gauge_counts_every_sockets_patterns() {
+    let relay = Relay::live(test_settings()).await;
+    let gauge = || async {
+        let text = relay
+            .get_url(format!("http://{}/metrics", relay.gateway_addr()))
+            .await
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("relay_gateway_subscriptions "))
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+    };
+    let two = relay.ws_connect("?channels=a,b.*").await;
+    let one = relay.ws_connect("").await;
+    let seen = testkit::poll_until(Duration::from_secs(5), gauge, |n| *n == 3.0).await;
+    assert_eq!(seen, 3.0);
+    two.close().await;
+    one.close().await;
+    let seen = testkit::poll_until(Duration::from_secs(5), gauge, |n| *n == 0.0).await;
+    assert_eq!(seen, 0.0);
+}
+
 #[tokio::test]
 async fn a_socket_resumed_with_since_replays_only_its_channels_then_goes_live() {
     let relay = Relay::live(test_settings()).await;
