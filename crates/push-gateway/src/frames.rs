@@ -1,7 +1,7 @@
 //! The JSON text frames the gateway sends. Every server frame has a `type`.
 
 use bytestring::ByteString;
-use model::{Message, StreamEntry, StreamId};
+use model::{ChannelPattern, Message, StreamEntry, StreamId};
 use serde::Serialize;
 
 use crate::hub::Frame;
@@ -11,8 +11,25 @@ use crate::hub::Frame;
 enum Outgoing<'a> {
     /// One stream entry: `{"type":"message","data":<the message>}`.
     Message { data: &'a Message },
-    /// Entries after `since` were trimmed from the stream; replay resumes at `oldest`.
-    Gap { since: String, oldest: String },
+    /// Messages after `since` are gone; replay resumes at `oldest`. `channel`: the pattern of the
+    /// `subscribe` frame whose replay it is.
+    Gap {
+        since: String,
+        oldest: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<String>,
+    },
+    /// A `subscribe` frame's answer: the position the subscription starts after.
+    Subscribed { channel: String, position: String },
+    /// An `unsubscribe` frame's answer: no message of `channel` follows.
+    Unsubscribed { channel: String },
+    /// A client frame refused; the socket stays open. `channel`: the frame's pattern, when it had one.
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<String>,
+        status: u16,
+        title: String,
+    },
     /// First frame of a connection without `since`: the stream position it starts after, so a client
     /// that disconnects before its first message can still resume with `since` (an addition to the
     /// contract's frame types; clients ignore types they do not know).
@@ -37,10 +54,32 @@ pub fn message(stream_id: StreamId, entry: StreamEntry) -> Frame {
     }
 }
 
-pub fn gap(since: StreamId, oldest: StreamId) -> ByteString {
+pub fn gap(since: StreamId, oldest: StreamId, channel: Option<&ChannelPattern>) -> ByteString {
     encode(&Outgoing::Gap {
         since: since.to_string(),
         oldest: oldest.to_string(),
+        channel: channel.map(ToString::to_string),
+    })
+}
+
+pub fn subscribed(channel: &ChannelPattern, position: StreamId) -> ByteString {
+    encode(&Outgoing::Subscribed {
+        channel: channel.to_string(),
+        position: position.to_string(),
+    })
+}
+
+pub fn unsubscribed(channel: &ChannelPattern) -> ByteString {
+    encode(&Outgoing::Unsubscribed {
+        channel: channel.to_string(),
+    })
+}
+
+pub fn error(channel: Option<&str>, status: u16, title: impl Into<String>) -> ByteString {
+    encode(&Outgoing::Error {
+        channel: channel.map(str::to_owned),
+        status,
+        title: title.into(),
     })
 }
 
@@ -74,7 +113,7 @@ mod tests {
             r#"{"type":"message","data":{"id":"00000000-0000-0000-0000-000000000000","channel":"default","stream_id":"5-1","received_at":"1970-01-01T00:00:00.000000Z","payload":{"b":1,"a":2}}}"#
         );
         assert_eq!(
-            &*gap(StreamId::new(1, 0), StreamId::new(9, 0)),
+            &*gap(StreamId::new(1, 0), StreamId::new(9, 0), None),
             r#"{"type":"gap","since":"1-0","oldest":"9-0"}"#
         );
     }

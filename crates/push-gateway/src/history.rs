@@ -14,6 +14,7 @@ use model::StreamId;
 use store::read::Window;
 use store::PgPool;
 
+use crate::hub::Frame;
 use crate::routing::Filter;
 
 /// Rows read per page, at most.
@@ -27,8 +28,8 @@ pub const POOL_WAIT: Duration = Duration::from_secs(2);
 
 /// One page of stored messages after `after` and before `until`.
 pub struct Page {
-    /// The frame of each message of the channels the filter takes.
-    pub frames: Vec<ByteString>,
+    /// Each message of the channels the filter takes, as a frame.
+    pub frames: Vec<Frame>,
     /// The last row read (other channels' included), where the next page starts.
     pub last: Option<StreamId>,
     /// Whether rows may remain before `until`.
@@ -67,7 +68,12 @@ pub async fn page(
                 bytes += text.len();
                 // The row's JSON is built from checked UTF-8 (the payload column holds valid JSON).
                 let text = String::from_utf8(text).unwrap_or_default();
-                frames.push(ByteString::from(text));
+                frames.push(Frame {
+                    stream_id: row.stream_id(),
+                    channel: std::sync::Arc::from(row.channel.as_str()),
+                    received_at_us: row.received_at.timestamp_micros(),
+                    text: ByteString::from(text),
+                });
             }
             bytes < PAGE_BYTES
         })?;

@@ -271,6 +271,17 @@ impl Hub {
         CatchUp::Frames(frames)
     }
 
+    /// Client `id`'s channels become `filter`'s, from the hub's position on, which this returns (every
+    /// frame published after it is routed by the new filter). `None` when the client is gone.
+    pub fn set_filter(&self, id: u64, filter: Arc<Filter>) -> Option<StreamId> {
+        let mut clients = self.lock();
+        let position = clients.position?;
+        let old = std::mem::replace(&mut clients.by_id.get_mut(&id)?.filter, Arc::clone(&filter));
+        clients.index.remove(id, &old);
+        clients.index.add(id, &filter);
+        Some(position)
+    }
+
     pub fn unsubscribe(&self, id: u64) {
         let mut clients = self.lock();
         if let Some(client) = clients.by_id.remove(&id) {

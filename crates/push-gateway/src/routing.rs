@@ -12,6 +12,74 @@ use model::ChannelPattern;
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Filter(Vec<ChannelPattern>);
 
+/// One socket's subscriptions as its session sees them: the patterns, and for each subscribed by a
+/// `subscribe` frame the position its replay went up to — live frames of that pattern at or before it
+/// were already sent by the replay.
+#[derive(Debug, Clone)]
+pub struct Subs {
+    pub filter: std::sync::Arc<Filter>,
+    floors: std::collections::HashMap<ChannelPattern, model::StreamId>,
+    /// The pattern a `gap` frame names (a `subscribe` frame's replay), if any.
+    pub label: Option<ChannelPattern>,
+}
+
+impl Subs {
+    pub fn new(filter: std::sync::Arc<Filter>) -> Self {
+        Self {
+            filter,
+            floors: std::collections::HashMap::new(),
+            label: None,
+        }
+    }
+
+    /// One pattern alone, for the replay of its `subscribe` frame.
+    pub fn only(pattern: ChannelPattern) -> Self {
+        let mut subs = Self::new(std::sync::Arc::new(Filter(vec![pattern.clone()])));
+        subs.label = Some(pattern);
+        subs
+    }
+
+    /// Whether a frame of `channel` at `stream_id` is one to send: a subscribed pattern matches it, and
+    /// that pattern's replay did not send it already.
+    pub fn accepts(&self, channel: &str, stream_id: model::StreamId) -> bool {
+        self.filter
+            .patterns()
+            .iter()
+            .find(|p| p.matches(channel))
+            .is_some_and(|p| self.floors.get(p).is_none_or(|floor| stream_id > *floor))
+    }
+
+    /// The filter with `pattern` added (for the hub, before [`Subs::add`]).
+    pub fn with(&self, pattern: &ChannelPattern) -> std::sync::Arc<Filter> {
+        let mut patterns = self.filter.patterns().to_vec();
+        patterns.push(pattern.clone());
+        std::sync::Arc::new(Filter(patterns))
+    }
+
+    /// `pattern` added, its replay done up to `floor`.
+    pub fn add(&mut self, pattern: ChannelPattern, floor: model::StreamId) {
+        self.filter = self.with(&pattern);
+        self.floors.insert(pattern, floor);
+    }
+
+    /// `pattern` removed; `false` when it was not subscribed.
+    pub fn remove(&mut self, pattern: &ChannelPattern) -> bool {
+        let patterns: Vec<_> = self
+            .filter
+            .patterns()
+            .iter()
+            .filter(|p| *p != pattern)
+            .cloned()
+            .collect();
+        if patterns.len() == self.filter.patterns().len() {
+            return false;
+        }
+        self.filter = std::sync::Arc::new(Filter(patterns));
+        self.floors.remove(pattern);
+        true
+    }
+}
+
 /// Why a set of patterns cannot be one socket's subscriptions.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -42,6 +110,14 @@ impl Filter {
 
     pub fn matches(&self, channel: &str) -> bool {
         self.0.iter().any(|p| p.matches(channel))
+    }
+
+    /// Why `pattern` cannot join these subscriptions (at most `max`), if it cannot.
+    pub fn refuses(&self, pattern: &ChannelPattern, max: usize) -> Option<Refusal> {
+        if let Some(other) = self.0.iter().find(|p| p.overlaps(pattern)) {
+            return Some(Refusal::Overlap(other.clone(), pattern.clone()));
+        }
+        (self.0.len() >= max).then_some(Refusal::TooMany(max))
     }
 
     pub fn patterns(&self) -> &[ChannelPattern] {

@@ -39,7 +39,7 @@ use service::settings::{Access, Scope};
 use crate::frames;
 use crate::hub::{CatchUp, Frame, Refused, Subscription};
 use crate::reader::{reply_id, to_frames};
-use crate::routing::{Filter, Refusal};
+use crate::routing::{Filter, Refusal, Subs};
 use crate::seams::Seam;
 use crate::slots::NoSlot;
 use crate::startup::AppState;
@@ -209,15 +209,21 @@ pub async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>
         let opening = Opening {
             since,
             addr,
-            filter: &filter,
+            may: &caller.channels,
             expires: caller.expires,
         };
-        let subscribed = filter.patterns().len() as i64;
-        state.metrics.subscriptions.add(subscribed);
-        let reason = serve(&state, outlet, messages, subscription, opening).await;
+        let mut subs = Subs::new(Arc::clone(&filter));
+        state
+            .metrics
+            .subscriptions
+            .add(filter.patterns().len() as i64);
+        let reason = serve(&state, outlet, messages, subscription, opening, &mut subs).await;
         // Out of the hub at once: nothing more is queued for a session that has ended.
         state.hub.unsubscribe(id);
-        state.metrics.subscriptions.sub(subscribed);
+        state
+            .metrics
+            .subscriptions
+            .sub(subs.filter.patterns().len() as i64);
         // Ending the session ends the response stream, but actix keeps trying to flush what is already
         // buffered for as long as the client does not read: without this, a client that stopped reading
         // would keep its socket (and its slot) for ever. A client that ended the session itself, or whose
@@ -275,6 +281,116 @@ fn subscriptions(channels: Option<&str>, max: usize) -> Result<Filter, Box<HttpR
     }))
 }
 
+/// A client's frame: `subscribe` or `unsubscribe`.
+#[derive(Deserialize)]
+struct Command {
+    #[serde(rename = "type")]
+    kind: String,
+    channel: Option<String>,
+    since: Option<String>,
+}
+
+/// Answers a client's `subscribe` or `unsubscribe` frame, and changes the socket's subscriptions.
+/// Anything refused gets an `error` frame and leaves the socket open.
+///
+/// A subscription joins the hub at the hub's position Q: every frame of it published after Q is queued
+/// from then on. Its replay, when `since` is before Q, sends (since, Q] of its pattern only, from
+/// Postgres and the stream, and stops at Q; live frames of it at or before Q (the catch-up history can
+/// hold some) are skipped by the floor the subscription keeps. So no gap and no duplicate at its switch,
+/// as for a connection's `since`.
+async fn command(
+    state: &AppState,
+    session: &mut Outlet,
+    sub: &Subscription,
+    subs: &mut Subs,
+    (may, addr): (&service::settings::Channels, Option<IpAddr>),
+    text: &str,
+) -> Result<(), End> {
+    let Ok(cmd) = serde_json::from_str::<Command>(text) else {
+        let refused = frames::error(None, 400, "not a subscribe or unsubscribe frame");
+        return send(state, session, sub, Out::Text(refused)).await;
+    };
+    let named = cmd.channel.as_deref();
+    let refuse = |status: u16, title: String| Out::Text(frames::error(named, status, title));
+    let pattern = match named.map(str::parse::<ChannelPattern>) {
+        Some(Ok(pattern)) if matches!(cmd.kind.as_str(), "subscribe" | "unsubscribe") => pattern,
+        Some(Err(e)) => {
+            return send(state, session, sub, refuse(400, format!("channel: {e}"))).await
+        }
+        _ => {
+            let title =
+                "expected {\"type\": \"subscribe\" or \"unsubscribe\", \"channel\": <pattern>}";
+            return send(state, session, sub, refuse(400, title.into())).await;
+        }
+    };
+    if cmd.kind == "unsubscribe" {
+        if !subs.remove(&pattern) {
+            return send(state, session, sub, refuse(404, "not subscribed".into())).await;
+        }
+        state.hub.set_filter(sub.id, Arc::clone(&subs.filter));
+        state.metrics.subscriptions.dec();
+        return send(
+            state,
+            session,
+            sub,
+            Out::Text(frames::unsubscribed(&pattern)),
+        )
+        .await;
+    }
+    let since = match cmd.since.as_deref().map(str::parse::<StreamId>) {
+        None => None,
+        Some(Ok(since)) => Some(since),
+        Some(Err(e)) => return send(state, session, sub, refuse(400, format!("since: {e}"))).await,
+    };
+    if let Some(refusal) = subs
+        .filter
+        .refuses(&pattern, state.settings.max_subscriptions)
+    {
+        let (status, title) = match refusal {
+            Refusal::Overlap(held, _) => (
+                409,
+                format!("overlaps `{held}`: a message would be sent twice"),
+            ),
+            Refusal::TooMany(max) => (429, format!("more than MAX_SUBSCRIPTIONS ({max})")),
+        };
+        return send(state, session, sub, refuse(status, title)).await;
+    }
+    if !may.cover(&pattern) {
+        return send(
+            state,
+            session,
+            sub,
+            refuse(403, "this credential may not subscribe to it".into()),
+        )
+        .await;
+    }
+    let Some(joined) = state.hub.set_filter(sub.id, subs.with(&pattern)) else {
+        return Err(close(CloseCode::Again, "gateway not ready; reconnect"));
+    };
+    subs.add(pattern.clone(), joined);
+    state.metrics.subscriptions.inc();
+    let start = since.filter(|s| *s < joined).unwrap_or(joined);
+    send(
+        state,
+        session,
+        sub,
+        Out::Text(frames::subscribed(&pattern, start)),
+    )
+    .await?;
+    if start < joined {
+        // A replay like any other: it takes a turn, shared per address.
+        let Some(_turn) = state.replays.take(addr, client_timeout(state)).await else {
+            return Err(close(
+                CloseCode::Again,
+                "too many replays; reconnect with since",
+            ));
+        };
+        let only = Subs::only(pattern);
+        Box::pin(replay(state, session, sub, start, &only, Some(joined))).await?;
+    }
+    Ok(())
+}
+
 /// Why a session ended: `Some(reason)` when the server should send a close frame.
 type End = Option<CloseReason>;
 
@@ -290,7 +406,8 @@ fn close(code: CloseCode, why: &str) -> End {
 struct Opening<'a> {
     since: Option<StreamId>,
     addr: Option<IpAddr>,
-    filter: &'a Filter,
+    /// What the credential may subscribe to (for `subscribe` frames).
+    may: &'a service::settings::Channels,
     /// A token's `exp` (Unix seconds): the socket is closed with 4001 when it passes.
     expires: Option<u64>,
 }
@@ -317,17 +434,17 @@ async fn serve(
     mut messages: MessageStream,
     mut sub: Subscription,
     opening: Opening<'_>,
+    subs: &mut Subs,
 ) -> End {
     let Opening {
         since,
         addr,
-        filter,
+        may,
         expires,
     } = opening;
     // The start (hello, or a replay from `since`) runs once: boxed, so its state is not part of every
     // idle session's future.
-    let mut last_sent = match Box::pin(start(state, &mut session, &sub, since, addr, filter)).await
-    {
+    let mut last_sent = match Box::pin(start(state, &mut session, &sub, since, addr, subs)).await {
         Ok(position) => position,
         Err(end) => return end,
     };
@@ -353,7 +470,7 @@ async fn serve(
                     // Behind: everything queued has been sent; the rest comes from the history.
                     // Boxed, as the replay is: a rare path whose state need not sit in every idle
                     // session's future.
-                    match Box::pin(catch_up(state, &mut session, &sub, &mut last_sent, addr, filter)).await {
+                    match Box::pin(catch_up(state, &mut session, &sub, &mut last_sent, addr, subs)).await {
                         Ok(again) => sub = again,
                         Err(end) => return end,
                     }
@@ -368,7 +485,7 @@ async fn serve(
                 let mut burst: Option<Arc<Frame>> = None;
                 let mut sent = 0;
                 while let Some(frame) = next.take() {
-                    if frame.stream_id > last_sent {
+                    if frame.stream_id > last_sent && subs.accepts(&frame.channel, frame.stream_id) {
                         let text = Out::Text(frame.text.clone());
                         if let Err(end) = send(state, &mut session, &sub, text).await {
                             return end;
@@ -389,6 +506,13 @@ async fn serve(
                     last_heard = Instant::now();
                     // Bounded like a frame: a client that sends pings but never reads the pongs is closed.
                     if let Err(end) = send(state, &mut session, &sub, Out::Pong(bytes)).await {
+                        return end;
+                    }
+                }
+                Some(Ok(Message::Text(text))) => {
+                    last_heard = Instant::now();
+                    let asked = command(state, &mut session, &sub, subs, (may, addr), &text);
+                    if let Err(end) = Box::pin(asked).await {
                         return end;
                     }
                 }
@@ -416,7 +540,7 @@ async fn start(
     sub: &Subscription,
     since: Option<StreamId>,
     addr: Option<IpAddr>,
-    filter: &Filter,
+    subs: &Subs,
 ) -> Result<StreamId, End> {
     match since {
         Some(since) => {
@@ -433,7 +557,7 @@ async fn start(
             // `replay` returns the position the live frames continue after: the last entry sent, `since`
             // itself, or — for a `since` past the newest entry — the newest entry, which its `hello` named.
             // Boxed: the replay's state lives on the heap while it runs, not in every idle session's future.
-            let position = Box::pin(replay(state, session, sub, since, filter)).await;
+            let position = Box::pin(replay(state, session, sub, since, subs, None)).await;
             // The turn is given back once the replay ends, before the live frames start.
             drop(permit);
             let position = position?;
@@ -466,7 +590,7 @@ async fn catch_up(
     behind: &Subscription,
     last_sent: &mut StreamId,
     addr: Option<IpAddr>,
-    filter: &Filter,
+    subs: &Subs,
 ) -> Result<Subscription, End> {
     let window = catch_up_window(state);
     let live = state.metrics.frames.with_label_values(&["live"]);
@@ -478,8 +602,11 @@ async fn catch_up(
             CatchUp::Live(again) => return Ok(again),
             CatchUp::Frames(frames) => {
                 for frame in &frames {
-                    send(state, session, behind, Out::Text(frame.text.clone())).await?;
+                    // Past every frame taken, sent or not: the next page starts after it.
                     *last_sent = frame.stream_id;
+                    if subs.accepts(&frame.channel, frame.stream_id) {
+                        send(state, session, behind, Out::Text(frame.text.clone())).await?;
+                    }
                 }
                 live.inc_by(frames.len() as u64);
                 if let Some(newest) = frames.last() {
@@ -491,7 +618,8 @@ async fn catch_up(
                 let Some(_permit) = state.replays.take(addr, left).await else {
                     return Err(too_slow(state));
                 };
-                *last_sent = Box::pin(replay(state, session, behind, *last_sent, filter)).await?;
+                *last_sent =
+                    Box::pin(replay(state, session, behind, *last_sent, subs, None)).await?;
             }
         }
     }
@@ -646,7 +774,8 @@ async fn replay(
     session: &mut Outlet,
     sub: &Subscription,
     since: StreamId,
-    filter: &Filter,
+    subs: &Subs,
+    until: Option<StreamId>,
 ) -> Result<StreamId, End> {
     let unavailable = |e: redis::RedisError| {
         log::warn!("replay for a client failed: {e}");
@@ -713,7 +842,21 @@ async fn replay(
         if trimmed_past_cursor && !page.is_empty() {
             // What the stream no longer holds is in Postgres: sent from there, up to the stream's
             // oldest entry. Only when Postgres cannot say is the client told of a gap.
-            match Box::pin(replay_stored(state, session, sub, filter, position, oldest)).await {
+            // A subscription's replay stops at its subscription's position: the rest is live.
+            let stored_until = match until {
+                Some(u) if u < oldest => StreamId::new(u.ms, u.seq.saturating_add(1)),
+                _ => oldest,
+            };
+            match Box::pin(replay_stored(
+                state,
+                session,
+                sub,
+                subs,
+                position,
+                stored_until,
+            ))
+            .await
+            {
                 Ok(Some(last)) => position = last,
                 Ok(None) => {}
                 Err(Stored::Sending(end)) => return Err(end),
@@ -723,7 +866,7 @@ async fn replay(
                         state,
                         session,
                         sub,
-                        Out::Text(frames::gap(position, oldest)),
+                        Out::Text(frames::gap(position, oldest, subs.label.as_ref())),
                     )
                     .await?;
                     state.metrics.frames.with_label_values(&["gap"]).inc();
@@ -735,7 +878,10 @@ async fn replay(
             start = format!("({}", newest.id);
         }
         for frame in to_frames(&page) {
-            if !filter.matches(&frame.channel) {
+            if until.is_some_and(|u| frame.stream_id > u) {
+                return Ok(position); // the subscription's live frames go on from here
+            }
+            if !subs.accepts(&frame.channel, frame.stream_id) {
                 // Not this socket's: passed over, but the replay's position moves past it.
                 position = frame.stream_id;
                 continue;
@@ -766,7 +912,7 @@ async fn replay_stored(
     state: &AppState,
     session: &mut Outlet,
     sub: &Subscription,
-    filter: &Filter,
+    subs: &Subs,
     since: StreamId,
     until: StreamId,
 ) -> Result<Option<StreamId>, Stored> {
@@ -780,28 +926,23 @@ async fn replay_stored(
         since
     });
     loop {
-        let page = crate::history::page(&state.db, filter, cursor, until)
+        let page = crate::history::page(&state.db, &subs.filter, cursor, until)
             .await
             .map_err(Stored::Unavailable)?;
         if let Some(gap_since) = gap.take() {
             // The oldest message held after the deleted ones: this page's first, or the stream's.
-            let oldest = page
-                .frames
-                .first()
-                .and_then(|f| frame_stream_id(f))
-                .unwrap_or(until);
-            send(
-                state,
-                session,
-                sub,
-                Out::Text(frames::gap(gap_since, oldest)),
-            )
-            .await
-            .map_err(Stored::Sending)?;
+            let oldest = page.frames.first().map_or(until, |f| f.stream_id);
+            let gap = frames::gap(gap_since, oldest, subs.label.as_ref());
+            send(state, session, sub, Out::Text(gap))
+                .await
+                .map_err(Stored::Sending)?;
             state.metrics.frames.with_label_values(&["gap"]).inc();
         }
-        for text in page.frames {
-            send(state, session, sub, Out::Text(text))
+        for frame in page.frames {
+            if !subs.accepts(&frame.channel, frame.stream_id) {
+                continue;
+            }
+            send(state, session, sub, Out::Text(frame.text))
                 .await
                 .map_err(Stored::Sending)?;
             state.metrics.frames.with_label_values(&["replay"]).inc();
@@ -814,13 +955,6 @@ async fn replay_stored(
             return Ok(last);
         }
     }
-}
-
-/// The `stream_id` of a message frame the gateway built (`…"stream_id":"<id>"…`).
-fn frame_stream_id(frame: &str) -> Option<StreamId> {
-    let at = frame.find("\"stream_id\":\"")? + "\"stream_id\":\"".len();
-    let len = frame[at..].find('"')?;
-    frame[at..at + len].parse().ok()
 }
 
 struct StreamInfo {

@@ -200,3 +200,205 @@ async fn a_socket_opened_with_a_token_is_closed_with_4001_when_it_expires() {
         Some(401)
     );
 }
+
+async fn send_frame(ws: &mut testkit::Ws, frame: serde_json::Value) {
+    use futures_util::SinkExt;
+    ws.0.send(tokio_tungstenite::tungstenite::Message::Text(
+        frame.to_string().into(),
+    ))
+    .await
+    .unwrap();
+}
+
+/// Over an open socket, `subscribe` (with or without `since`) and `unsubscribe` frames change what it
+/// gets: each answered, a subscription's history replayed then live with nothing twice, and after
+/// `unsubscribed` no message of it.
+#[tokio::test]
+async fn subscribe_and_unsubscribe_frames_change_a_sockets_channels() {
+    let relay = Relay::live(test_settings()).await;
+    publish_mixed(&relay, 0).await; // chat.a 0, other 1, news 2, chat.b 3, default 4
+    let mut ws = relay.ws_connect("?channels=").await;
+    let hello = ws.next_any().await;
+    assert!(matches!(hello, testkit::Seen::Frame(f) if f["type"] == "hello"));
+
+    send_frame(
+        &mut ws,
+        serde_json::json!({"type": "subscribe", "channel": "chat.*"}),
+    )
+    .await;
+    let answer = ws.frame().await;
+    assert_eq!(answer["type"], "subscribed");
+    assert_eq!(answer["channel"], "chat.*");
+    send_frame(
+        &mut ws,
+        serde_json::json!({"type": "subscribe", "channel": "news", "since": "0-0"}),
+    )
+    .await;
+    let answer = ws.frame().await;
+    assert_eq!(
+        answer,
+        serde_json::json!({"type": "subscribed", "channel": "news", "position": "0-0"})
+    );
+    assert_eq!(
+        channel_and_n(&ws.messages(1).await),
+        [("news".into(), 2)],
+        "news's history"
+    );
+
+    publish_mixed(&relay, 10).await;
+    assert_eq!(
+        channel_and_n(&ws.messages(3).await),
+        [
+            ("chat.a".into(), 10),
+            ("news".into(), 12),
+            ("chat.b".into(), 13)
+        ],
+        "both live, in stream order, nothing twice"
+    );
+    send_frame(
+        &mut ws,
+        serde_json::json!({"type": "unsubscribe", "channel": "chat.*"}),
+    )
+    .await;
+    assert_eq!(
+        ws.frame().await,
+        serde_json::json!({"type": "unsubscribed", "channel": "chat.*"})
+    );
+    publish_mixed(&relay, 20).await;
+    assert_eq!(channel_and_n(&ws.messages(1).await), [("news".into(), 22)]);
+    ws.assert_quiet(Duration::from_millis(300)).await;
+}
+
+/// A refused frame gets an error frame naming its pattern and status, and the socket stays open.
+#[tokio::test]
+async fn a_refused_subscribe_gets_an_error_frame_and_the_socket_stays_open() {
+    let mut settings = test_settings();
+    settings.max_subscriptions = 2;
+    settings.api_keys = "sub:subscribe:chat.*|news,pub:publish".parse().unwrap();
+    let relay = Relay::live(settings).await;
+    let mut ws = relay.ws_connect("?access_token=sub&channels=chat.*").await;
+    let status =
+        |f: serde_json::Value| (f["type"].clone(), f["status"].clone(), f["channel"].clone());
+    for (frame, expected) in [
+        (
+            serde_json::json!({"type": "subscribe", "channel": "chat.room1"}),
+            (409, "chat.room1"),
+        ),
+        (
+            serde_json::json!({"type": "subscribe", "channel": "a b"}),
+            (400, "a b"),
+        ),
+        (
+            serde_json::json!({"type": "subscribe", "channel": "other"}),
+            (403, "other"),
+        ),
+        (
+            serde_json::json!({"type": "unsubscribe", "channel": "news"}),
+            (404, "news"),
+        ),
+    ] {
+        send_frame(&mut ws, frame).await;
+        assert_eq!(
+            status(ws.frame().await),
+            (
+                serde_json::json!("error"),
+                serde_json::json!(expected.0),
+                serde_json::json!(expected.1)
+            )
+        );
+    }
+    send_frame(
+        &mut ws,
+        serde_json::json!({"type": "subscribe", "channel": "news"}),
+    )
+    .await;
+    assert_eq!(ws.frame().await["type"], "subscribed");
+    send_frame(
+        &mut ws,
+        serde_json::json!({"type": "subscribe", "channel": "chat2"}),
+    )
+    .await;
+    assert_eq!(ws.frame().await["status"], 429, "over MAX_SUBSCRIPTIONS");
+    send_frame(&mut ws, serde_json::json!("not a command")).await;
+    let f = ws.frame().await;
+    assert_eq!(
+        (f["type"].clone(), f["status"].clone()),
+        (serde_json::json!("error"), serde_json::json!(400))
+    );
+    assert!(f.get("channel").is_none(), "{f}");
+    // Still open, and subscribed to news.
+    let posted = relay
+        .client
+        .post(format!("{}/channels/news/messages", relay.ingest_url()))
+        .bearer_auth("pub")
+        .header("content-type", "application/json")
+        .body(r#"{"n":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 202);
+    assert_eq!(channel_and_n(&ws.messages(1).await), [("news".into(), 1)]);
+}
+
+/// A subscription with `since` while messages keep coming: its history, then live, each once and in
+/// order across the switch, while another channel's messages flow past.
+#[tokio::test]
+async fn a_subscribe_frame_with_since_switches_from_history_to_live_without_gap_or_duplicate() {
+    let relay = Relay::live(test_settings()).await;
+    let mut ws = relay.ws_connect("?channels=").await;
+    // A long history (2,000 messages of 2 KB), so the replay is still running while more arrive.
+    let pad = "x".repeat(2_000);
+    for chunk in 0..4 {
+        for channel in ["news", "other"] {
+            let lines: Vec<String> = (0..250)
+                .map(|i| {
+                    let n = chunk * 500 + i * 2 + usize::from(channel == "other");
+                    format!(r#"{{"n":{n},"pad":"{pad}"}}"#)
+                })
+                .collect();
+            let res = relay
+                .post_to(channel, "application/x-ndjson", lines.join("\n"))
+                .await;
+            assert_eq!(res.status(), 202);
+        }
+    }
+    let url = relay.ingest_url();
+    let more = tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        for n in 2000..2200 {
+            let channel = if n % 2 == 0 { "news" } else { "other" };
+            let res = client
+                .post(format!("{url}/channels/{channel}/messages"))
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"n":{n}}}"#))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 202);
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    send_frame(
+        &mut ws,
+        serde_json::json!({"type": "subscribe", "channel": "news", "since": "0-0"}),
+    )
+    .await;
+    let mut got = Vec::new();
+    while got.len() < 1_100 {
+        let f = ws.frame().await;
+        match f["type"].as_str() {
+            Some("message") => got.push(f["data"]["payload"]["n"].as_i64().unwrap()),
+            Some("subscribed") | Some("hello") => {}
+            _ => panic!("{f}"),
+        }
+    }
+    more.await.unwrap();
+    let mut expected: Vec<i64> = Vec::new();
+    for chunk in 0..4 {
+        expected.extend((0..250).map(|i| (chunk * 500 + i * 2) as i64));
+    }
+    expected.extend((2000..2200).step_by(2));
+    assert_eq!(got.len(), expected.len());
+    assert_eq!(got, expected, "each news message once, in stream order");
+    ws.assert_quiet(Duration::from_millis(300)).await;
+}
