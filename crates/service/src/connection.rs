@@ -90,7 +90,7 @@ impl Drop for Slot {
 
 /// What a connection over the cap is told before it is closed (it is not read: the answer is all it gets).
 pub const FULL_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
-content-type: application/problem+json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 118\r\n\r\n\
+content-type: application/problem+json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 115\r\n\r\n\
 {\"type\":\"about:blank\",\"title\":\"Service Unavailable\",\"status\":503,\"detail\":\"over MAX_HTTP_CONNECTIONS; retry later\"}";
 
 /// Bytes a connection has written to its socket, shared with whoever watches its progress (the
@@ -280,5 +280,24 @@ impl AsyncWrite for Guarded {
 
     fn is_write_vectored(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_full_answer_declares_its_own_length() {
+        let text = std::str::from_utf8(FULL_RESPONSE).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let declared: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(declared, body.len());
+        assert!(serde_json::from_str::<serde_json::Value>(body).is_ok());
     }
 }
