@@ -13,7 +13,7 @@
 //! [`history`](Hub::catch_up) — the newest `16 × WS_SEND_QUEUE` frames (at most `4 × WS_SEND_QUEUE_BYTES`),
 //! shared by every client, so a burst costs its bytes once — then rejoins the live queue at exactly the
 //! position it reached, under the hub's lock: no gap, no duplicate. A client that is still behind after
-//! `WS_CATCH_UP_MS` is too slow and is closed with 1013 (see `ws.rs`).
+//! `WS_CATCH_UP_MS` is too slow and is closed with 1013 (see `session.rs`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

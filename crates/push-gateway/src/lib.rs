@@ -1,15 +1,18 @@
 //! push-gateway: reads the whole stream (plain `XREAD`, no consumer group, so every replica sees every
 //! entry) and pushes each message to every connected WebSocket client; serves the live page at `/`.
 
+pub mod commands;
 pub mod frames;
 pub mod history;
 pub mod hub;
 pub mod metrics;
 pub mod page;
 pub mod reader;
+pub mod replay;
 pub mod replay_turns;
 pub mod routing;
 pub mod seams;
+pub mod session;
 pub mod slots;
 pub mod startup;
 pub mod ws;

@@ -1,0 +1,292 @@
+//! Replaying what a client missed: the stream's history after its position, in pages bounded in
+//! entries and bytes, and what the stream no longer holds from Postgres (see `history`), with a `gap`
+//! frame only for messages that are gone.
+
+use std::collections::HashMap;
+
+use actix_ws::CloseCode;
+use model::redis_stream::entry_list;
+use model::StreamId;
+use redis::Value;
+
+use crate::frames;
+use crate::hub::Subscription;
+use crate::reader::{reply_id, to_frames};
+use crate::routing::Subs;
+use crate::session::{close, delivered, send, End, Out, Outlet};
+use crate::startup::AppState;
+
+/// Entries per page while replaying, at most.
+const REPLAY_PAGE: usize = 500;
+/// A replay page ends after the entry that takes its fields past this many bytes, if it has not ended at
+/// [`REPLAY_PAGE`] entries before: with entries of 1 MiB a page of 500 would be half a gibibyte per
+/// replay, each held twice (the reply and its frames) while it is sent.
+const REPLAY_PAGE_BYTES: usize = 1024 * 1024;
+/// One replay page, read inside Redis so that it can end at a byte bound (`XRANGE` counts entries
+/// only): `{cut, entries}`, `entries` shaped as `XRANGE`'s reply, `cut` 1 when the byte bound ended it.
+/// Sub-pages start at one entry and grow (to 16) only as far as the entries seen so far fit the bytes
+/// left, so the script never copies much more than the page itself: 16 entries of 1 MiB at a time,
+/// times 16 replays, kept Redis busy past `REDIS_TIMEOUT_MS`.
+const REPLAY_PAGE_SCRIPT: &str = r"
+local key, start = KEYS[1], ARGV[1]
+local max_count, max_bytes = tonumber(ARGV[2]), tonumber(ARGV[3])
+local out, bytes, want = {}, 0, 1
+while #out < max_count do
+  local page = redis.call('XRANGE', key, start, '+', 'COUNT', want)
+  for _, entry in ipairs(page) do
+    out[#out + 1] = entry
+    start = '(' .. entry[1]
+    for _, field in ipairs(entry[2]) do bytes = bytes + #field end
+    if bytes >= max_bytes then return {1, out} end
+  end
+  if #page < want then break end
+  -- The next sub-page: as many entries as fit the bytes left at the size seen so far (1 to 16).
+  local fit = math.floor((max_bytes - bytes) * #out / math.max(bytes, 1))
+  want = math.max(1, math.min(16, fit, max_count - #out))
+end
+return {0, out}
+";
+
+/// Replays the history after `since`, with a `gap` frame wherever part of it was trimmed first. Returns
+/// the position live frames continue after.
+///
+/// Each page is read in one `MULTI` with an `XINFO STREAM`, so the trim check and the page see the same
+/// stream: the persister's trim may pass the cursor at any moment — before the first page, or between
+/// two pages while a send waits on a slow client — and the check is made again for every page, never
+/// from a stale `oldest`:
+/// - on the first page the cursor is `since`, which need not be an entry: entries after it are gone only
+///   if anything was ever removed (`entries-added` > `length`) and `since` is below the oldest entry held
+///   (and below the newest ever written; Redis 7.0 does not move `max-deleted-entry-id` on trims);
+/// - on later pages the cursor is the last entry sent, which the stream held: if the oldest entry is now
+///   above it, the trim passed it, and whatever lay between may be gone. The gap frame names the cursor,
+///   and the client's fill from `GET /messages?after=<cursor>` finds whatever there was (nothing, when the
+///   trim took only entries already sent).
+///
+/// The cursor advances by the raw id of the last entry in the page, whether or not it parses as a
+/// [`StreamId`] (a foreign `XADD` can write `18446744073709551615-0`, above what the API accepts): a page
+/// is never read twice.
+pub(crate) async fn replay(
+    state: &AppState,
+    session: &mut Outlet,
+    sub: &Subscription,
+    since: StreamId,
+    subs: &Subs,
+    until: Option<StreamId>,
+) -> Result<StreamId, End> {
+    let unavailable = |e: redis::RedisError| {
+        log::warn!("replay for a client failed: {e}");
+        close(CloseCode::Again, "stream unavailable; reconnect with since")
+    };
+    let mut redis = state.replay_redis.clone();
+    let key = &state.settings.stream_key;
+    // `(id` for XRANGE, and the last position the client has (for gap frames).
+    let mut start = format!("({since}");
+    let mut position = since;
+    let mut first_page = true;
+    loop {
+        let (info, (cut, page)): (HashMap<String, Value>, (u8, Value)) = match redis::pipe()
+            .atomic()
+            .cmd("XINFO")
+            .arg("STREAM")
+            .arg(key)
+            .cmd("EVAL")
+            .arg(REPLAY_PAGE_SCRIPT)
+            .arg(1)
+            .arg(key)
+            .arg(&start)
+            .arg(REPLAY_PAGE)
+            .arg(REPLAY_PAGE_BYTES)
+            .query_async(&mut redis)
+            .await
+        {
+            Ok(reply) => reply,
+            // No stream (yet): `since` is after the newest entry there is; the client starts live from
+            // the beginning, told so.
+            Err(e) if e.to_string().contains("no such key") => {
+                let newest = if first_page {
+                    StreamId::new(0, 0)
+                } else {
+                    position
+                };
+                send(state, session, sub, Out::Text(frames::hello(newest))).await?;
+                return Ok(newest);
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        let info = stream_info(&info);
+        if first_page {
+            first_page = false;
+            // A `since` after the newest entry is taken as the newest entry (contract v1.1): the client
+            // starts live, told where. Without this, every live frame up to `since` would be dropped as
+            // already sent, silently.
+            let newest = info.last.unwrap_or(info.last_generated);
+            if since > newest {
+                send(state, session, sub, Out::Text(frames::hello(newest))).await?;
+                return Ok(newest);
+            }
+        }
+        let oldest = info.first.unwrap_or(StreamId::new(
+            info.last_generated.ms,
+            info.last_generated.seq.saturating_add(1),
+        ));
+        let trimmed_past_cursor = if position == since {
+            info.entries_added > info.length && since < oldest && since < info.last_generated
+        } else {
+            position < oldest
+        };
+        let page = entry_list(page);
+        if trimmed_past_cursor && !page.is_empty() {
+            // What the stream no longer holds is in Postgres: sent from there, up to the stream's
+            // oldest entry. Only when Postgres cannot say is the client told of a gap.
+            // A subscription's replay stops at its subscription's position: the rest is live.
+            let stored_until = match until {
+                Some(u) if u < oldest => StreamId::new(u.ms, u.seq.saturating_add(1)),
+                _ => oldest,
+            };
+            match Box::pin(replay_stored(
+                state,
+                session,
+                sub,
+                subs,
+                position,
+                stored_until,
+            ))
+            .await
+            {
+                Ok(Some(last)) => position = last,
+                Ok(None) => {}
+                Err(Stored::Sending(end)) => return Err(end),
+                Err(Stored::Unavailable(e)) => {
+                    log::warn!("replaying from Postgres failed, sending a gap instead: {e:#}");
+                    send(
+                        state,
+                        session,
+                        sub,
+                        Out::Text(frames::gap(position, oldest, subs.label.as_ref())),
+                    )
+                    .await?;
+                    state.metrics.frames.with_label_values(&["gap"]).inc();
+                }
+            }
+        }
+        let count = page.len();
+        if let Some(newest) = page.last() {
+            start = format!("({}", newest.id);
+        }
+        for frame in to_frames(&page) {
+            if until.is_some_and(|u| frame.stream_id > u) {
+                return Ok(position); // the subscription's live frames go on from here
+            }
+            if !subs.accepts(&frame.channel, frame.stream_id) {
+                // Not this socket's: passed over, but the replay's position moves past it.
+                position = frame.stream_id;
+                continue;
+            }
+            send(state, session, sub, Out::Text(frame.text.clone())).await?;
+            state.metrics.frames.with_label_values(&["replay"]).inc();
+            delivered(state, &frame);
+            position = frame.stream_id;
+        }
+        if count < REPLAY_PAGE && cut == 0 {
+            return Ok(position);
+        }
+    }
+}
+
+/// Why a replay from Postgres stopped.
+enum Stored {
+    /// Postgres could not be read: the caller falls back to a `gap` frame.
+    Unavailable(anyhow::Error),
+    /// Sending to the client ended the session.
+    Sending(End),
+}
+
+/// Sends the stored messages after `since` and before `until` (the stream's oldest entry) that the
+/// socket subscribed to; returns the last position read, if any. When `HISTORY_RETENTION` has deleted
+/// messages after `since`, a `gap` frame says so first, naming the oldest message still held.
+async fn replay_stored(
+    state: &AppState,
+    session: &mut Outlet,
+    sub: &Subscription,
+    subs: &Subs,
+    since: StreamId,
+    until: StreamId,
+) -> Result<Option<StreamId>, Stored> {
+    let (mut cursor, mut last) = (since, None);
+    let horizon = crate::history::horizon(&state.db)
+        .await
+        .map_err(Stored::Unavailable)?;
+    let mut gap = horizon.filter(|h| since < *h).map(|h| {
+        cursor = h;
+        last = Some(h);
+        since
+    });
+    loop {
+        let page = crate::history::page(&state.db, &subs.filter, cursor, until)
+            .await
+            .map_err(Stored::Unavailable)?;
+        if let Some(gap_since) = gap.take() {
+            // The oldest message held after the deleted ones: this page's first, or the stream's.
+            let oldest = page.frames.first().map_or(until, |f| f.stream_id);
+            let gap = frames::gap(gap_since, oldest, subs.label.as_ref());
+            send(state, session, sub, Out::Text(gap))
+                .await
+                .map_err(Stored::Sending)?;
+            state.metrics.frames.with_label_values(&["gap"]).inc();
+        }
+        for frame in page.frames {
+            if !subs.accepts(&frame.channel, frame.stream_id) {
+                continue;
+            }
+            send(state, session, sub, Out::Text(frame.text))
+                .await
+                .map_err(Stored::Sending)?;
+            state.metrics.frames.with_label_values(&["replay"]).inc();
+        }
+        if let Some(read) = page.last {
+            cursor = read;
+            last = Some(read);
+        }
+        if !page.more {
+            return Ok(last);
+        }
+    }
+}
+
+struct StreamInfo {
+    first: Option<StreamId>,
+    last: Option<StreamId>,
+    last_generated: StreamId,
+    length: u64,
+    entries_added: u64,
+}
+
+fn int_of(v: Option<&Value>) -> u64 {
+    match v {
+        Some(Value::Int(n)) => (*n).max(0) as u64,
+        _ => 0,
+    }
+}
+
+/// The parts of an `XINFO STREAM` reply the replay needs; a missing stream reads as an empty one.
+fn stream_info(map: &HashMap<String, Value>) -> StreamInfo {
+    let id_of = |v: Option<&Value>| -> Option<StreamId> {
+        match v? {
+            Value::BulkString(b) => reply_id(std::str::from_utf8(b).ok()?),
+            Value::SimpleString(s) => reply_id(s),
+            // `first-entry` is `[id, [field, value, …]]`.
+            Value::Array(items) => match items.first()? {
+                Value::BulkString(b) => reply_id(std::str::from_utf8(b).ok()?),
+                _ => None,
+            },
+            _ => None,
+        }
+    };
+    StreamInfo {
+        first: id_of(map.get("first-entry")),
+        last: id_of(map.get("last-entry")),
+        last_generated: id_of(map.get("last-generated-id")).unwrap_or(StreamId::new(0, 0)),
+        length: int_of(map.get("length")),
+        entries_added: int_of(map.get("entries-added")),
+    }
+}

@@ -1,0 +1,411 @@
+//! One WebSocket client's session: its start (hello, or a replay from `since`), the live loop, catching
+//! up, and every write to the client.
+//!
+//! Resuming with `?since=<id>` has to join two sources without a gap or a duplicate at the seam: the
+//! stream's history (`XRANGE`) and the live frames from the hub. The order of operations makes it safe:
+//! 1. the client is subscribed to the hub *first*, so every entry the reader publishes from now on is
+//!    queued for it;
+//! 2. then the history after `since` is replayed from the stream in pages, up to whatever the stream holds
+//!    at that time — which includes every entry published before step 1;
+//! 3. then the queued live frames are sent, skipping any whose id is not after the last one sent (the
+//!    entries that were both replayed and queued).
+//!
+//! Anything published before step 1 is in the stream by then; anything after is in the queue: no gap.
+//!
+//! A client whose queue fills (one large post, a slow link) falls behind rather than being closed: the
+//! session sends what was queued, then catches up from the hub's shared history of recent frames — or
+//! from the stream, the same replay as above, when the history no longer reaches back to it — and the hub
+//! subscribes it again exactly after the last frame sent ([`catch_up`]). Only a client still behind
+//! after `WS_CATCH_UP_MS` is too slow to keep up, and is closed with 1013.
+//!
+//! Everything the server writes — frames, pings, pongs, closes — goes through [`send`], which gives up
+//! when the client makes no progress reading for `CLIENT_TIMEOUT_MS`: a client that floods pings and never
+//! reads can no longer park its session in a `pong().await` that never returns. The connection's slot is
+//! held by the socket itself (see `slots`), so it is free exactly when the socket is gone.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
+use futures_util::StreamExt;
+use model::StreamId;
+
+use crate::commands::command;
+use crate::frames;
+use crate::hub::{CatchUp, Frame, Subscription};
+use crate::replay::replay;
+use crate::routing::Subs;
+use crate::seams::Seam;
+use crate::startup::AppState;
+
+/// The close code of a socket whose token's `exp` passed (the client library asks for a new token and
+/// resumes).
+pub const TOKEN_EXPIRED: u16 = 4001;
+
+/// How often the server pings each client (more often when `CLIENT_TIMEOUT_MS` is under three times this,
+/// so a silent client is noticed in time).
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Frames taken from the hub's history at once while catching up.
+const CATCH_UP_PAGE: usize = 256;
+
+/// Why a session ended: `Some(reason)` when the server should send a close frame.
+pub(crate) type End = Option<CloseReason>;
+
+pub(crate) fn close(code: CloseCode, why: &str) -> End {
+    Some(CloseReason {
+        code,
+        description: Some(why.to_owned()),
+    })
+}
+
+/// What a session starts from: where it resumes, who it is (for the replay share), what it subscribed
+/// to, and when its token expires.
+pub(crate) struct Opening<'a> {
+    pub(crate) since: Option<StreamId>,
+    pub(crate) addr: Option<IpAddr>,
+    /// What the credential may subscribe to (for `subscribe` frames).
+    pub(crate) may: &'a service::settings::Channels,
+    /// A token's `exp` (Unix seconds): the socket is closed with 4001 when it passes.
+    pub(crate) expires: Option<u64>,
+}
+
+/// Resolves when a token's expiry passes; never for a session without one.
+async fn expired(expiry: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match expiry {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How long until `exp` (Unix seconds); zero once it has passed.
+fn until(exp: u64) -> Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Duration::from_secs(exp).saturating_sub(now)
+}
+
+pub(crate) async fn serve(
+    state: &AppState,
+    mut session: Outlet,
+    mut messages: MessageStream,
+    mut sub: Subscription,
+    opening: Opening<'_>,
+    subs: &mut Subs,
+) -> End {
+    let Opening {
+        since,
+        addr,
+        may,
+        expires,
+    } = opening;
+    // The start (hello, or a replay from `since`) runs once: boxed, so its state is not part of every
+    // idle session's future.
+    let mut last_sent = match Box::pin(start(state, &mut session, &sub, since, addr, subs)).await {
+        Ok(position) => position,
+        Err(end) => return end,
+    };
+    let live = state.metrics.frames.with_label_values(&["live"]);
+    let timeout = client_timeout(state);
+    let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL.min(timeout / 3));
+    let mut last_heard = Instant::now();
+    // Made once, not per loop turn: at a thousand frames a second per client, re-creating these
+    // futures on every turn was a sixth of the gateway's CPU.
+    let stopping = state.stop.cancelled();
+    tokio::pin!(stopping);
+    // Boxed and only for tokens: an API key's session carries no timer.
+    let mut expiry = expires.map(|exp| Box::pin(tokio::time::sleep(until(exp))));
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut stopping => return close(CloseCode::Away, "server shutting down"),
+            () = expired(&mut expiry) => {
+                return close(CloseCode::Other(TOKEN_EXPIRED), "token expired; reconnect with a new one");
+            }
+            frame = sub.recv() => {
+                let Some(frame) = frame else {
+                    // Behind: everything queued has been sent; the rest comes from the history.
+                    // Boxed, as the replay is: a rare path whose state need not sit in every idle
+                    // session's future.
+                    match Box::pin(catch_up(state, &mut session, &sub, &mut last_sent, addr, subs)).await {
+                        Ok(again) => sub = again,
+                        Err(end) => return end,
+                    }
+                    continue;
+                };
+                // Send it and whatever else is already queued, without another turn of the select.
+                // The burst is counted once and its delay observed once, for its newest frame (the
+                // latest-accepted, so the burst's largest delay but for clock noise): per frame, at a
+                // million frames a second, the clock read and the histogram were a gateway cost of
+                // their own.
+                let mut next = Some(frame);
+                let mut burst: Option<Arc<Frame>> = None;
+                let mut sent = 0;
+                while let Some(frame) = next.take() {
+                    if frame.stream_id > last_sent && subs.accepts(&frame.channel, frame.stream_id) {
+                        let text = Out::Text(frame.text.clone());
+                        if let Err(end) = send(state, &mut session, &sub, text).await {
+                            return end;
+                        }
+                        sent += 1;
+                        last_sent = frame.stream_id;
+                        burst = Some(frame);
+                    } // else: already sent during the replay
+                    next = sub.try_recv();
+                }
+                if let Some(newest) = burst {
+                    live.inc_by(sent);
+                    delivered(state, &newest);
+                }
+            }
+            message = messages.next() => match message {
+                Some(Ok(Message::Ping(bytes))) => {
+                    last_heard = Instant::now();
+                    // Bounded like a frame: a client that sends pings but never reads the pongs is closed.
+                    if let Err(end) = send(state, &mut session, &sub, Out::Pong(bytes)).await {
+                        return end;
+                    }
+                }
+                Some(Ok(Message::Text(text))) => {
+                    last_heard = Instant::now();
+                    let asked = command(state, &mut session, &sub, subs, (may, addr), &text);
+                    if let Err(end) = Box::pin(asked).await {
+                        return end;
+                    }
+                }
+                Some(Ok(Message::Close(_))) => return close(CloseCode::Normal, "bye"),
+                Some(Ok(_)) => last_heard = Instant::now(),
+                Some(Err(_)) | None => return None,
+            },
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > timeout {
+                    return close(CloseCode::Policy, "no answer to pings");
+                }
+                if let Err(end) = send(state, &mut session, &sub, Out::Ping).await {
+                    return end;
+                }
+            }
+        }
+    }
+}
+
+/// A session's start: the `hello` frame, or the replay of what came after `since`. Returns the position
+/// live frames continue after.
+async fn start(
+    state: &AppState,
+    session: &mut Outlet,
+    sub: &Subscription,
+    since: Option<StreamId>,
+    addr: Option<IpAddr>,
+    subs: &Subs,
+) -> Result<StreamId, End> {
+    match since {
+        Some(since) => {
+            // A bounded number of replays at once, a share of them per address; one that cannot start
+            // within CLIENT_TIMEOUT_MS is told to come back rather than queue without end.
+            let permit = state.replays.take(addr, client_timeout(state)).await;
+            let Some(permit) = permit else {
+                return Err(close(
+                    CloseCode::Again,
+                    "too many replays; reconnect with since",
+                ));
+            };
+            state.seams.pass(Seam::BeforeReplay).await;
+            // `replay` returns the position the live frames continue after: the last entry sent, `since`
+            // itself, or — for a `since` past the newest entry — the newest entry, which its `hello` named.
+            // Boxed: the replay's state lives on the heap while it runs, not in every idle session's future.
+            let position = Box::pin(replay(state, session, sub, since, subs, None)).await;
+            // The turn is given back once the replay ends, before the live frames start.
+            drop(permit);
+            let position = position?;
+            state.seams.pass(Seam::BeforeLive).await;
+            Ok(position)
+        }
+        None => {
+            let hello = Out::Text(frames::hello(sub.position));
+            send(state, session, sub, hello).await?;
+            Ok(sub.position)
+        }
+    }
+}
+
+/// Observes how long after its acceptance a message frame was written.
+pub(crate) fn delivered(state: &AppState, frame: &Frame) {
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    let delay = (now_us - frame.received_at_us).max(0) as f64 / 1e6;
+    state.metrics.delivery_delay.observe(delay);
+}
+
+/// Brings a client that fell behind back to live: the frames it missed from the hub's history (or from
+/// the stream, when the history no longer reaches back to them), then a new subscription that continues
+/// exactly after the last frame sent. A client still behind after the catch-up window is closed with 1013.
+async fn catch_up(
+    state: &AppState,
+    session: &mut Outlet,
+    behind: &Subscription,
+    last_sent: &mut StreamId,
+    addr: Option<IpAddr>,
+    subs: &Subs,
+) -> Result<Subscription, End> {
+    let window = catch_up_window(state);
+    let live = state.metrics.frames.with_label_values(&["live"]);
+    loop {
+        if behind.behind.elapsed() > window {
+            return Err(too_slow(state));
+        }
+        match state.hub.catch_up(behind.id, *last_sent, CATCH_UP_PAGE) {
+            CatchUp::Live(again) => return Ok(again),
+            CatchUp::Frames(frames) => {
+                for frame in &frames {
+                    // Past every frame taken, sent or not: the next page starts after it.
+                    *last_sent = frame.stream_id;
+                    if subs.accepts(&frame.channel, frame.stream_id) {
+                        send(state, session, behind, Out::Text(frame.text.clone())).await?;
+                    }
+                }
+                live.inc_by(frames.len() as u64);
+                if let Some(newest) = frames.last() {
+                    delivered(state, newest);
+                }
+            }
+            CatchUp::Evicted => {
+                let left = window.saturating_sub(behind.behind.elapsed());
+                let Some(_permit) = state.replays.take(addr, left).await else {
+                    return Err(too_slow(state));
+                };
+                *last_sent =
+                    Box::pin(replay(state, session, behind, *last_sent, subs, None)).await?;
+            }
+        }
+    }
+}
+
+fn too_slow(state: &AppState) -> End {
+    state.metrics.slow_clients.inc();
+    close(
+        CloseCode::Again,
+        "too slow: still behind after WS_CATCH_UP_MS; reconnect with since",
+    )
+}
+
+/// `WS_CATCH_UP_MS`, but at most half of `CLIENT_TIMEOUT_MS`, so that a client that stopped reading is
+/// told it was too slow before its socket is given up for silent.
+fn catch_up_window(state: &AppState) -> Duration {
+    Duration::from_millis(state.settings.ws_catch_up_ms).min(client_timeout(state) / 2)
+}
+
+/// `CLIENT_TIMEOUT_MS`: how long a client may go without reading (or saying anything) before it is closed.
+pub(crate) fn client_timeout(state: &AppState) -> Duration {
+    Duration::from_millis(state.settings.client_timeout_ms)
+}
+
+/// How long a client gets to read a close frame before its socket is shut.
+pub(crate) fn close_linger(state: &AppState) -> Duration {
+    (client_timeout(state) / 4).min(Duration::from_secs(1))
+}
+
+/// actix-ws's session of one client, and how far the socket has got: actix-ws queues 32 frames
+/// whatever their size (32 MiB with 1 MiB messages, pinned per socket), so the gateway hands it a text
+/// frame only while what it has handed and the socket has not yet written stays within [`HANDED_BYTES`]
+/// (a frame larger than that still goes to a client that has taken everything).
+pub(crate) struct Outlet {
+    session: Session,
+    /// What the connection has written, from `base` on; `None` outside `service::http::serve`.
+    written: Option<(service::connection::Written, u64)>,
+    /// Bytes of text frames handed to actix-ws.
+    handed: u64,
+}
+
+impl Outlet {
+    pub(crate) fn new(session: Session, written: Option<service::connection::Written>) -> Self {
+        Self {
+            session,
+            written: written.map(|w| {
+                let base = w.get();
+                (w, base)
+            }),
+            handed: 0,
+        }
+    }
+
+    fn has_room(&self, len: usize, limit: usize) -> bool {
+        let Some((written, base)) = &self.written else {
+            return true;
+        };
+        let in_flight = self
+            .handed
+            .saturating_sub(written.get().saturating_sub(*base));
+        in_flight == 0 || in_flight + len as u64 <= limit as u64
+    }
+
+    /// Waits until a frame of `len` bytes fits (the caller bounds the wait).
+    async fn room_for(&self, len: usize, limit: usize) {
+        while !self.has_room(len, limit) {
+            tokio::time::sleep(ROOM_POLL).await;
+        }
+    }
+}
+
+/// Bytes of frames handed to actix-ws that the socket has not written yet, per socket (one frame larger
+/// than this still goes to a socket that has written everything). actix encodes each socket's frames
+/// into a buffer of its own, so this is memory per socket, unlike the hub's queue of shared frames:
+/// the 1 MiB attack mix measured 480 MiB of gateway RSS with `WS_SEND_QUEUE_BYTES` (8 MiB) here.
+const HANDED_BYTES: usize = 256 * 1024;
+
+/// How often a send waiting for the socket to take what was handed to actix-ws looks again.
+const ROOM_POLL: Duration = Duration::from_millis(5);
+
+/// What the server writes to a client.
+pub(crate) enum Out {
+    Text(bytestring::ByteString),
+    Ping,
+    Pong(bytes::Bytes),
+}
+
+/// Writes to the client. A client that does not read would hold this forever, so it gives up when the
+/// client has been behind for the catch-up window (1013), when the gateway stops, or after
+/// `CLIENT_TIMEOUT_MS` without progress. A client that has not read for that long gets no close frame
+/// (it would not read that either): the session ends, and the socket with it.
+pub(crate) async fn send(
+    state: &AppState,
+    session: &mut Outlet,
+    sub: &Subscription,
+    out: Out,
+) -> Result<(), End> {
+    let limit = HANDED_BYTES;
+    let sent = async {
+        match out {
+            Out::Text(text) => {
+                let len = text.len();
+                if !session.has_room(len, limit) {
+                    session.room_for(len, limit).await;
+                }
+                session.session.text(text).await?;
+                session.handed += len as u64;
+                Ok(())
+            }
+            Out::Ping => session.session.ping(b"").await,
+            Out::Pong(bytes) => session.session.pong(&bytes).await,
+        }
+    };
+    tokio::pin!(sent);
+    // Almost always there is room in the session's queue: done without arming any timer.
+    if let Some(sent) = futures_util::FutureExt::now_or_never(&mut sent) {
+        return sent.map_err(|_| None);
+    }
+    // The slow path (a full queue) boxed: its timers would otherwise take room in every session's future.
+    Box::pin(async {
+        tokio::select! {
+            biased;
+            () = sub.behind.longer_than(catch_up_window(state)) => Err(too_slow(state)),
+            () = state.stop.cancelled() => Err(close(CloseCode::Away, "server shutting down")),
+            () = tokio::time::sleep(client_timeout(state)) => Err(None),
+            sent = &mut sent => sent.map_err(|_| None),
+        }
+    })
+    .await
+}
