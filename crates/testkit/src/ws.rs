@@ -21,6 +21,18 @@ pub async fn connect(
     Ok(ws)
 }
 
+/// Opens a WebSocket with `request` (a URL, or a request with headers of its own): the socket, or the
+/// HTTP status the upgrade was refused with.
+pub async fn upgrade(
+    request: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+) -> Result<Socket, u16> {
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => Err(res.status().as_u16()),
+        Err(e) => panic!("the upgrade failed without an HTTP answer: {e}"),
+    }
+}
+
 /// Opens `ws://{addr}/ws{query}` over a socket with a 4 KiB receive buffer: a client whose kernel
 /// buffers fill at once when it stops reading (a slow client).
 pub async fn connect_slow(addr: &str, query: &str) -> Socket {

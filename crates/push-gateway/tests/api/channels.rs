@@ -108,11 +108,9 @@ async fn an_empty_channels_opens_a_socket_with_no_subscription() {
 }
 
 async fn refused(relay: &Relay, query: &str) -> Option<u16> {
-    match testkit::ws::connect(&relay.gateway_addr(), query).await {
-        Ok(_) => None,
-        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => Some(res.status().as_u16()),
-        Err(e) => panic!("{e}"),
-    }
+    testkit::ws::upgrade(format!("ws://{}/ws{query}", relay.gateway_addr()))
+        .await
+        .err()
 }
 
 #[tokio::test]

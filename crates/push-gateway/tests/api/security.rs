@@ -106,11 +106,7 @@ async fn upgrade(relay: &Relay, forwarded_for: Option<&str>) -> Result<testkit::
             format!("{addr}, 10.9.9.9").parse().unwrap(), // 10.9.9.9: a proxy in front of ours
         );
     }
-    match tokio_tungstenite::connect_async(request).await {
-        Ok((socket, _)) => Ok(socket),
-        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => Err(res.status().as_u16()),
-        Err(e) => panic!("{e}"),
-    }
+    testkit::ws::upgrade(request).await
 }
 
 #[tokio::test]
