@@ -134,6 +134,13 @@ def main():
         bad("redis: command sets no --maxmemory")
 
     proxy = services.get("proxy") or {}
+    # The proxy answers 404 itself for the paths that stay inside (deploy/nginx/nginx.conf): a healthcheck
+    # asking for one through it would never pass, and everything behind the proxy would wait forever.
+    conf = (ROOT / "deploy/nginx/nginx.conf").read_text()
+    hidden = set(re.findall(r"location\s*=\s*(\S+)\s*\{\s*return\s+404", conf))
+    for path in sorted(hidden):
+        if re.search(rf"https?://[^/\s\"']+{re.escape(path)}\b", health_test(proxy)):
+            bad(f"proxy: its healthcheck asks for {path}, which the proxy itself answers with 404")
     published = set()
     for p in proxy.get("ports") or []:
         published.add(str(p.get("published")) if isinstance(p, dict) else str(p).split(":")[-2])

@@ -238,6 +238,9 @@ def check_overlay(label, docs, version):
         for rule in ing["spec"].get("rules", []):
             for p in rule.get("http", {}).get("paths", []):
                 backends[p["path"]] = (p["backend"]["service"]["name"], ann)
+                for inside in ("/metrics", "/readyz", "/api/metrics", "/api/readyz"):
+                    if ingress_routes(p, ann, inside):
+                        bad(label, f"the Ingress path {p['path']!r} exposes {inside} (for Prometheus and the kubelet only)")
     if not any(svc == "ingest-api" for svc, _ in backends.values()):
         bad(label, "no Ingress path to ingest-api")
     ws = backends.get("/ws")
@@ -250,6 +253,17 @@ def check_overlay(label, docs, version):
                 bad(label, f"the /ws Ingress lacks a long nginx.ingress.kubernetes.io/{a}")
     if not any(p == "/" and svc == "push-gateway" for p, (svc, _) in backends.items()):
         bad(label, "no Ingress path / (the live page) to push-gateway")
+
+
+def ingress_routes(path, annotations, uri):
+    """Whether ingress-nginx would send `uri` through this Ingress path: a regex (use-regex) matches
+    from the start, case-insensitively; Exact matches the path only; Prefix matches whole segments."""
+    p, kind = path["path"], path.get("pathType", "Prefix")
+    if annotations.get("nginx.ingress.kubernetes.io/use-regex") == "true" and kind == "ImplementationSpecific":
+        return re.match(p, uri, re.IGNORECASE) is not None
+    if kind == "Exact":
+        return uri == p
+    return p == "/" or uri == p or uri.startswith(p.rstrip("/") + "/")
 
 
 def main():
