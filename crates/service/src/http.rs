@@ -214,19 +214,25 @@ async fn guard_host(
         .app_data::<web::Data<HostGuard>>()
         .and_then(|g| g.0.as_ref())
     {
-        Some(hosts) if !ANY_HOST_PATHS.contains(&req.path()) => req
-            .headers()
-            .get(actix_web::http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .filter(|host| !hosts.allows(host))
-            .map(str::to_owned),
+        // No Host at all is no browser (a rebinding page's request always names one); a Host that is not
+        // text is no host this relay knows.
+        Some(hosts) if !ANY_HOST_PATHS.contains(&req.path()) => {
+            match req.headers().get(actix_web::http::header::HOST) {
+                None => None,
+                Some(h) => match h.to_str() {
+                    Ok(host) if hosts.allows(host) => None,
+                    Ok(host) => Some(format!("`{host}`")),
+                    Err(_) => Some("a Host that is not visible ASCII".to_owned()),
+                },
+            }
+        }
         _ => None,
     };
     match refused {
         Some(host) => {
             let detail = format!(
                 "Relay runs without API_KEYS or TOKEN_SECRET and answers only to localhost, loopback \
-                 addresses and ALLOWED_HOSTS, not to `{host}`"
+                 addresses and ALLOWED_HOSTS, not to {host}"
             );
             let res = crate::Problem::new(
                 actix_web::http::StatusCode::MISDIRECTED_REQUEST,

@@ -544,6 +544,12 @@ async fn an_open_relay_answers_421_to_a_host_it_does_not_know() {
         421,
     )
     .await;
+    // A Host that is not text is not one the relay knows either (no client library sends one).
+    let mut raw = Raw::connect(app.ingest_url().trim_start_matches("http://")).await;
+    raw.send(b"POST /messages HTTP/1.1\r\nhost: r\xe9bind.example\r\ncontent-type: application/json\r\ncontent-length: 1\r\nconnection: close\r\n\r\n1")
+        .await;
+    let answer = raw.answer(Duration::from_secs(5)).await;
+    assert_eq!(answer.status, Some(421), "{}", answer.text);
     assert_eq!(app.stream_len().await, 0, "nothing was written");
     for open in ["/healthz", "/readyz", "/metrics"] {
         let res = with_host(reqwest::Method::GET, open, "rebind.example")
