@@ -1,6 +1,6 @@
 // Relay live page, built on /relay.js: no build step, nothing fetched from outside the gateway (the form
 // posts to the ingest API named in <meta name="relay-ingest-url">).
-import { Relay, isAfter as after } from "/relay.js";
+import { Relay, isAfter as after, matches } from "/relay.js";
 
 const MAX_ON_SCREEN = 500;          // DOM cap: older cards are removed, the count keeps going
 const RATE_WINDOW_MS = 10000;
@@ -99,11 +99,6 @@ function tickRate() {
 }
 setInterval(tickRate, 500);
 
-// Whether `channel` matches the subscribed pattern (a name, or a prefix and `*`).
-function matches(pattern, channel) {
-  return pattern.endsWith("*") ? channel.startsWith(pattern.slice(0, -1)) : channel === pattern;
-}
-
 // A notice in the feed where messages were missing from the stream.
 function showGap(gap, filled) {
   const li = document.createElement("li");
@@ -177,7 +172,11 @@ function follow(pattern) {
   $("count").textContent = "0";
   $("empty").hidden = false;
   $("pattern-shown").textContent = pattern;
-  subscription = relay.subscribe(pattern, { onMessage, onGap: (gap) => onGap(pattern, gap) });
+  subscription = relay.subscribe(pattern, {
+    onMessage,
+    onGap: (gap) => onGap(pattern, gap),
+    onError: (refusal) => setStatus("offline", `${pattern}: ${refusal.title} (${refusal.status})`),
+  });
 }
 
 $("follow").addEventListener("submit", (ev) => {

@@ -19,6 +19,15 @@ export interface Gap {
   channel?: string;
 }
 
+/** The gateway refused a subscription (it is dropped: asking again would be refused again). */
+export interface Refusal {
+  type: "error";
+  channel: string;
+  /** 400 malformed, 403 not allowed, 409 overlaps another subscription, 429 over MAX_SUBSCRIPTIONS. */
+  status: number;
+  title: string;
+}
+
 export type State = "connecting" | "open" | "closed";
 
 export interface RelayOptions {
@@ -37,6 +46,7 @@ export interface SubscribeOptions {
   /** Each message once, in order; `frame` is the frame's JSON text (the payload's exact characters). */
   onMessage?: (message: Message, frame: string) => void;
   onGap?: (gap: Gap) => void;
+  onError?: (refusal: Refusal) => void;
 }
 
 export interface Subscription {
@@ -54,6 +64,8 @@ export class Relay {
   close(): void;
 }
 
+/** Whether `channel` matches `pattern` (a channel name, or a prefix followed by `*`). */
+export function matches(pattern: string, channel: string): boolean;
 /** Whether stream id `a` comes after `b`. */
 export function isAfter(a: string, b: string): boolean;
 /** The wait before reconnect attempt `n`: full jitter over min(30 s, 0.5 s × 2ⁿ). */

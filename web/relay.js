@@ -1,11 +1,14 @@
 // Relay's browser client: one ES module, no dependencies (types in relay.d.ts).
 //
-// Each subscription keeps its own position (the stream id of the last message it delivered) and its
-// own WebSocket, opened with `?channels=<pattern>&since=<position>`: after any unexpected close it
-// reconnects with exponential backoff and full jitter (a random wait up to 0.5 s, doubling to 30 s;
-// reset once a connection has lasted 30 s), asks `token()` for a fresh credential every time, and
-// resumes from its position. A message at or before the position is never delivered again, so each
-// arrives once, in order, across reconnections.
+// One WebSocket carries every subscription. It opens with `?channels=` (no subscription), and each
+// subscription sends `{"type": "subscribe", "channel": <pattern>, "since": <position>}` over it; the
+// gateway answers `subscribed`, replays what came after the position and goes live for that pattern.
+// Each subscription keeps its own position: the stream id of the last message it delivered. After any
+// unexpected close the client reconnects with exponential backoff and full jitter (a random wait up to
+// 0.5 s, doubling to 30 s; reset once a connection has lasted 30 s), asks `token()` for a fresh
+// credential every time, and subscribes every subscription again from its position. A message at or
+// before a subscription's position is never delivered again, so each arrives once, in order, across
+// reconnections.
 
 const BASE_MS = 500, CAP_MS = 30000, STABLE_MS = 30000;
 const TOKEN_EXPIRED = 4001;
@@ -15,6 +18,11 @@ const parts = (id) => id.split("-").map(BigInt);
 export function isAfter(a, b) {
   const [am, as] = parts(a), [bm, bs] = parts(b);
   return am > bm || (am === bm && as > bs);
+}
+
+// Whether `channel` matches `pattern`: a channel name, or a prefix followed by `*`.
+export function matches(pattern, channel) {
+  return pattern.endsWith("*") ? channel.startsWith(pattern.slice(0, -1)) : channel === pattern;
 }
 
 // The wait before reconnect attempt `n` (0-based): full jitter over an exponentially growing cap.
@@ -34,6 +42,11 @@ export class Relay {
     this.listeners = { state: new Set() };
     this.state = "closed";
     this.closed = false;
+    this.socket = null; // the current socket, open or opening
+    this.open = false;
+    this.busy = false; // a socket exists, or is being made, or a reconnect is scheduled
+    this.attempt = 0;
+    this.timer = null;
   }
 
   on(event, fn) {
@@ -41,101 +54,146 @@ export class Relay {
     return () => this.listeners[event].delete(fn);
   }
 
-  subscribe(pattern, { since = null, onMessage = () => {}, onGap = () => {} } = {}) {
-    const sub = new Subscription(this, pattern, since, onMessage, onGap);
+  subscribe(pattern, { since = null, onMessage = () => {}, onGap = () => {}, onError = () => {} } = {}) {
+    const sub = new Subscription(this, pattern, since, onMessage, onGap, onError);
     this.subs.add(sub);
-    sub.connect();
+    if (this.closed) return sub;
+    if (this.open) this.request(sub);
+    else if (!this.busy) this.connect();
+    this.setState();
     return sub;
   }
 
   close() {
     this.closed = true;
-    for (const sub of [...this.subs]) sub.unsubscribe();
-    this.setState();
+    for (const sub of this.subs) sub.done = true;
+    this.subs.clear();
+    this.idle();
   }
 
-  // "open" when every subscription's socket is open, "connecting" while any is not, "closed" when
-  // there is nothing to keep open.
+  // "open" while the socket is open, "connecting" while it is not, "closed" when there is nothing to
+  // keep open.
   setState() {
-    const subs = [...this.subs];
-    const state = this.closed || !subs.length ? "closed"
-      : subs.every((s) => s.open) ? "open" : "connecting";
+    const state = this.closed || !this.subs.size ? "closed" : this.open ? "open" : "connecting";
     if (state === this.state) return;
     this.state = state;
     for (const fn of this.listeners.state) fn(state);
   }
-}
-
-class Subscription {
-  constructor(relay, pattern, since, onMessage, onGap) {
-    Object.assign(this, { relay, pattern, position: since, onMessage, onGap });
-    this.attempt = 0;
-    this.open = false;
-    this.done = false;
-    this.socket = null;
-    this.timer = null;
-  }
 
   async connect() {
-    const r = this.relay;
-    r.setState();
+    this.busy = true;
+    this.timer = null;
+    this.setState();
     let credential = null;
     try {
-      credential = await r.token();
+      credential = await this.token();
     } catch (e) {
       return this.retry(); // the back end could not mint one now: try again later
     }
-    if (this.done) return;
-    const q = new URLSearchParams({ channels: this.pattern });
-    if (this.position) q.set("since", this.position);
+    if (this.closed || !this.subs.size) return this.idle();
+    const q = new URLSearchParams({ channels: "" });
     if (credential) q.set("access_token", credential);
-    const ws = new r.WebSocket(`${r.url}${r.url.includes("?") ? "&" : "?"}${q}`);
+    const ws = new this.WebSocket(`${this.url}${this.url.includes("?") ? "&" : "?"}${q}`);
     this.socket = ws;
     let openedAt = null;
     ws.onopen = () => {
-      openedAt = r.now();
+      openedAt = this.now();
       this.open = true;
-      r.setState();
+      for (const sub of this.subs) this.request(sub);
+      this.setState();
     };
     ws.onmessage = (ev) => this.frame(ev.data);
     ws.onclose = (ev) => {
       if (ws !== this.socket) return;
-      this.open = false;
       this.socket = null;
-      if (this.done) return r.setState();
+      this.open = false;
+      for (const sub of this.subs) sub.active = false;
       // A connection that lasted was healthy: the next failure starts the backoff over.
-      if (openedAt !== null && r.now() - openedAt >= STABLE_MS) this.attempt = 0;
+      if (openedAt !== null && this.now() - openedAt >= STABLE_MS) this.attempt = 0;
       if (ev.code === TOKEN_EXPIRED) this.attempt = 0; // at once, with a fresh token
       this.retry(ev.code === TOKEN_EXPIRED ? 0 : undefined);
     };
   }
 
-  retry(delay = backoff(this.attempt++, this.relay.random)) {
-    this.relay.setState();
-    if (this.done) return;
-    this.timer = this.relay.timers.setTimeout(() => this.connect(), delay);
+  retry(delay = backoff(this.attempt++, this.random)) {
+    if (this.closed || !this.subs.size) return this.idle();
+    this.setState();
+    this.timer = this.timers.setTimeout(() => this.connect(), delay);
+  }
+
+  // Nothing to keep open: stop reconnecting and close the socket.
+  idle() {
+    if (this.timer !== null) this.timers.clearTimeout(this.timer);
+    const ws = this.socket;
+    Object.assign(this, { timer: null, socket: null, open: false, busy: false });
+    if (ws) ws.close(1000, "no subscriptions");
+    this.setState();
+  }
+
+  send(frame) {
+    if (this.open) this.socket.send(JSON.stringify(frame));
+  }
+
+  // Asks the gateway for `sub` from its position; it delivers nothing until the gateway says `subscribed`.
+  request(sub) {
+    sub.active = false;
+    this.send({ type: "subscribe", channel: sub.pattern, ...(sub.position && { since: sub.position }) });
+  }
+
+  // The subscription a reply names: the first one of that pattern still waiting (or, `active`, started).
+  named(pattern, active) {
+    for (const sub of this.subs) if (sub.pattern === pattern && sub.active === active) return sub;
   }
 
   frame(text) {
     const frame = JSON.parse(text);
     if (frame.type === "message") {
       const m = frame.data;
-      if (this.position && !isAfter(m.stream_id, this.position)) return; // delivered already
-      this.position = m.stream_id;
-      this.onMessage(m, text);
-    } else if (frame.type === "hello") {
-      // Where a connection without `since` starts: resume from there even before a first message.
-      if (!this.position) this.position = frame.position;
+      for (const sub of this.subs) if (sub.active && matches(sub.pattern, m.channel)) return sub.deliver(m, text);
+    } else if (frame.type === "subscribed") {
+      const sub = this.named(frame.channel, false);
+      if (!sub) return;
+      sub.active = true;
+      // Where a subscription without `since` starts: resume from there even before a first message.
+      if (!sub.position) sub.position = frame.position;
     } else if (frame.type === "gap") {
-      this.onGap(frame);
-    } // other types: ignored, as the protocol says
+      this.named(frame.channel, true)?.onGap(frame);
+    } else if (frame.type === "error" && frame.channel && frame.status < 500) {
+      // Refused (overlap, malformed, forbidden, too many): asking again would be refused again. A 503
+      // (history unavailable) is followed by a close, and the reconnect asks again.
+      const sub = this.named(frame.channel, false);
+      if (!sub) return;
+      sub.drop();
+      sub.onError(frame);
+    } // other types (hello, unsubscribed, …): nothing to do, as the protocol allows
+  }
+}
+
+class Subscription {
+  constructor(relay, pattern, since, onMessage, onGap, onError) {
+    Object.assign(this, { relay, pattern, position: since, onMessage, onGap, onError });
+    this.active = false;
+    this.done = false;
+  }
+
+  deliver(m, text) {
+    if (this.position && !isAfter(m.stream_id, this.position)) return; // delivered already
+    this.position = m.stream_id;
+    this.onMessage(m, text);
   }
 
   unsubscribe() {
+    if (this.done) return;
+    this.relay.send({ type: "unsubscribe", channel: this.pattern });
+    this.drop();
+  }
+
+  drop() {
+    const r = this.relay;
     this.done = true;
-    this.relay.subs.delete(this);
-    if (this.timer !== null) this.relay.timers.clearTimeout(this.timer);
-    if (this.socket) this.socket.close(1000, "unsubscribed");
-    this.relay.setState();
+    r.subs.delete(this);
+    // The last one gone: close the socket, unless a new subscription comes in the same turn (a page
+    // that changes its pattern unsubscribes the old one first, since the two would overlap).
+    if (!r.subs.size) queueMicrotask(() => r.subs.size || r.idle());
   }
 }

@@ -2,16 +2,17 @@
 // Run by `cargo nextest` (push-gateway's client test) with `node --test`.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Relay, backoff, isAfter } from "./relay.js";
+import { Relay, backoff, isAfter, matches } from "./relay.js";
 
 function harness({ random = () => 0.5 } = {}) {
   const sockets = [], timers = [];
   let clock = 0, tokens = 0;
   class FakeSocket {
-    constructor(url) { this.url = new URL(url); this.closed = null; sockets.push(this); }
+    constructor(url) { this.url = new URL(url); this.closed = null; this.sent = []; sockets.push(this); }
     close(code) { this.closed = code; }
+    send(text) { this.sent.push(JSON.parse(text)); }
     open() { this.onopen?.(); }
-    send(frame) { this.onmessage?.({ data: JSON.stringify(frame) }); }
+    push(frame) { this.onmessage?.({ data: JSON.stringify(frame) }); }
     drop(code = 1006) { this.onclose?.({ code }); }
   }
   const relay = new Relay("ws://relay.test/ws", {
@@ -25,6 +26,7 @@ function harness({ random = () => 0.5 } = {}) {
 
 const message = (id, n, channel = "chat.a") =>
   ({ type: "message", data: { id: `m${n}`, channel, stream_id: id, received_at: "2026-12-04T00:00:00.000000Z", payload: { n } } });
+const subscribed = (channel, position) => ({ type: "subscribed", channel, position });
 
 test("stream ids compare as numbers", () => {
   assert.ok(isAfter("5-10", "5-9"));
@@ -41,32 +43,108 @@ test("the backoff grows to 30 s and is jittered over all of it", () => {
   for (const w of waits) assert.ok(w >= 0 && w < 30000);
 });
 
+test("patterns match a channel name, or a prefix before *", () => {
+  assert.ok(matches("*", "anything"));
+  assert.ok(matches("chat.*", "chat.a.b"));
+  assert.ok(!matches("chat.*", "chat"));
+  assert.ok(matches("news", "news"));
+  assert.ok(!matches("news", "news.x"));
+});
+
 test("each message is delivered once, in order, across reconnections, with a fresh token each time", async () => {
   const h = harness();
   const got = [];
   const sub = h.relay.subscribe("chat.*", { onMessage: (m) => got.push(m.stream_id) });
   await h.settle();
   let ws = h.sockets[0];
-  assert.equal(ws.url.searchParams.get("channels"), "chat.*");
-  assert.equal(ws.url.searchParams.get("since"), null);
+  assert.equal(ws.url.searchParams.get("channels"), "", "one socket, subscriptions by frames");
   assert.equal(ws.url.searchParams.get("access_token"), "token-1");
   ws.open();
-  ws.send({ type: "hello", position: "1-0" });
-  ws.send(message("1-1", 1));
-  ws.send(message("1-2", 2));
+  assert.deepEqual(ws.sent, [{ type: "subscribe", channel: "chat.*" }]);
+  ws.push(subscribed("chat.*", "1-0"));
+  ws.push(message("1-1", 1));
+  ws.push(message("1-2", 2));
   ws.drop();
   assert.equal(h.timers.length, 1, "a reconnect is scheduled");
   h.timers[0].fn();
   await h.settle();
   ws = h.sockets[1];
-  assert.equal(ws.url.searchParams.get("since"), "1-2", "resumes from its position");
   assert.equal(ws.url.searchParams.get("access_token"), "token-2", "asks for a new token");
   ws.open();
-  ws.send(message("1-2", 2)); // the server's replay overlaps
-  ws.send(message("1-3", 3));
-  ws.send({ type: "something-new" }); // unknown frame types are ignored
+  assert.deepEqual(ws.sent, [{ type: "subscribe", channel: "chat.*", since: "1-2" }], "resumes from its position");
+  ws.push(message("1-2", 2)); // before `subscribed`: not this subscription's yet
+  ws.push(subscribed("chat.*", "1-2"));
+  ws.push(message("1-2", 2)); // the server's replay overlaps
+  ws.push(message("1-3", 3));
+  ws.push({ type: "something-new" }); // unknown frame types are ignored
   assert.deepEqual(got, ["1-1", "1-2", "1-3"]);
   assert.equal(sub.position, "1-3");
+});
+
+test("several subscriptions share one socket, each with its own position", async () => {
+  const h = harness();
+  const got = { chat: [], news: [] };
+  const chat = h.relay.subscribe("chat.*", { onMessage: (m) => got.chat.push(m.stream_id) });
+  const news = h.relay.subscribe("news", { since: "1-0", onMessage: (m) => got.news.push(m.stream_id) });
+  await h.settle();
+  assert.equal(h.sockets.length, 1);
+  const ws = h.sockets[0];
+  ws.open();
+  assert.deepEqual(ws.sent, [{ type: "subscribe", channel: "chat.*" }, { type: "subscribe", channel: "news", since: "1-0" }]);
+  ws.push(subscribed("chat.*", "2-0"));
+  ws.push(subscribed("news", "1-0"));
+  ws.push(message("1-5", 5, "news"));
+  ws.push(message("2-1", 6, "chat.b"));
+  ws.push(message("2-2", 7, "weather")); // nobody's
+  assert.deepEqual(got, { chat: ["2-1"], news: ["1-5"] });
+  assert.deepEqual([chat.position, news.position], ["2-1", "1-5"]);
+  const later = h.relay.subscribe("weather");
+  assert.deepEqual(ws.sent.at(-1), { type: "subscribe", channel: "weather" }, "sent on the open socket");
+  news.unsubscribe();
+  assert.deepEqual(ws.sent.at(-1), { type: "unsubscribe", channel: "news" });
+  const again = [];
+  const renewed = h.relay.subscribe("news", { onMessage: (m) => again.push(m.stream_id) });
+  ws.push(message("2-3", 8, "news")); // in flight before `unsubscribed`: the old subscription's
+  ws.push({ type: "unsubscribed", channel: "news" });
+  ws.push(subscribed("news", "2-3"));
+  ws.push(message("2-4", 9, "news"));
+  assert.deepEqual([got.news, again], [["1-5"], ["2-4"]]);
+  renewed.unsubscribe();
+  chat.unsubscribe();
+  await h.settle();
+  assert.equal(ws.closed, null, "still open for `weather`");
+  later.unsubscribe();
+  const next = h.relay.subscribe("sport");
+  await h.settle();
+  assert.equal(ws.closed, null, "one subscription replaced by another in the same turn keeps the socket");
+  assert.deepEqual(ws.sent.at(-1), { type: "subscribe", channel: "sport" });
+  next.unsubscribe();
+  await h.settle();
+  assert.equal(ws.closed, 1000, "closed with the last subscription");
+  assert.equal(h.relay.state, "closed");
+});
+
+test("a refused subscription is dropped and reported; the others go on", async () => {
+  const h = harness();
+  const errors = [];
+  h.relay.subscribe("chat.*");
+  const dup = h.relay.subscribe("chat.a", { onError: (e) => errors.push(e.status) });
+  await h.settle();
+  const ws = h.sockets[0];
+  ws.open();
+  ws.push(subscribed("chat.*", "1-0"));
+  ws.push({ type: "error", channel: "chat.a", status: 409, title: "overlaps `chat.*`" });
+  assert.deepEqual(errors, [409]);
+  assert.equal(h.relay.subs.has(dup), false);
+  const later = h.relay.subscribe("news", { since: "1-0", onError: (e) => errors.push(e.status) });
+  ws.push({ type: "error", channel: "news", status: 503, title: "history unavailable" });
+  ws.drop(1013);
+  h.timers.at(-1).fn();
+  await h.settle();
+  h.sockets[1].open();
+  assert.deepEqual(h.sockets[1].sent.map((f) => f.channel), ["chat.*", "news"], "the refused one is not asked for again; the unavailable one is");
+  assert.equal(h.relay.subs.has(later), true);
+  assert.deepEqual(errors, [409]);
 });
 
 test("the delays grow while connections fail and start over after a connection that lasted", async () => {
@@ -104,8 +182,9 @@ test("gaps are reported, and a subscription resumed with since starts from it", 
   const gaps = [];
   h.relay.subscribe("news", { since: "7-0", onGap: (g) => gaps.push(g) });
   await h.settle();
-  assert.equal(h.sockets[0].url.searchParams.get("since"), "7-0");
   h.sockets[0].open();
-  h.sockets[0].send({ type: "gap", since: "7-0", oldest: "9-0" });
-  assert.deepEqual(gaps, [{ type: "gap", since: "7-0", oldest: "9-0" }]);
+  assert.deepEqual(h.sockets[0].sent, [{ type: "subscribe", channel: "news", since: "7-0" }]);
+  h.sockets[0].push(subscribed("news", "7-0"));
+  h.sockets[0].push({ type: "gap", channel: "news", since: "7-0", oldest: "9-0" });
+  assert.deepEqual(gaps, [{ type: "gap", channel: "news", since: "7-0", oldest: "9-0" }]);
 });

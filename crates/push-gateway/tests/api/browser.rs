@@ -360,10 +360,10 @@ async fn a_payload_with_html_and_a_script_is_shown_as_text_and_never_runs() {
     assert_eq!(shown[1], 0, "no element made from the payload");
 }
 
-/// `/relay.js` itself in real Chromium: a subscription to `chat.*` while messages of several channels
-/// are posted, the gateway stopped, more posted, the gateway started again: every `chat.*` message
-/// arrives once, in stream order, none of another channel, and the subscription's position is the
-/// last one delivered.
+/// `/relay.js` itself in real Chromium: subscriptions to `chat.*` and `news` on one socket while messages
+/// of several channels are posted, the gateway stopped, more posted, the gateway started again: every
+/// message of each arrives once, in stream order, to its own subscription only, each subscription's
+/// position is the last one it delivered, and every socket the client opened carried both.
 #[tokio::test]
 async fn the_client_library_resumes_a_pattern_across_a_gateway_restart_exactly_once_in_order() {
     let mut relay = spawn_relay(test_settings()).await;
@@ -374,9 +374,13 @@ async fn the_client_library_resumes_a_pattern_across_a_gateway_restart_exactly_o
     browser.goto(&format!("http://127.0.0.1:{port}/")).await;
     browser
         .js(
-            "window.got = []; import('/relay.js').then(({ Relay }) => {
-               const relay = new Relay(`ws://${location.host}/ws`);
-               window.sub = relay.subscribe('chat.*', { onMessage: (m) => window.got.push([m.channel, m.stream_id, m.payload.n]) });
+            "window.got = { chat: [], news: [] }; window.urls = [];
+             import('/relay.js').then(({ Relay }) => {
+               class Counted extends WebSocket { constructor(url) { super(url); window.urls.push(url); } }
+               const relay = new Relay(`ws://${location.host}/ws`, { WebSocket: Counted });
+               const keep = (list) => (m) => list.push([m.channel, m.stream_id, m.payload.n]);
+               window.sub = relay.subscribe('chat.*', { onMessage: keep(window.got.chat) });
+               window.news = relay.subscribe('news', { onMessage: keep(window.got.news) });
                relay.on('state', (s) => { window.state = s; });
              })",
             json!([]),
@@ -388,36 +392,75 @@ async fn the_client_library_resumes_a_pattern_across_a_gateway_restart_exactly_o
         || async { browser.js("return window.state", json!([])).await == "open" },
     )
     .await;
-    let mut expected = Vec::new();
+    // `open` is the socket; the subscriptions start when the gateway answers `subscribed`.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut expected = Expected::default();
     post_mixed(&relay, 0..6, &mut expected).await;
     relay.stop_gateway().await;
     post_mixed(&relay, 6..15, &mut expected).await;
     relay.start_gateway(Some(port)).await;
     post_mixed(&relay, 15..18, &mut expected).await;
-    wait_until("every chat.* message", Duration::from_secs(30), || async {
+    let total = expected.chat.len() + expected.news.len();
+    wait_until("every message", Duration::from_secs(30), || async {
         browser
-            .js("return window.got.length", json!([]))
+            .js(
+                "return window.got.chat.length + window.got.news.length",
+                json!([]),
+            )
             .await
             .as_u64()
             .unwrap() as usize
-            >= expected.len()
+            >= total
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let got = browser.js("return window.got", json!([])).await;
-    assert_eq!(got, json!(expected), "each once, in order, only chat.*");
-    let position = browser.js("return window.sub.position", json!([])).await;
-    assert_eq!(position, expected.last().unwrap()[1]);
+    assert_eq!(
+        got["chat"],
+        json!(expected.chat),
+        "each once, in order, only chat.*"
+    );
+    assert_eq!(
+        got["news"],
+        json!(expected.news),
+        "each once, in order, only news"
+    );
+    let positions = browser
+        .js(
+            "return [window.sub.position, window.news.position]",
+            json!([]),
+        )
+        .await;
+    assert_eq!(positions[0], expected.chat.last().unwrap()[1]);
+    assert_eq!(positions[1], expected.news.last().unwrap()[1]);
+    let urls = browser.js("return window.urls", json!([])).await;
+    let urls = urls.as_array().unwrap();
+    assert!(urls.len() >= 2, "it reconnected: {urls:?}");
+    for url in urls {
+        assert!(
+            url.as_str().unwrap().ends_with("/ws?channels="),
+            "one socket for both subscriptions, which it subscribes by frames: {url}"
+        );
+    }
 }
 
-/// Posts `{"n":n}` for each n, to chat.a, news and chat.b in turn; adds what a `chat.*` subscriber should
-/// get to `expected`.
-async fn post_mixed(relay: &testkit::Relay, ns: std::ops::Range<i64>, expected: &mut Vec<Value>) {
+#[derive(Default)]
+struct Expected {
+    chat: Vec<Value>,
+    news: Vec<Value>,
+}
+
+/// Posts `{"n":n}` for each n, to chat.a, news and chat.b in turn; adds what each subscriber should get
+/// to `expected`.
+async fn post_mixed(relay: &testkit::Relay, ns: std::ops::Range<i64>, expected: &mut Expected) {
     for n in ns {
         let channel = ["chat.a", "news", "chat.b"][n as usize % 3];
         let accepted = relay.publish_to(channel, format!(r#"{{"n":{n}}}"#)).await;
-        if channel.starts_with("chat.") {
-            expected.push(json!([channel, accepted["stream_id"], n]));
-        }
+        let list = if channel == "news" {
+            &mut expected.news
+        } else {
+            &mut expected.chat
+        };
+        list.push(json!([channel, accepted["stream_id"], n]));
     }
 }
