@@ -3,6 +3,7 @@
 //! frame only for messages that are gone.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use actix_ws::CloseCode;
 use model::redis_stream::entry_list;
@@ -143,7 +144,7 @@ pub(crate) async fn replay(
                 Some(u) if u < oldest => StreamId::new(u.ms, u.seq.saturating_add(1)),
                 _ => oldest,
             };
-            match Box::pin(replay_stored(
+            let stored = Box::pin(replay_stored(
                 state,
                 session,
                 sub,
@@ -151,22 +152,9 @@ pub(crate) async fn replay(
                 position,
                 stored_until,
             ))
-            .await
-            {
-                Ok(Some(last)) => position = last,
-                Ok(None) => {}
-                Err(Stored::Sending(end)) => return Err(end),
-                Err(Stored::Unavailable(e)) => {
-                    log::warn!("replaying from Postgres failed, sending a gap instead: {e:#}");
-                    send(
-                        state,
-                        session,
-                        sub,
-                        Out::Text(frames::gap(position, oldest, subs.label.as_ref())),
-                    )
-                    .await?;
-                    state.metrics.frames.with_label_values(&["gap"]).inc();
-                }
+            .await?;
+            if let Some(last) = stored {
+                position = last;
             }
         }
         let count = page.len();
@@ -195,15 +183,25 @@ pub(crate) async fn replay(
 
 /// Why a replay from Postgres stopped.
 enum Stored {
-    /// Postgres could not be read: the caller falls back to a `gap` frame.
+    /// Postgres could not be read: tried again until [`HISTORY_WAIT`] has passed.
     Unavailable(anyhow::Error),
     /// Sending to the client ended the session.
     Sending(End),
 }
 
+/// How long a replay waits for Postgres to answer, in all, before it tells the client the history is
+/// unavailable. Each try waits up to [`history::POOL_WAIT`](crate::history::POOL_WAIT) for a connection.
+pub(crate) const HISTORY_WAIT: Duration = Duration::from_secs(6);
+/// The pause between two tries.
+const HISTORY_RETRY: Duration = Duration::from_millis(500);
+
 /// Sends the stored messages after `since` and before `until` (the stream's oldest entry) that the
-/// socket subscribed to; returns the last position read, if any. When `HISTORY_RETENTION` has deleted
-/// messages after `since`, a `gap` frame says so first, naming the oldest message still held.
+/// socket subscribed to; returns the last position read, if any.
+///
+/// A Postgres that is away is tried again, from the last message sent, for [`HISTORY_WAIT`]. Past that
+/// the client gets an `error` frame (503) and the socket closes with 1013: the messages are not gone,
+/// so a `gap` would be a lie, and going on without them would skip them. The client reconnects with
+/// `since` (relay.js does, with its backoff) and resumes where it stopped.
 async fn replay_stored(
     state: &AppState,
     session: &mut Outlet,
@@ -211,18 +209,66 @@ async fn replay_stored(
     subs: &Subs,
     since: StreamId,
     until: StreamId,
-) -> Result<Option<StreamId>, Stored> {
-    let (mut cursor, mut last) = (since, None);
+) -> Result<Option<StreamId>, End> {
+    let deadline = Instant::now() + HISTORY_WAIT;
+    let mut read = Read {
+        cursor: since,
+        last: None,
+    };
+    loop {
+        match stored_pages(state, session, sub, subs, &mut read, until).await {
+            Ok(()) => return Ok(read.last),
+            Err(Stored::Sending(end)) => return Err(end),
+            Err(Stored::Unavailable(e)) if Instant::now() + HISTORY_RETRY < deadline => {
+                log::warn!("replaying from Postgres failed, trying again: {e:#}");
+                tokio::time::sleep(HISTORY_RETRY).await;
+            }
+            Err(Stored::Unavailable(e)) => {
+                log::warn!("replaying from Postgres failed for {HISTORY_WAIT:?}, closing: {e:#}");
+                let title = format!(
+                    "history unavailable: the store did not answer within {} s; reconnect with since",
+                    HISTORY_WAIT.as_secs()
+                );
+                let label = subs.label.as_ref().map(ToString::to_string);
+                let frame = frames::error(label.as_deref(), 503, title);
+                send(state, session, sub, Out::Text(frame)).await?;
+                return Err(close(
+                    CloseCode::Again,
+                    "history unavailable; reconnect with since",
+                ));
+            }
+        }
+    }
+}
+
+/// How far a replay from Postgres got: where the next page starts, and the last position read.
+struct Read {
+    cursor: StreamId,
+    last: Option<StreamId>,
+}
+
+/// The pages of [`replay_stored`] from `read.cursor` on, advancing `read` as they are sent. When
+/// `HISTORY_RETENTION` has deleted messages after the cursor, a `gap` frame says so first, naming the
+/// oldest message still held.
+async fn stored_pages(
+    state: &AppState,
+    session: &mut Outlet,
+    sub: &Subscription,
+    subs: &Subs,
+    read: &mut Read,
+    until: StreamId,
+) -> Result<(), Stored> {
     let horizon = crate::history::horizon(&state.db)
         .await
         .map_err(Stored::Unavailable)?;
-    let mut gap = horizon.filter(|h| since < *h).map(|h| {
-        cursor = h;
-        last = Some(h);
+    let mut gap = horizon.filter(|h| read.cursor < *h).map(|h| {
+        let since = read.cursor;
+        read.cursor = h;
+        read.last = Some(h);
         since
     });
     loop {
-        let page = crate::history::page(&state.db, &subs.filter, cursor, until)
+        let page = crate::history::page(&state.db, &subs.filter, read.cursor, until)
             .await
             .map_err(Stored::Unavailable)?;
         if let Some(gap_since) = gap.take() {
@@ -238,17 +284,21 @@ async fn replay_stored(
             if !subs.accepts(&frame.channel, frame.stream_id) {
                 continue;
             }
+            let at = frame.stream_id;
             send(state, session, sub, Out::Text(frame.text))
                 .await
                 .map_err(Stored::Sending)?;
             state.metrics.frames.with_label_values(&["replay"]).inc();
+            // A retry after a failure mid-page starts after the last message sent.
+            read.cursor = at;
+            read.last = Some(at);
         }
-        if let Some(read) = page.last {
-            cursor = read;
-            last = Some(read);
+        if let Some(last) = page.last {
+            read.cursor = last;
+            read.last = Some(last);
         }
         if !page.more {
-            return Ok(last);
+            return Ok(());
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -129,6 +129,88 @@ async fn a_since_older_than_the_stream_is_replayed_from_postgres_and_only_delete
 
     // A `since` inside what the stream still holds needs neither.
     let mut ws = relay.ws_connect(&format!("?since={}", ids[15])).await;
+    assert_eq!(stream_ids(&ws.messages(4).await), ids[16..]);
+}
+
+/// A gateway whose Postgres is away stays ready and serves what the stream holds; a `since` older than
+/// that waits a while for Postgres, then gets a 503 `error` frame and a 1013 close, on a connection or on
+/// a subscribe frame — never a `gap` for messages that exist, never a silent skip.
+#[tokio::test]
+async fn with_postgres_away_an_older_since_gets_an_error_frame_and_1013_never_a_gap() {
+    let relay = testkit::spawn_relay(test_settings()).await;
+    let accepted = relay.publish_numbers(20).await;
+    let ids = stream_ids(&accepted);
+    assert_eq!(testkit::wait_for_rows(&relay.settings, 20).await, 20);
+    let mut redis = testkit::redis(&relay.settings);
+    let _: usize = redis::cmd("XTRIM")
+        .arg(&relay.settings.stream_key)
+        .arg("MINID")
+        .arg(&ids[10])
+        .query(&mut redis)
+        .unwrap();
+    let mut away = relay.settings.clone();
+    away.database_url = "postgres://postgres@127.0.0.1:1/relay".into();
+    away.gateway_addr = "127.0.0.1:0".parse().unwrap();
+    let gateway = testkit::spawn_gateway(away).await; // ready: it waited for /readyz
+    let addr = gateway.url().trim_start_matches("http://").to_owned();
+
+    let started = std::time::Instant::now();
+    let by_connection = async {
+        let mut ws = testkit::Ws(
+            testkit::ws::connect(&addr, &format!("?since={}", ids[2]))
+                .await
+                .unwrap(),
+        );
+        let error = ws.frame().await;
+        assert_eq!(
+            (&error["type"], &error["status"]),
+            (&"error".into(), &503.into()),
+            "{error}"
+        );
+        assert!(
+            error["title"]
+                .as_str()
+                .unwrap()
+                .contains("history unavailable"),
+            "{error}"
+        );
+        assert!(error.get("channel").is_none(), "{error}");
+        match ws.next().await {
+            Seen::Closed(Some(c)) => assert_eq!(c.code, CloseCode::Again),
+            other => panic!("expected a 1013 close, got {other:?}"),
+        }
+    };
+    let by_frame = async {
+        let mut ws = testkit::Ws(testkit::ws::connect(&addr, "?channels=").await.unwrap());
+        let subscribe = serde_json::json!({"type": "subscribe", "channel": "*", "since": ids[2]});
+        ws.0.send(Message::Text(subscribe.to_string().into()))
+            .await
+            .unwrap();
+        assert_eq!(ws.frame().await["type"], "subscribed");
+        let error = ws.frame().await;
+        assert_eq!(
+            (&error["status"], &error["channel"]),
+            (&503.into(), &"*".into()),
+            "{error}"
+        );
+        match ws.next().await {
+            Seen::Closed(Some(c)) => assert_eq!(c.code, CloseCode::Again),
+            other => panic!("expected a 1013 close, got {other:?}"),
+        }
+    };
+    tokio::join!(by_connection, by_frame);
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "it waited for Postgres first: {:?}",
+        started.elapsed()
+    );
+
+    // What the stream holds is served all the same.
+    let mut ws = testkit::Ws(
+        testkit::ws::connect(&addr, &format!("?since={}", ids[15]))
+            .await
+            .unwrap(),
+    );
     assert_eq!(stream_ids(&ws.messages(4).await), ids[16..]);
 }
 
