@@ -1,6 +1,6 @@
-//! The whole `main` of a service: `--help`, logging, settings, build, and running until the first SIGINT
-//! (Ctrl-C) or SIGTERM. Services take their stop signal as a future from the caller, so tests can stop
-//! them without signals; `main` passes [`signal`].
+//! The whole `main` of a service: `--help`, `--version`, logging, settings, build, and running until the
+//! first SIGINT (Ctrl-C) or SIGTERM. Services take their stop signal as a future from the caller, so tests
+//! can stop them without signals; `main` passes [`signal`].
 
 use std::future::Future;
 use std::io::Write as _;
@@ -57,8 +57,15 @@ pub fn help(binary: &str, used_by: UsedBy) -> String {
     out
 }
 
-/// Runs a service binary: `--help` prints its settings and exits 0 without binding anything; otherwise a
-/// bad setting exits 2 with one line naming it, any other start-up failure exits 1 with its cause.
+/// What `--version` prints: the binary and Relay's release, the workspace version (`[workspace.package]`
+/// in the root `Cargo.toml`), which is the newest release in `CHANGELOG.md` (a test keeps them equal).
+pub fn version(binary: &str) -> String {
+    format!("{binary} {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Runs a service binary: `--help` prints its settings and `--version` its version, each exiting 0
+/// without binding anything; otherwise a bad setting exits 2 with one line naming it, any other start-up
+/// failure exits 1 with its cause.
 pub async fn run_service<A, B, R, E1, E2>(
     binary: &str,
     used_by: UsedBy,
@@ -75,6 +82,10 @@ where
         if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
             // Writing the help to a closed stdout is not worth a panic.
             let _ = std::io::stdout().write_all(help(binary, used_by).as_bytes());
+            return ExitCode::SUCCESS;
+        }
+        if std::env::args().skip(1).any(|a| a == "--version" || a == "-V") {
+            let _ = writeln!(std::io::stdout(), "{}", version(binary));
             return ExitCode::SUCCESS;
         }
         crate::logging::init();
