@@ -76,6 +76,8 @@ pub fn post_to(
 pub struct PostLog {
     /// Ids of the 202s, in the order they were answered per worker.
     pub accepted: Vec<String>,
+    /// The channel each of `accepted` was published to, as the 202 named it.
+    pub channels: Vec<String>,
     /// 503s that carried `Retry-After`.
     pub refused: usize,
     /// Anything else: connection errors (a service being restarted), other statuses.
@@ -103,11 +105,23 @@ pub struct Poster {
 }
 
 impl Poster {
+    /// Posts to `POST /messages`.
     pub fn start(
         url: impl Fn() -> String + Send + Sync + 'static,
         total: usize,
         rate: u32,
         workers: usize,
+    ) -> Self {
+        Self::start_to(url, total, rate, workers, |_| "/messages".to_owned())
+    }
+
+    /// Posts message `n` to `path(n)` (`/messages`, or `/channels/{c}/messages`).
+    pub fn start_to(
+        url: impl Fn() -> String + Send + Sync + 'static,
+        total: usize,
+        rate: u32,
+        workers: usize,
+        path: fn(usize) -> String,
     ) -> Self {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let url = Arc::new(url);
@@ -134,7 +148,7 @@ impl Poster {
                         }
                         let started = Instant::now();
                         let res = client
-                            .post(format!("{}/messages", url()))
+                            .post(format!("{}{}", url(), path(n)))
                             .header("content-type", "application/json")
                             .body(format!("{{\"n\":{n}}}"))
                             .send();
@@ -143,6 +157,8 @@ impl Poster {
                             Ok(r) if r.status() == 202 => {
                                 let body: serde_json::Value = r.json().unwrap();
                                 log.accepted.push(body["id"].as_str().unwrap().to_owned());
+                                let channel = body["channel"].as_str().unwrap_or("default");
+                                log.channels.push(channel.to_owned());
                             }
                             Ok(r)
                                 if r.status() == 503 && r.headers().contains_key("retry-after") =>
@@ -168,6 +184,7 @@ impl Poster {
         for w in self.workers {
             let log = w.join().unwrap();
             all.accepted.extend(log.accepted);
+            all.channels.extend(log.channels);
             all.refused += log.refused;
             all.failed.extend(log.failed);
             all.slowest = all.slowest.max(log.slowest);

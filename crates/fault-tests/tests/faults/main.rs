@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use testkit::procs::{env_for, wait_until, with_env, OwnPostgres, OwnRedis, Service};
 use testkit::Cleanup;
 
+mod channels;
 mod load;
 
 use load::{assert_exactly_once, post_to, prepare_logged_database, Poster};
