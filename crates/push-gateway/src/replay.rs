@@ -136,7 +136,7 @@ pub(crate) async fn replay(
             position < oldest
         };
         let page = entry_list(page);
-        if trimmed_past_cursor && !page.is_empty() {
+        if trimmed_past_cursor {
             // What the stream no longer holds is in Postgres: sent from there, up to the stream's
             // oldest entry. Only when Postgres cannot say is the client told of a gap.
             // A subscription's replay stops at its subscription's position: the rest is live.

@@ -70,8 +70,11 @@ impl Ws {
 
     /// The next text frame (of any type) or close, skipping pings.
     pub async fn next_any(&mut self) -> Seen {
+        // One deadline for the frame, not one per read: the gateway pings every few seconds, and a
+        // deadline renewed by each ping would wait forever for a frame that never comes.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let msg = tokio::time::timeout(Duration::from_secs(10), self.0.next())
+            let msg = tokio::time::timeout_at(deadline, self.0.next())
                 .await
                 .expect("no frame within 10 s");
             match msg {

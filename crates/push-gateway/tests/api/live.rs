@@ -130,6 +130,17 @@ async fn a_since_older_than_the_stream_is_replayed_from_postgres_and_only_delete
     // A `since` inside what the stream still holds needs neither.
     let mut ws = relay.ws_connect(&format!("?since={}", ids[15])).await;
     assert_eq!(stream_ids(&ws.messages(4).await), ids[16..]);
+
+    // A stream trimmed to nothing still knows it held entries: they all come from Postgres.
+    let _: usize = redis::cmd("XTRIM")
+        .arg(&relay.settings.stream_key)
+        .arg("MAXLEN")
+        .arg(0)
+        .query(&mut redis)
+        .unwrap();
+    let mut ws = relay.ws_connect(&format!("?since={}", ids[10])).await;
+    assert_eq!(stream_ids(&ws.messages(9).await), ids[11..]);
+    ws.assert_quiet(Duration::from_millis(300)).await;
 }
 
 /// A gateway whose Postgres is away stays ready and serves what the stream holds; a `since` older than
