@@ -63,7 +63,7 @@ impl Sizes {
 }
 
 /// Open files the run needs: the idle-sockets row holds 50,000 client sockets here, and the gateway (which
-/// inherits the limit) keeps two descriptors per connection.
+/// inherits the limit) keeps one descriptor per connection.
 const OPEN_FILES: u32 = 262_144;
 
 /// Raises this process's open-files limit (soft and hard, which needs root for the hard one) so the
@@ -103,11 +103,15 @@ async fn main() -> std::process::ExitCode {
     let mut report = Report::new(machine::describe(&env.settings), sizes);
     type Scenario =
         fn(&scenarios::Env, Sizes) -> futures_util::future::BoxFuture<'_, anyhow::Result<Vec<Row>>>;
-    let all: [(&str, Scenario); 7] = [
+    let all: [(&str, Scenario); 9] = [
         ("ingest", |e, s| Box::pin(scenarios::ingest(e, s))),
+        ("publish to channels", |e, s| {
+            Box::pin(scenarios::publish_to_channels(e, s))
+        }),
         ("drain", |e, s| Box::pin(scenarios::drain(e, s))),
         ("end to end", |e, s| Box::pin(scenarios::end_to_end(e, s))),
         ("fan-out", |e, s| Box::pin(scenarios::fan_out(e, s))),
+        ("routing", |e, s| Box::pin(scenarios::routing(e, s))),
         ("idle sockets", |e, s| {
             Box::pin(scenarios::idle_sockets(e, s))
         }),

@@ -117,9 +117,7 @@ impl Application {
         });
         log::info!("push-gateway listening on {}", listener.local_addr()?);
         let app_state = state.clone();
-        // A WebSocket whose client stops reading must be closable by its session (see `ws`).
-        let options = ServerOptions::new(&state.settings, Duration::from_secs(5))
-            .with_closable_sockets(&state.settings);
+        let options = ServerOptions::new(&state.settings, Duration::from_secs(5));
         let server = service::http::serve(listener, options, move || {
             App::new()
                 .app_data(app_state.clone())

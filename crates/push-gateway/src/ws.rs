@@ -11,7 +11,7 @@ use service::settings::{Access, Scope};
 
 use crate::hub::Refused;
 use crate::routing::{Filter, Refusal, Subs};
-use crate::session::{client_timeout, close_linger, serve, Opening, Outlet};
+use crate::session::{close_linger, serve, Opening, Outlet};
 use crate::slots::NoSlot;
 use crate::startup::AppState;
 
@@ -160,8 +160,10 @@ pub async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>
         // close frame was sent, gets a short linger to read it; one that does not read is cut at once.
         let closed = match reason {
             Some(reason) => {
+                // Handing over the close frame waits for room in actix-ws's queue, which a client that
+                // stopped reading never makes: the linger bounds that wait too.
                 let close = session.close(Some(reason));
-                tokio::time::timeout(client_timeout(&state), close)
+                tokio::time::timeout(close_linger(&state), close)
                     .await
                     .is_ok()
             }

@@ -104,6 +104,45 @@ impl Written {
     }
 }
 
+/// Ends a connection from outside its I/O: once [`Closer::close`] is called, the connection's next read
+/// or write fails (its task is woken for it), and actix drops the connection and its socket. For a
+/// WebSocket whose client stopped reading, which actix alone would keep flushing to forever. It holds no
+/// descriptor of its own (a duplicated descriptor per socket had halved the sockets a file limit holds),
+/// and it can never close another connection's socket: it acts only through this connection's stream.
+#[derive(Debug, Clone, Default)]
+pub struct Closer(Arc<CloserState>);
+
+#[derive(Debug, Default)]
+struct CloserState {
+    closed: std::sync::atomic::AtomicBool,
+    /// The connection task's waker, registered whenever a read or write waits.
+    waker: futures_util::task::AtomicWaker,
+}
+
+impl Closer {
+    pub fn close(&self) {
+        self.0.closed.store(true, Ordering::Release);
+        self.0.waker.wake();
+    }
+
+    fn closed(&self) -> io::Result<()> {
+        if self.0.closed.load(Ordering::Acquire) {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "closed by the server",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Registers the waiting task, then checks again: a close between the first check and the
+    /// registration is not missed.
+    fn wait(&self, cx: &Context<'_>) -> io::Result<()> {
+        self.0.waker.register(cx.waker());
+        self.closed()
+    }
+}
+
 /// A TCP stream with the deadlines of the module's header.
 pub struct Guarded {
     io: TcpStream,
@@ -117,6 +156,7 @@ pub struct Guarded {
     write_stalled_since: Option<Instant>,
     timer: Pin<Box<Sleep>>,
     written: Written,
+    closer: Closer,
     _slot: Slot,
 }
 
@@ -131,6 +171,7 @@ impl Guarded {
             write_stalled_since: None,
             timer: Box::pin(tokio::time::sleep(timeout)),
             written: Written::default(),
+            closer: Closer::default(),
             _slot: slot,
         }
     }
@@ -140,7 +181,12 @@ impl Guarded {
         self.written.clone()
     }
 
-    /// The socket itself (to set options on, or to duplicate).
+    /// What ends this connection from outside.
+    pub fn closer(&self) -> Closer {
+        self.closer.clone()
+    }
+
+    /// The socket itself (to set options on).
     pub fn tcp(&self) -> &TcpStream {
         &self.io
     }
@@ -199,6 +245,7 @@ impl AsyncRead for Guarded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        this.closer.closed()?;
         let before = buf.filled().len();
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -218,6 +265,7 @@ impl AsyncRead for Guarded {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
+                this.closer.wait(cx)?;
                 let deadline = this.read_deadline();
                 match this.check(deadline, cx, "sending its request") {
                     Ok(()) => Poll::Pending,
@@ -235,6 +283,7 @@ impl AsyncWrite for Guarded {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        this.closer.closed()?;
         match Pin::new(&mut this.io).poll_write(cx, data) {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
@@ -247,6 +296,7 @@ impl AsyncWrite for Guarded {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
+                this.closer.wait(cx)?;
                 this.write_stalled_since.get_or_insert_with(Instant::now);
                 let deadline = this.write_deadline();
                 match this.check(deadline, cx, "reading its response") {

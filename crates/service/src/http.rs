@@ -32,10 +32,6 @@ pub struct ServerOptions {
     /// `CLIENT_TIMEOUT_MS`: how long a client may take to send its request head, how long an idle
     /// keep-alive connection is kept, and how long a closing connection may take to flush.
     pub client_timeout: Duration,
-    /// Whether [`ConnectionHeld::shutdown`] can end a connection (it then keeps a duplicate of each
-    /// socket's descriptor, one more file descriptor per connection): for servers whose handlers must be
-    /// able to drop a client that will never read, which actix alone would keep flushing to forever.
-    pub closable_sockets: bool,
     /// `MAX_HTTP_CONNECTIONS`: connections held at once (0 in the setting: sized to the open-files limit).
     pub max_connections: usize,
     /// While Relay is open (no credentials), the `Host` names requests may use (`ALLOWED_HOSTS` and
@@ -54,23 +50,12 @@ impl ServerOptions {
             workers: None,
             shutdown_grace,
             client_timeout: Duration::from_millis(settings.client_timeout_ms),
-            closable_sockets: false,
             max_connections: match settings.max_http_connections {
                 0 => crate::connection::default_cap(1),
                 n => n,
             },
             blocking_threads: None,
         }
-    }
-
-    /// Sockets that [`ConnectionHeld::shutdown`] can end, at the cost of a second descriptor each (the
-    /// default connection cap halves to match).
-    pub fn with_closable_sockets(mut self, settings: &crate::Settings) -> Self {
-        self.closable_sockets = true;
-        if settings.max_http_connections == 0 {
-            self.max_connections = crate::connection::default_cap(2);
-        }
-        self
     }
 
     /// `threads` blocking threads per worker (at least one).
@@ -148,7 +133,6 @@ where
         let cap = cap.clone();
         let options = options.clone();
         let timeout = options.client_timeout;
-        let closable = options.closable_sockets;
         let hosts = web::Data::new(HostGuard(options.hosts.clone()));
         let app = factory()
             .app_data(hosts)
@@ -170,7 +154,7 @@ where
             .on_connect_ext(move |io: &Guarded, ext: &mut actix_web::dev::Extensions| {
                 let tcp = io.tcp();
                 let _ = tcp.set_nodelay(true);
-                ext.insert(ConnectionHeld::new(io, closable));
+                ext.insert(ConnectionHeld::new(io));
             })
             .finish(map_config(app, move |()| AppConfig::default()));
         actix_web::dev::fn_service(move |io: actix_web::rt::net::TcpStream| {
@@ -260,20 +244,6 @@ async fn refuse_over_cap(mut io: actix_web::rt::net::TcpStream, timeout: Duratio
     log::debug!("refused a connection over MAX_HTTP_CONNECTIONS");
 }
 
-#[cfg(unix)]
-fn duplicate(tcp: &actix_web::rt::net::TcpStream) -> Option<std::net::TcpStream> {
-    use std::os::fd::AsFd;
-    tcp.as_fd()
-        .try_clone_to_owned()
-        .ok()
-        .map(std::net::TcpStream::from)
-}
-
-#[cfg(not(unix))]
-fn duplicate(_: &actix_web::rt::net::TcpStream) -> Option<std::net::TcpStream> {
-    None
-}
-
 /// Things that live exactly as long as one TCP connection: a handler hands something here (a WebSocket's
 /// connection slot) and it is dropped when actix drops the socket, not when the handler or session ends.
 /// That is what makes "the slot is free only when the socket is gone" true.
@@ -283,17 +253,17 @@ pub struct ConnectionHeld(Arc<Held>);
 #[derive(Default)]
 struct Held {
     things: Mutex<Vec<Box<dyn Any + Send>>>,
-    /// A duplicate of the connection's socket, when the server keeps one (`closable_sockets`).
-    socket: Option<std::net::TcpStream>,
+    /// Ends the connection through its own stream.
+    closer: crate::connection::Closer,
     /// Bytes written to the socket so far.
     written: Written,
 }
 
 impl ConnectionHeld {
-    fn new(io: &Guarded, closable: bool) -> Self {
+    fn new(io: &Guarded) -> Self {
         Self(Arc::new(Held {
             things: Mutex::default(),
-            socket: if closable { duplicate(io.tcp()) } else { None },
+            closer: io.closer(),
             written: io.written(),
         }))
     }
@@ -309,13 +279,9 @@ impl ConnectionHeld {
     }
 
     /// Ends the connection now, whatever actix still wants to write to it: for a client that has stopped
-    /// reading. actix then fails its next write and drops the connection (and with it what is held here).
-    /// `false` when the server keeps no socket to shut (`closable_sockets` off).
-    pub fn shutdown(&self) -> bool {
-        self.0
-            .socket
-            .as_ref()
-            .is_some_and(|s| s.shutdown(std::net::Shutdown::Both).is_ok())
+    /// reading. The connection's next read or write fails, and actix drops it (and what is held here).
+    pub fn shutdown(&self) {
+        self.0.closer.close();
     }
 
     /// Keeps `thing` until the request's connection closes. Returns it back when the request has no

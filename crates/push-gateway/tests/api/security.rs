@@ -95,6 +95,36 @@ async fn a_ping_flooding_client_that_never_reads_is_closed_and_its_slot_freed() 
     assert_eq!(ws.messages(1).await[0]["id"], posted["id"]);
 }
 
+/// A client that never reads is closed with 1013 once its queue fills, and its socket is let go at once —
+/// not after CLIENT_TIMEOUT_MS of writes that cannot progress — so its slot is free for the next client.
+#[tokio::test]
+async fn a_client_that_never_reads_is_let_go_as_soon_as_its_session_ends() {
+    let mut settings = test_settings();
+    settings.client_timeout_ms = 30_000;
+    settings.ws_send_queue = 100;
+    settings.ws_catch_up_ms = 500;
+    let relay = Relay::live(settings).await;
+    let _slow = testkit::ws::connect_slow(&relay.gateway_addr(), "").await;
+    assert_eq!(connections(&relay).await, 1);
+    // 10 MB of 1 KB messages: more than the socket buffers, the handed bytes and the queue hold.
+    let pad = "x".repeat(1000);
+    for chunk in 0..20 {
+        let lines: Vec<String> = (chunk * 500..(chunk + 1) * 500)
+            .map(|n| format!(r#"{{"n":{n},"pad":"{pad}"}}"#))
+            .collect();
+        relay.publish_batch(&lines).await;
+    }
+    let started = Instant::now();
+    let left =
+        testkit::poll_until(Duration::from_secs(10), || connections(&relay), |n| *n == 0).await;
+    assert_eq!(
+        left,
+        0,
+        "the socket of a client that never reads was still held {:?} after the load",
+        started.elapsed()
+    );
+}
+
 /// A `/ws` upgrade from this host, optionally claiming to forward for `forwarded_for`; the status.
 async fn upgrade(relay: &Relay, forwarded_for: Option<&str>) -> Result<testkit::ws::Socket, u16> {
     let mut request = format!("ws://{}/ws", relay.gateway_addr())

@@ -258,7 +258,7 @@ pub const DEFS: &[Def] = &[
         "MAX_HTTP_CONNECTIONS",
         "0",
         INGEST | GATEWAY,
-        "TCP connections (HTTP and WebSocket) one process holds at once; one more is answered 503 and closed. 0: what the open-files limit allows, less 256 for everything else (half that for push-gateway, which keeps two descriptors per socket).",
+        "TCP connections (HTTP and WebSocket) one process holds at once; one more is answered 503 and closed. 0: what the open-files limit allows, less 256 for everything else.",
     ),
     def(
         "TRUSTED_PROXIES",
