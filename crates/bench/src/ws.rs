@@ -28,9 +28,14 @@ pub use testkit::ws::Socket;
 /// Opens `ws://{addr}/ws`. A 503 is retried for up to 5 s, as the contract tells clients to: a gateway
 /// that has just started answers "not ready" until its reader has reached the stream.
 pub async fn connect(addr: &str) -> anyhow::Result<Socket> {
+    connect_to(addr, "").await
+}
+
+/// [`connect`] with a query (`?channels=…`).
+pub async fn connect_to(addr: &str, query: &str) -> anyhow::Result<Socket> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        match testkit::ws::connect(addr, "").await {
+        match testkit::ws::connect(addr, query).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(res))
                 if res.status() == 503 && tokio::time::Instant::now() < deadline =>
             {

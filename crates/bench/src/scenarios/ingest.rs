@@ -11,7 +11,7 @@ use super::{cpu_time, pad, require, Env};
 use crate::report::{us, Row};
 use crate::{progress, Sizes};
 
-const WRK_SCRIPT: &str = r#"
+pub(super) const WRK_SCRIPT: &str = r#"
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = BODY
@@ -198,17 +198,17 @@ pub async fn ingest(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
 }
 
 /// One wrk run's figures.
-struct Wrk {
-    rate: f64,
+pub(super) struct Wrk {
+    pub rate: f64,
     /// Requests answered 2xx.
-    accepted: u64,
+    pub accepted: u64,
     p50: u64,
     p99: u64,
     p999: u64,
 }
 
 /// wrk against `url` for `secs`; checks every answer was a 2xx and the stream grew by what was accepted.
-fn wrk(
+pub(super) fn wrk(
     url: &str,
     script: &std::path::Path,
     secs: u32,
@@ -230,7 +230,7 @@ fn wrk(
 }
 
 /// wrk against `url` for `secs`, 64 connections; fails unless every answer was a 2xx.
-fn run_wrk(url: &str, script: &std::path::Path, secs: u32) -> anyhow::Result<Wrk> {
+pub(super) fn run_wrk(url: &str, script: &std::path::Path, secs: u32) -> anyhow::Result<Wrk> {
     progress(format!("wrk: POST {url}, 64 connections, {secs} s"));
     let out = Command::new("wrk")
         .args([

@@ -1,6 +1,7 @@
 //! The scenarios, one file each. Each starts the release binaries it needs on a stream key and database
 //! of its own, measures, checks the counts, and stops them. What they share is here.
 
+mod channels;
 mod cold_start;
 mod drain;
 mod end_to_end;
@@ -18,6 +19,7 @@ use hdrhistogram::Histogram;
 use service::Settings;
 use testkit::procs::{with_env, Service};
 
+pub use channels::{publish_to_channels, routing};
 pub use cold_start::cold_start;
 pub use drain::drain;
 pub use end_to_end::end_to_end;
@@ -162,6 +164,15 @@ pub(crate) async fn post_open_loop(
     rate: u32,
     secs: u32,
 ) -> anyhow::Result<(Vec<u64>, usize)> {
+    post_open_loop_to(move |_| url.clone(), rate, secs).await
+}
+
+/// [`post_open_loop`], message `seq` to `url_of(seq)` (a channel's path, say).
+pub(crate) async fn post_open_loop_to(
+    url_of: impl Fn(usize) -> String,
+    rate: u32,
+    secs: u32,
+) -> anyhow::Result<(Vec<u64>, usize)> {
     let total = (rate * secs) as usize;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
@@ -175,7 +186,7 @@ pub(crate) async fn post_open_loop(
         tokio::time::sleep_until(start + offset).await;
         let (client, url, accepted, failures) = (
             client.clone(),
-            url.clone(),
+            url_of(seq),
             Arc::clone(&accepted),
             Arc::clone(&failures),
         );

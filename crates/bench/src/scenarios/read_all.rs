@@ -53,10 +53,49 @@ pub async fn read_all(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
     let ingest = env.start("ingest-api", &s, &[]);
     progress("GET /messages");
     let relay = get_all(&ingest, n).await?;
+    // Two messages on the stream after the rows, the first trimmed as the persister would have: a
+    // client resuming from 0-0 gets the rows from Postgres, then the stream's entry.
+    for _ in 0..2 {
+        let res = reqwest::Client::new()
+            .post(format!("{}/messages", ingest.url()))
+            .header("content-type", "application/json")
+            .body(r#"{"resume":"bench"}"#)
+            .send()
+            .await?;
+        ensure!(res.status() == 202, "POST answered {}", res.status());
+    }
     drop(ingest);
+    let _: usize = redis::cmd("XTRIM")
+        .arg(&s.stream_key)
+        .arg("MAXLEN")
+        .arg(1)
+        .query(&mut testkit::redis(&s))?;
+    let gateway = env.start("push-gateway", &s, &[]);
+    progress("resume from history: one client, since 0-0");
+    let resumed = resume_all(&gateway, n + 1).await?;
+    drop(gateway);
     let (relay_secs, bytes, peak) = (relay.secs, relay.bytes, relay.peak_kib);
     let ratio = psql_secs / relay_secs;
+    let resume_ratio = relay_secs / resumed.secs;
     Ok(vec![
+        Row::new(
+            "read all",
+            &format!("resume from history: one WebSocket from 0-0, {n} messages from Postgres"),
+            format!(
+                "{:.2} s ({:.0} msg/s) · gateway peak RSS {:.1} MiB",
+                resumed.secs,
+                n as f64 / resumed.secs,
+                resumed.peak_kib as f64 / 1024.0
+            ),
+        )
+        .baseline(
+            format!(
+                "GET /messages {relay_secs:.2} s ({:.0} rows/s)",
+                n as f64 / relay_secs
+            ),
+            resume_ratio,
+        )
+        .goal("≥ 0.8×", resume_ratio >= 0.8),
         Row::new(
             "read all",
             &format!("GET /messages of {n} rows ({} MiB)", bytes >> 20),
@@ -130,6 +169,40 @@ async fn get_all(server: &Service, n: usize) -> anyhow::Result<Read> {
         "GET /messages of {} returned {items} messages of {n}",
         server.url()
     );
+    Ok(Read {
+        secs,
+        bytes,
+        peak_kib,
+    })
+}
+
+/// One client resuming from `0-0` until `n` message frames arrived, each after the last.
+async fn resume_all(gateway: &Service, n: usize) -> anyhow::Result<Read> {
+    let addr = format!("127.0.0.1:{}", gateway.port);
+    let started = Instant::now();
+    let mut socket = crate::ws::connect_to(&addr, "?since=0-0").await?;
+    let (mut previous, mut ordered, mut bytes) = (None, true, 0);
+    let end = crate::ws::read_messages(
+        &mut socket,
+        n,
+        std::time::Duration::from_secs(15),
+        |frame| {
+            let id = crate::ws::stream_id(frame);
+            ordered &= id.is_some() && id > previous;
+            previous = id;
+            bytes += frame.len();
+        },
+    )
+    .await;
+    let secs = started.elapsed().as_secs_f64();
+    ensure!(
+        end.frames == n,
+        "resumed {} of {n} messages, then close {:?}",
+        end.frames,
+        end.close_code
+    );
+    ensure!(ordered, "resumed out of stream order");
+    let (_, peak_kib) = memory_kib(gateway.pid());
     Ok(Read {
         secs,
         bytes,
