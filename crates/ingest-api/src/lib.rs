@@ -12,6 +12,7 @@ pub mod rate;
 pub mod replicas;
 pub mod routes;
 pub mod startup;
+pub mod state;
 pub mod validate;
 pub mod watermark;
 

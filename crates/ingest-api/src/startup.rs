@@ -2,7 +2,6 @@
 //! caller's shutdown future resolves.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix_cors::Cors;
@@ -10,10 +9,8 @@ use actix_web::dev::Server;
 use actix_web::{http, web, App};
 use anyhow::Context;
 use service::http::{Health, InflightBytes, ServerOptions};
-use service::redis::Conn;
 use service::settings::AllowedOrigins;
 use service::Settings;
-use store::PgPool;
 use utoipa_actix_web::AppExt;
 
 use crate::backlog::Backlog;
@@ -21,32 +18,7 @@ use crate::group_commit::GroupCommit;
 use crate::metrics::Metrics;
 use crate::rate::PublishRate;
 use crate::routes;
-
-/// The multiplexed connection that carries the `XADD`s of one actix worker's requests. Each worker
-/// thread has its own, whose I/O task runs on that worker's runtime: a request then never wakes another
-/// thread to reach Redis (one connection shared by all workers spent a third of ingest's CPU in context
-/// switches).
-pub struct WorkerRedis(pub Conn);
-
-/// What every handler shares.
-pub struct AppState {
-    pub settings: Settings,
-    /// A multiplexed connection for readiness and the backlog watch. Requests use their worker's own
-    /// [`WorkerRedis`].
-    pub redis: Conn,
-    /// Postgres, for reads only. Connections are made on demand, so ingest runs while Postgres is down.
-    pub db: PgPool,
-    pub metrics: Metrics,
-    /// The persister group's lag and the stream's memory, refreshed in the background.
-    pub backlog: Backlog,
-    /// Request body bytes held by this process (`MAX_INFLIGHT_BYTES`).
-    pub inflight: Arc<InflightBytes>,
-    /// `PUBLISH_RATE`; `None` when unlimited.
-    pub rate: Option<PublishRate>,
-    /// Pages of full reads (`GET /messages` without `limit`) being read from Postgres at once: at most
-    /// half the pool, so that paged reads and `GET /messages/{id}` always find a connection.
-    pub full_reads: std::sync::Arc<tokio::sync::Semaphore>,
-}
+pub use crate::state::{AppState, WorkerRedis};
 
 pub struct Application {
     port: u16,

@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 use crate::group::{self, Delivered};
 use crate::metrics::Metrics;
 use crate::reading::read_ahead;
-use crate::seams::{Armed, Seam};
 use crate::storing::{store_blocking, Outcome};
+use crate::test_hooks::{Armed, Seam};
 use service::redis::raw::StreamReads;
 
 /// How often the stream is trimmed below the acknowledged point.
@@ -74,7 +74,7 @@ struct Batches {
     /// Idle Postgres connections, at most one per batch in flight. A batch takes one while it is being
     /// stored on the blocking pool; one is dropped after an error so that the next attempt reconnects.
     idle_pg: std::sync::Mutex<Vec<PgConnection>>,
-    /// The test-only hold point (`seams.rs`); disarmed in production.
+    /// The test-only hold point (`test_hooks.rs`); disarmed in production.
     seam: Armed,
 }
 

@@ -6,8 +6,8 @@ pub mod group;
 pub mod history;
 pub mod metrics;
 pub mod reading;
-pub mod seams;
 pub mod startup;
 mod storing;
+pub mod test_hooks;
 
 pub use startup::Application;

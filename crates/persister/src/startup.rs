@@ -83,7 +83,7 @@ impl Application {
             settings.stream_key.clone(),
             Arc::clone(&metrics),
         );
-        let seam = crate::seams::Seam::from_env()?;
+        let seam = crate::test_hooks::Seam::from_env()?;
         let history = settings.history_retention.0.map(|retention| {
             // Deletions wait on the batches' row locks at most this long, then retry next pass.
             let db = store::connect_pool(&settings.database_url, 1, Duration::from_secs(10));

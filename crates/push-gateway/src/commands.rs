@@ -12,7 +12,7 @@ use crate::hub::Subscription;
 use crate::replay::replay;
 use crate::routing::{Refusal, Subs};
 use crate::session::{client_timeout, close, send, End, Out, Outlet};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// A client's frame: `subscribe` or `unsubscribe`.
 #[derive(Deserialize)]

@@ -11,10 +11,11 @@ pub mod reader;
 pub mod replay;
 pub mod replay_turns;
 pub mod routing;
-pub mod seams;
 pub mod session;
 pub mod slots;
 pub mod startup;
+pub mod state;
+pub mod test_hooks;
 pub mod ws;
 
 pub use startup::Application;

@@ -15,7 +15,7 @@ use crate::hub::Subscription;
 use crate::reader::{reply_id, to_frames};
 use crate::routing::Subs;
 use crate::session::{close, delivered, send, End, Out, Outlet};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Entries per page while replaying, at most.
 const REPLAY_PAGE: usize = 500;

@@ -36,8 +36,8 @@ use crate::frames;
 use crate::hub::{CatchUp, Frame, Subscription};
 use crate::replay::replay;
 use crate::routing::Subs;
-use crate::seams::Seam;
-use crate::startup::AppState;
+use crate::state::AppState;
+use crate::test_hooks::Seam;
 
 /// The close code of a socket whose token's `exp` passed (the client library asks for a new token and
 /// resumes).

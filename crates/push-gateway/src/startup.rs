@@ -9,45 +9,17 @@ use actix_web::dev::Server;
 use actix_web::{web, App};
 use anyhow::Context;
 use service::http::{Health, ServerOptions};
-use service::redis::Conn;
 use service::Settings;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::seams::{Gate, Seam, Seams};
 use crate::slots::Slots;
+use crate::test_hooks::{Gate, Seam, Seams};
 use crate::{page, reader, ws};
 
-/// Replays running at once. Each holds an `XRANGE` page in memory and works the replay connection; the
-/// rest wait (up to `CLIENT_TIMEOUT_MS`) rather than pile onto Redis.
-pub use crate::replay_turns::REPLAYS_AT_ONCE;
-
-pub struct AppState {
-    pub settings: Settings,
-    pub hub: Arc<Hub>,
-    /// Readiness only: nothing a client asks for can make `/readyz` wait behind it.
-    pub redis: Conn,
-    /// Replays' own connection (`XINFO`, `XRANGE` pages), apart from readiness and the live reader.
-    pub replay_redis: Conn,
-    /// Replays of what the stream no longer holds (see `history`): a small pool that connects when
-    /// first needed, so the gateway starts and stays ready while Postgres is down.
-    pub db: store::PgPool,
-    /// At most [`REPLAYS_AT_ONCE`] replays run at once, a quarter of them per client address.
-    pub replays: Arc<crate::replay_turns::ReplayTurns>,
-    /// `MAX_CONNECTIONS` and `MAX_CONNECTIONS_PER_IP`, held by the sockets themselves.
-    pub slots: Arc<Slots>,
-    pub metrics: Arc<Metrics>,
-    /// The rendered live page.
-    pub page: String,
-    /// Cancelled at shutdown: every session closes with 1001.
-    pub stop: CancellationToken,
-    /// Every session task: shutdown waits for them to have sent their close frames.
-    pub sessions: TaskTracker,
-    /// Test hooks at a resuming session's seams (see [`crate::seams`]).
-    pub seams: Seams,
-}
+pub use crate::state::{AppState, REPLAYS_AT_ONCE};
 
 pub struct Application {
     port: u16,
@@ -138,7 +110,7 @@ impl Application {
         self.port
     }
 
-    /// A test's hold on every resuming session at `seam` (see [`crate::seams`]).
+    /// A test's hold on every resuming session at `seam` (see [`crate::test_hooks`]).
     pub fn gate(&self, seam: Seam) -> Arc<Gate> {
         self.state.seams.gate(seam)
     }

@@ -13,7 +13,7 @@ use crate::hub::Refused;
 use crate::routing::{Filter, Refusal, Subs};
 use crate::session::{close_linger, serve, Opening, Outlet};
 use crate::slots::NoSlot;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 #[derive(Deserialize)]
 pub struct WsQuery {

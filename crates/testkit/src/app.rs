@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use push_gateway::seams::{Gate, Seam};
+use push_gateway::test_hooks::{Gate, Seam};
 use service::Settings;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -86,7 +86,7 @@ pub async fn spawn_gateway(settings: Settings) -> Running {
     spawn_gateway_held(settings, None).await.0
 }
 
-/// [`spawn_gateway`] holding every resuming session at `seam` (see `push_gateway::seams`).
+/// [`spawn_gateway`] holding every resuming session at `seam` (see `push_gateway::test_hooks`).
 pub async fn spawn_gateway_held(
     settings: Settings,
     seam: Option<Seam>,

@@ -17,15 +17,22 @@ use crate::{progress, ws, Sizes};
 /// Channels the publishing row spreads its posts over.
 const PUBLISH_CHANNELS: usize = 1000;
 
-/// The ingest row's wrk script, each request to the next of 1,000 channels.
-fn channels_script(body: &str) -> String {
+/// The ingest row's wrk script with each request built by a Lua `request` function: to the next of
+/// 1,000 channels with `channels`, else to `/messages`. Both runs build their requests the same way, so
+/// wrk's own cost (a Lua call per request, on the cores the server uses) is the same on both sides.
+fn script(body: &str, channels: bool) -> String {
     let mut script = WRK_SCRIPT.replace("BODY", &format!("{body:?}"));
+    let path = if channels {
+        format!(r#""/channels/c" .. (n % {PUBLISH_CHANNELS}) .. "/messages""#)
+    } else {
+        r#""/messages""#.to_owned()
+    };
     script.push_str(&format!(
         r#"
 local n = 0
 request = function()
   n = n + 1
-  return wrk.format(nil, "/channels/c" .. (n % {PUBLISH_CHANNELS}) .. "/messages")
+  return wrk.format(nil, {path})
 end
 "#
     ));
@@ -42,16 +49,13 @@ pub async fn publish_to_channels(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<
     let dir = std::env::temp_dir();
     let plain_script = dir.join(format!("relay-wrk-plain-{}.lua", std::process::id()));
     let channel_script = dir.join(format!("relay-wrk-channels-{}.lua", std::process::id()));
-    std::fs::write(
-        &plain_script,
-        WRK_SCRIPT.replace("BODY", &format!("{body:?}")),
-    )?;
-    std::fs::write(&channel_script, channels_script(&body))?;
+    std::fs::write(&plain_script, script(&body, false))?;
+    std::fs::write(&channel_script, script(&body, true))?;
     let ingest = env.start("ingest-api", &s, &[]);
     let mut redis = testkit::redis(&s);
     let (plain, channels) = tokio::task::block_in_place(|| -> anyhow::Result<_> {
         let plain = wrk(
-            &format!("{}/messages", ingest.url()),
+            &ingest.url(),
             &plain_script,
             sizes.ingest_secs,
             &mut redis,

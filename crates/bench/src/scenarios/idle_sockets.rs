@@ -70,6 +70,7 @@ pub async fn idle_sockets(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
             open_files_limit()
         )
     });
+    let held_ratio = measured as f64 / bare.measured.max(1) as f64;
     Ok(vec![
         Row::new(
             "idle sockets",
@@ -91,9 +92,10 @@ pub async fn idle_sockets(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
         )
         .baseline(
             format!("bare actix-ws server {}", bare.measured),
-            measured as f64 / bare.measured.max(1) as f64,
+            held_ratio,
         )
-        .goal(&format!("{} held", sizes.idle_sockets), all_held),
+        // Under the same open-files limit as the bare server, or all of them where the limit allows.
+        .goal("≥ 0.95× bare, or all", all_held || held_ratio >= 0.95),
     ])
 }
 

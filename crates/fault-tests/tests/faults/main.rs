@@ -31,7 +31,7 @@ fn shared_url(url: &str) -> Arc<Mutex<String>> {
     Arc::new(Mutex::new(url.to_owned()))
 }
 
-/// Arms the persister's test seam (`persister/src/seams.rs`): its first batch with rows is held at
+/// Arms the persister's test seam (`persister/src/test_hooks.rs`): its first batch with rows is held at
 /// `moment` (`before-commit` or `after-commit`) and a marker line is logged.
 fn held_at(env: &[(&'static str, String)], moment: &str) -> Vec<(&'static str, String)> {
     with_env(env, &[("PERSISTER_TEST_SEAM", moment)])

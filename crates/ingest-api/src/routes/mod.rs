@@ -14,7 +14,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 use utoipa_actix_web::AppExt;
 
 use crate::problem::ApiError;
-use crate::startup::{AppState, WorkerRedis};
+use crate::state::{AppState, WorkerRedis};
 
 /// Every route of ingest-api (health included, with `health`'s checks).
 pub fn configure(cfg: &mut ServiceConfig, health: web::Data<Health>) {

@@ -25,7 +25,7 @@ use crate::group_commit::GroupCommit;
 use crate::idempotency;
 use crate::problem::ApiError;
 use crate::rate::Publisher;
-use crate::startup::{AppState, WorkerRedis};
+use crate::state::{AppState, WorkerRedis};
 use crate::validate::{self, BodyKind};
 
 pub async fn publish(

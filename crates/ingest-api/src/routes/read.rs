@@ -20,7 +20,7 @@ use store::PgPool;
 use uuid::Uuid;
 
 use crate::problem::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The largest page `limit` allows.
 pub const MAX_LIMIT: i64 = 1000;

@@ -1,9 +1,9 @@
 //! The replay→live seam, made to happen on purpose: the gateway holds a resuming session at a seam
-//! (`push_gateway::seams`), the test puts an entry exactly there, and the client must get it once.
+//! (`push_gateway::test_hooks`), the test puts an entry exactly there, and the client must get it once.
 
 use std::time::Duration;
 
-use push_gateway::seams::Seam;
+use push_gateway::test_hooks::Seam;
 use testkit::metrics::scrape;
 use testkit::{test_settings, Relay};
 
