@@ -267,10 +267,20 @@ async fn stored_pages(
         read.last = Some(h);
         since
     });
+    // The next page is read while this one is sent: read, then send, one after the other, left the
+    // machine idle 40% of a 1M-message resume (perf: Postgres and the gateway taking turns).
+    let fetch = |after: StreamId| {
+        let (db, filter) = (state.db.clone(), subs.filter.clone());
+        tokio::spawn(async move { crate::history::page(&db, &filter, after, until).await })
+    };
+    let replayed = state.metrics.frames.with_label_values(&["replay"]);
+    let mut pending = fetch(read.cursor);
     loop {
-        let page = crate::history::page(&state.db, &subs.filter, read.cursor, until)
+        let page = pending
             .await
+            .map_err(|e| Stored::Unavailable(e.into()))?
             .map_err(Stored::Unavailable)?;
+        let next = page.more.then(|| fetch(page.last.unwrap_or(read.cursor)));
         if let Some(gap_since) = gap.take() {
             // The oldest message held after the deleted ones: this page's first, or the stream's.
             let oldest = page.frames.first().map_or(until, |f| f.stream_id);
@@ -288,7 +298,7 @@ async fn stored_pages(
             send(state, session, sub, Out::Text(frame.text))
                 .await
                 .map_err(Stored::Sending)?;
-            state.metrics.frames.with_label_values(&["replay"]).inc();
+            replayed.inc();
             // A retry after a failure mid-page starts after the last message sent.
             read.cursor = at;
             read.last = Some(at);
@@ -297,8 +307,9 @@ async fn stored_pages(
             read.cursor = last;
             read.last = Some(last);
         }
-        if !page.more {
-            return Ok(());
+        match next {
+            Some(next) => pending = next,
+            None => return Ok(()),
         }
     }
 }

@@ -94,13 +94,31 @@ content-type: application/problem+json\r\nretry-after: 1\r\nconnection: close\r\
 {\"type\":\"about:blank\",\"title\":\"Service Unavailable\",\"status\":503,\"detail\":\"over MAX_HTTP_CONNECTIONS; retry later\"}";
 
 /// Bytes a connection has written to its socket, shared with whoever watches its progress (the
-/// gateway, to bound what it has handed to actix but the client has not taken yet).
+/// gateway, to bound what it has handed to actix but the client has not taken yet), and a waker for one
+/// watcher that waits for more to be written.
 #[derive(Debug, Clone, Default)]
-pub struct Written(Arc<std::sync::atomic::AtomicU64>);
+pub struct Written(Arc<WrittenState>);
+
+#[derive(Debug, Default)]
+struct WrittenState {
+    bytes: std::sync::atomic::AtomicU64,
+    watcher: futures_util::task::AtomicWaker,
+}
 
 impl Written {
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Wakes `waker` at the next write (one watcher per connection: a second registration replaces the
+    /// first). Check the count again after registering, as the write may have come in between.
+    pub fn wake_on_write(&self, waker: &std::task::Waker) {
+        self.0.watcher.register(waker);
+    }
+
+    fn add(&self, n: u64) {
+        self.0.bytes.fetch_add(n, Ordering::Relaxed);
+        self.0.watcher.wake();
     }
 }
 
@@ -287,7 +305,7 @@ impl AsyncWrite for Guarded {
         match Pin::new(&mut this.io).poll_write(cx, data) {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
-                    this.written.0.fetch_add(n as u64, Ordering::Relaxed);
+                    this.written.add(n as u64);
                     this.write_stalled_since = None;
                     this.unanswered_since = None;
                     this.unanswered_bytes = 0;
