@@ -46,16 +46,7 @@ pub fn store_batch(conn: &mut PgConnection, rows: &[NewMessage]) -> QueryResult<
         });
         match fast {
             Ok(n) => {
-                count_in_channels(
-                    conn,
-                    rows.iter().map(|r| {
-                        (
-                            r.channel.as_str(),
-                            (r.stream_ms, r.stream_seq),
-                            r.received_at,
-                        )
-                    }),
-                )?;
+                count_in_channels(conn, rows)?;
                 Ok(Written {
                     new: n,
                     conflicts: Vec::new(),
@@ -118,6 +109,15 @@ fn store_deduplicated(conn: &mut PgConnection, rows: &[NewMessage]) -> QueryResu
         #[diesel(sql_type = diesel::sql_types::Timestamptz)]
         received_at: chrono::DateTime<chrono::Utc>,
     }
+    impl Counted for Inserted {
+        fn counted(&self) -> StoredRow<'_> {
+            (
+                self.channel.as_str(),
+                (self.stream_ms, self.stream_seq),
+                self.received_at,
+            )
+        }
+    }
     let inserted: Vec<Inserted> = diesel::sql_query(
         "INSERT INTO messages (stream_ms, stream_seq, id, received_at, payload, channel) \
          SELECT stream_ms, stream_seq, id, received_at, payload, channel FROM messages_staging \
@@ -127,16 +127,7 @@ fn store_deduplicated(conn: &mut PgConnection, rows: &[NewMessage]) -> QueryResu
     // The staging rows go with the commit (ON COMMIT DELETE ROWS): one batch per transaction.
     .load(conn)?;
     // Only the rows that were new count: a redelivered message is in its channel's count already.
-    count_in_channels(
-        conn,
-        inserted.iter().map(|r| {
-            (
-                r.channel.as_str(),
-                (r.stream_ms, r.stream_seq),
-                r.received_at,
-            )
-        }),
-    )?;
+    count_in_channels(conn, &inserted)?;
     Ok(Written {
         new: inserted.len(),
         conflicts,
@@ -147,19 +138,31 @@ type Timestamp = chrono::DateTime<chrono::Utc>;
 /// A stored row as the channels table counts it: channel, stream position, received_at.
 type StoredRow<'a> = (&'a str, (i64, i64), Timestamp);
 
+/// A row the channels table counts: a batch's row, or one that `INSERT … RETURNING` says was new.
+trait Counted {
+    fn counted(&self) -> StoredRow<'_>;
+}
+
+impl Counted for NewMessage {
+    fn counted(&self) -> StoredRow<'_> {
+        (
+            self.channel.as_str(),
+            (self.stream_ms, self.stream_seq),
+            self.received_at,
+        )
+    }
+}
+
 /// Adds newly stored rows (channel, stream position, received_at) to the `channels` table, in the
 /// batch's transaction: each channel's count grows by its new rows, and its last message becomes the
 /// newest of them if that is newer than the one it has (a claimed batch can commit after a later one).
 /// Channels are written in name order, so two replicas' batches lock them in the same order and never
 /// deadlock on each other.
-fn count_in_channels<'a>(
-    conn: &mut PgConnection,
-    rows: impl Iterator<Item = StoredRow<'a>>,
-) -> QueryResult<()> {
+fn count_in_channels(conn: &mut PgConnection, rows: &[impl Counted]) -> QueryResult<()> {
     use std::collections::BTreeMap;
     // Per channel: new rows, and the position and received_at of the newest.
     let mut per_channel: BTreeMap<&str, (i64, (i64, i64), Timestamp)> = BTreeMap::new();
-    for (channel, position, received_at) in rows {
+    for (channel, position, received_at) in rows.iter().map(Counted::counted) {
         let entry = per_channel
             .entry(channel)
             .or_insert((0, position, received_at));

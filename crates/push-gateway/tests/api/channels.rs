@@ -58,17 +58,9 @@ async fn a_socket_on_patterns_gets_exactly_their_messages_in_stream_order() {
 async fn the_subscriptions_gauge_counts_every_sockets_patterns() {
     let relay = Relay::live(test_settings()).await;
     let gauge = || async {
-        let text = relay
-            .get_url(format!("http://{}/metrics", relay.gateway_addr()))
+        testkit::metrics::scrape(&relay.gateway_url())
             .await
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("relay_gateway_subscriptions "))
-            .unwrap()
-            .parse::<f64>()
-            .unwrap()
+            .value("relay_gateway_subscriptions", &[])
     };
     let two = relay.ws_connect("?channels=a,b.*").await;
     let one = relay.ws_connect("").await;

@@ -85,16 +85,13 @@ async fn a_reconnect_with_since_gets_exactly_the_missing_messages_then_live_ones
     ws.assert_quiet(Duration::from_millis(300)).await;
 }
 
-/// Resume from any point of history: what the stream no longer holds comes from Postgres, then the
-/// stream, with no gap; only messages `HISTORY_RETENTION` deleted are a gap, announced first.
-#[tokio::test]
-async fn a_since_older_than_the_stream_is_replayed_from_postgres_and_only_deleted_history_is_a_gap()
-{
+/// A relay with 20 messages stored in Postgres, of which the stream holds only the last ten (trimmed as
+/// the persister's retention would once they are stored); their stream ids; a Redis connection.
+async fn twenty_stored_and_ten_trimmed() -> (Relay, Vec<String>, redis::Connection) {
     let relay = testkit::spawn_relay(test_settings()).await;
     let accepted = relay.publish_numbers(20).await;
     let ids = stream_ids(&accepted);
     assert_eq!(testkit::wait_for_rows(&relay.settings, 20).await, 20);
-    // Trim the first ten entries, as the persister's retention would once they are stored.
     let mut redis = testkit::redis(&relay.settings);
     let _: usize = redis::cmd("XTRIM")
         .arg(&relay.settings.stream_key)
@@ -102,6 +99,15 @@ async fn a_since_older_than_the_stream_is_replayed_from_postgres_and_only_delete
         .arg(&ids[10])
         .query(&mut redis)
         .unwrap();
+    (relay, ids, redis)
+}
+
+/// Resume from any point of history: what the stream no longer holds comes from Postgres, then the
+/// stream, with no gap; only messages `HISTORY_RETENTION` deleted are a gap, announced first.
+#[tokio::test]
+async fn a_since_older_than_the_stream_is_replayed_from_postgres_and_only_deleted_history_is_a_gap()
+{
+    let (relay, ids, mut redis) = twenty_stored_and_ten_trimmed().await;
 
     let mut ws = relay.ws_connect(&format!("?since={}", ids[2])).await;
     let replayed = ws.messages(17).await;
@@ -148,17 +154,7 @@ async fn a_since_older_than_the_stream_is_replayed_from_postgres_and_only_delete
 /// a subscribe frame — never a `gap` for messages that exist, never a silent skip.
 #[tokio::test]
 async fn with_postgres_away_an_older_since_gets_an_error_frame_and_1013_never_a_gap() {
-    let relay = testkit::spawn_relay(test_settings()).await;
-    let accepted = relay.publish_numbers(20).await;
-    let ids = stream_ids(&accepted);
-    assert_eq!(testkit::wait_for_rows(&relay.settings, 20).await, 20);
-    let mut redis = testkit::redis(&relay.settings);
-    let _: usize = redis::cmd("XTRIM")
-        .arg(&relay.settings.stream_key)
-        .arg("MINID")
-        .arg(&ids[10])
-        .query(&mut redis)
-        .unwrap();
+    let (relay, ids, _) = twenty_stored_and_ten_trimmed().await;
     let mut away = relay.settings.clone();
     away.database_url = "postgres://postgres@127.0.0.1:1/relay".into();
     away.gateway_addr = "127.0.0.1:0".parse().unwrap();

@@ -10,16 +10,9 @@ use testkit::{test_settings, Relay, Seen};
 
 /// `relay_gateway_connections` as `/metrics` shows it.
 async fn connections(relay: &Relay) -> i64 {
-    let text = relay
-        .get_url(format!("http://{}/metrics", relay.gateway_addr()))
+    testkit::metrics::scrape(&relay.gateway_url())
         .await
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("relay_gateway_connections "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no relay_gateway_connections in {text}"))
+        .value("relay_gateway_connections", &[]) as i64
 }
 
 /// A raw socket with a tiny receive buffer, upgraded to a WebSocket by hand.
