@@ -47,6 +47,8 @@ export class Relay {
     this.busy = false; // a socket exists, or is being made, or a reconnect is scheduled
     this.attempt = 0;
     this.timer = null;
+    this.gen = 0; // which connect() is current: a stale one, past its await, stops there
+    this.leaving = new Map(); // per pattern, unsubscribes whose reply has not come yet
   }
 
   on(event, fn) {
@@ -81,6 +83,7 @@ export class Relay {
   }
 
   async connect() {
+    const gen = ++this.gen;
     this.busy = true;
     this.timer = null;
     this.setState();
@@ -88,8 +91,9 @@ export class Relay {
     try {
       credential = await this.token();
     } catch (e) {
-      return this.retry(); // the back end could not mint one now: try again later
+      return gen === this.gen && this.retry(); // the back end could not mint one now: try again later
     }
+    if (gen !== this.gen) return; // idled meanwhile (and perhaps connecting again)
     if (this.closed || !this.subs.size) return this.idle();
     const q = new URLSearchParams({ channels: "" });
     if (credential) q.set("access_token", credential);
@@ -107,6 +111,7 @@ export class Relay {
       if (ws !== this.socket) return;
       this.socket = null;
       this.open = false;
+      this.leaving.clear();
       for (const sub of this.subs) sub.active = false;
       // A connection that lasted was healthy: the next failure starts the backoff over.
       if (openedAt !== null && this.now() - openedAt >= STABLE_MS) this.attempt = 0;
@@ -125,6 +130,8 @@ export class Relay {
   idle() {
     if (this.timer !== null) this.timers.clearTimeout(this.timer);
     const ws = this.socket;
+    this.gen++;
+    this.leaving.clear();
     Object.assign(this, { timer: null, socket: null, open: false, busy: false });
     if (ws) ws.close(1000, "no subscriptions");
     this.setState();
@@ -147,6 +154,14 @@ export class Relay {
 
   frame(text) {
     const frame = JSON.parse(text);
+    // Replies about a pattern that was unsubscribed are the old subscription's until the gateway has
+    // answered the unsubscribe (`unsubscribed`, or a 404 when the subscribe had been refused): they must
+    // not start, feed or drop a newer subscription to the same pattern.
+    const leaving = this.leaving.get(frame.channel) || 0;
+    if (leaving && (frame.type === "unsubscribed" || (frame.type === "error" && frame.status === 404))) {
+      return this.leaving.set(frame.channel, leaving - 1);
+    }
+    if (leaving && (frame.type === "subscribed" || frame.type === "error" || frame.type === "gap")) return;
     if (frame.type === "message") {
       const m = frame.data;
       for (const sub of this.subs) if (sub.active && matches(sub.pattern, m.channel)) return sub.deliver(m, text);
@@ -184,7 +199,11 @@ class Subscription {
 
   unsubscribe() {
     if (this.done) return;
-    this.relay.send({ type: "unsubscribe", channel: this.pattern });
+    const r = this.relay;
+    if (r.open) {
+      r.send({ type: "unsubscribe", channel: this.pattern });
+      r.leaving.set(this.pattern, (r.leaving.get(this.pattern) || 0) + 1);
+    }
     this.drop();
   }
 

@@ -188,3 +188,32 @@ test("gaps are reported, and a subscription resumed with since starts from it", 
   h.sockets[0].push({ type: "gap", channel: "news", since: "7-0", oldest: "9-0" });
   assert.deepEqual(gaps, [{ type: "gap", channel: "news", since: "7-0", oldest: "9-0" }]);
 });
+
+test("replies to an unsubscribed pattern never start, feed or drop a newer subscription to it", async () => {
+  const h = harness();
+  const got = [], errors = [];
+  const first = h.relay.subscribe("chat.*");
+  await h.settle();
+  const ws = h.sockets[0];
+  ws.open();
+  first.unsubscribe(); // before its `subscribed` (a component mounted, unmounted and mounted again)
+  const second = h.relay.subscribe("chat.*", { since: "5-0", onMessage: (m) => got.push(m.stream_id), onError: (e) => errors.push(e) });
+  ws.push(subscribed("chat.*", "9-0")); // the first one's
+  ws.push(message("9-1", 1)); // the first one's, live
+  ws.push({ type: "unsubscribed", channel: "chat.*" });
+  ws.push(subscribed("chat.*", "5-0")); // the second one's: its replay, then live
+  ws.push(message("6-0", 2));
+  ws.push(message("9-1", 1));
+  ws.push(message("9-2", 3));
+  assert.deepEqual(got, ["6-0", "9-1", "9-2"]);
+  assert.equal(second.position, "9-2");
+  // A refused subscribe, unsubscribed before its refusal: the 409 and the 404 are not the next one's.
+  const third = h.relay.subscribe("news");
+  third.unsubscribe();
+  const fourth = h.relay.subscribe("news", { onError: (e) => errors.push(e) });
+  ws.push({ type: "error", channel: "news", status: 409, title: "overlaps" });
+  ws.push({ type: "error", channel: "news", status: 404, title: "not subscribed" });
+  ws.push(subscribed("news", "9-2"));
+  assert.deepEqual(errors, []);
+  assert.ok(h.relay.subs.has(fourth));
+});

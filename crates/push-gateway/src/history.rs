@@ -4,7 +4,7 @@
 //! the stream's oldest entry, then goes on with the stream, then live — one sequence, no gap.
 //!
 //! The gateway's pool is small (two connections) and its statements time out, so a replay of years
-//! holds no more than a page at a time; a Postgres that is away is waited for, briefly, and then the
+//! holds no more than two pages at a time (the one being sent and the next); a Postgres that is away is waited for, briefly, and then the
 //! client is told so and closed (`replay::HISTORY_WAIT`), never sent a `gap` for messages that exist.
 
 use std::time::Duration;

@@ -210,16 +210,18 @@ async fn replay_stored(
     since: StreamId,
     until: StreamId,
 ) -> Result<Option<StreamId>, End> {
-    let deadline = Instant::now() + HISTORY_WAIT;
     let mut read = Read {
         cursor: since,
         last: None,
     };
+    // The wait starts at a failure, and starts over once a retry has sent something: a long replay that
+    // meets a short outage late gets its HISTORY_WAIT too.
+    let mut waiting: Option<(Instant, Option<StreamId>)> = None;
     loop {
         match stored_pages(state, session, sub, subs, &mut read, until).await {
             Ok(()) => return Ok(read.last),
             Err(Stored::Sending(end)) => return Err(end),
-            Err(Stored::Unavailable(e)) if Instant::now() + HISTORY_RETRY < deadline => {
+            Err(Stored::Unavailable(e)) if within_wait(&mut waiting, read.last) => {
                 log::warn!("replaying from Postgres failed, trying again: {e:#}");
                 tokio::time::sleep(HISTORY_RETRY).await;
             }
@@ -239,6 +241,17 @@ async fn replay_stored(
             }
         }
     }
+}
+
+/// Whether a replay that just failed may try again: within [`HISTORY_WAIT`] of the first failure since
+/// it last sent something (`last`, the position it had reached).
+fn within_wait(waiting: &mut Option<(Instant, Option<StreamId>)>, last: Option<StreamId>) -> bool {
+    let since = match *waiting {
+        Some((since, at)) if at == last => since,
+        _ => Instant::now(),
+    };
+    *waiting = Some((since, last));
+    Instant::now() + HISTORY_RETRY < since + HISTORY_WAIT
 }
 
 /// How far a replay from Postgres got: where the next page starts, and the last position read.
@@ -261,27 +274,28 @@ async fn stored_pages(
     let horizon = crate::history::horizon(&state.db)
         .await
         .map_err(Stored::Unavailable)?;
-    let mut gap = horizon.filter(|h| read.cursor < *h).map(|h| {
-        let since = read.cursor;
-        read.cursor = h;
-        read.last = Some(h);
-        since
-    });
+    // Deleted history after the cursor: the pages start at the horizon, and `read` moves there only once
+    // the gap frame is sent, so a retry after a failure before it computes the gap again.
+    let mut gap = horizon
+        .filter(|h| read.cursor < *h)
+        .map(|h| (read.cursor, h));
     // The next page is read while this one is sent: read, then send, one after the other, left the
     // machine idle 40% of a 1M-message resume (perf: Postgres and the gateway taking turns).
     let fetch = |after: StreamId| {
         let (db, filter) = (state.db.clone(), subs.filter.clone());
-        tokio::spawn(async move { crate::history::page(&db, &filter, after, until).await })
+        // Aborted with the replay (a session that ends mid-page leaves no read behind it).
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            crate::history::page(&db, &filter, after, until).await
+        }))
     };
     let replayed = state.metrics.frames.with_label_values(&["replay"]);
-    let mut pending = fetch(read.cursor);
+    let mut pending = fetch(gap.map_or(read.cursor, |(_, h)| h));
     loop {
         let page = pending
             .await
             .map_err(|e| Stored::Unavailable(e.into()))?
             .map_err(Stored::Unavailable)?;
-        let next = page.more.then(|| fetch(page.last.unwrap_or(read.cursor)));
-        if let Some(gap_since) = gap.take() {
+        if let Some((gap_since, horizon)) = gap.take() {
             // The oldest message held after the deleted ones: this page's first, or the stream's.
             let oldest = page.frames.first().map_or(until, |f| f.stream_id);
             let gap = frames::gap(gap_since, oldest, subs.label.as_ref());
@@ -289,7 +303,10 @@ async fn stored_pages(
                 .await
                 .map_err(Stored::Sending)?;
             state.metrics.frames.with_label_values(&["gap"]).inc();
+            read.cursor = horizon;
+            read.last = Some(horizon);
         }
+        let next = page.more.then(|| fetch(page.last.unwrap_or(read.cursor)));
         for frame in page.frames {
             if !subs.accepts(&frame.channel, frame.stream_id) {
                 continue;

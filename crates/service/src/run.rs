@@ -41,7 +41,7 @@ pub async fn signal() {
 pub fn help(binary: &str, used_by: UsedBy) -> String {
     let mut out = format!(
         "{binary}: part of Relay. Settings come from the environment (or a TOML file named by RELAY_CONFIG);\n\
-         a malformed value stops it at start with exit code 2.\n\nSettings:\n"
+         a malformed value stops it at start with exit code 2. --version prints its version.\n\nSettings:\n"
     );
     for d in DEFS.iter().filter(|d| d.used_by & used_by != 0) {
         let default = if d.default.is_empty() {

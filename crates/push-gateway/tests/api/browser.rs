@@ -374,9 +374,12 @@ async fn the_client_library_resumes_a_pattern_across_a_gateway_restart_exactly_o
     browser.goto(&format!("http://127.0.0.1:{port}/")).await;
     browser
         .js(
-            "window.got = { chat: [], news: [] }; window.urls = [];
+            "window.got = { chat: [], news: [] }; window.urls = []; window.sent = [];
              import('/relay.js').then(({ Relay }) => {
-               class Counted extends WebSocket { constructor(url) { super(url); window.urls.push(url); } }
+               class Counted extends WebSocket {
+                 constructor(url) { super(url); this.n = window.urls.push(url) - 1; window.sent[this.n] = []; }
+                 send(text) { window.sent[this.n].push(JSON.parse(text).channel); super.send(text); }
+               }
                const relay = new Relay(`ws://${location.host}/ws`, { WebSocket: Counted });
                const keep = (list) => (m) => list.push([m.channel, m.stream_id, m.payload.n]);
                window.sub = relay.subscribe('chat.*', { onMessage: keep(window.got.chat) });
@@ -392,8 +395,22 @@ async fn the_client_library_resumes_a_pattern_across_a_gateway_restart_exactly_o
         || async { browser.js("return window.state", json!([])).await == "open" },
     )
     .await;
-    // `open` is the socket; the subscriptions start when the gateway answers `subscribed`.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // `open` is the socket; the subscriptions start when the gateway answers `subscribed`, which gives
+    // each its position.
+    wait_until(
+        "both subscriptions to start",
+        Duration::from_secs(20),
+        || async {
+            browser
+                .js(
+                    "return !!(window.sub.position && window.news.position)",
+                    json!([]),
+                )
+                .await
+                == true
+        },
+    )
+    .await;
     let mut expected = Expected::default();
     post_mixed(&relay, 0..6, &mut expected).await;
     relay.stop_gateway().await;
@@ -439,7 +456,23 @@ async fn the_client_library_resumes_a_pattern_across_a_gateway_restart_exactly_o
     for url in urls {
         assert!(
             url.as_str().unwrap().ends_with("/ws?channels="),
-            "one socket for both subscriptions, which it subscribes by frames: {url}"
+            "a socket opened with no subscription, subscribed by frames: {url}"
+        );
+    }
+    // Each socket that opened carried both subscriptions (one that never opened sent nothing).
+    let sent = browser.js("return window.sent", json!([])).await;
+    let opened: Vec<&Value> = sent
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s != &&json!([]))
+        .collect();
+    assert!(opened.len() >= 2, "{sent}");
+    for frames in opened {
+        assert_eq!(
+            frames,
+            &json!(["chat.*", "news"]),
+            "both subscriptions on one socket: {sent}"
         );
     }
 }
