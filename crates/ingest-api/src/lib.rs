@@ -6,6 +6,7 @@ pub mod auth;
 pub mod backlog;
 pub mod group_commit;
 pub mod idempotency;
+pub mod inflight;
 pub mod metrics;
 pub mod problem;
 pub mod rate;

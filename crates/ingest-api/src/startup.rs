@@ -8,7 +8,9 @@ use actix_cors::Cors;
 use actix_web::dev::Server;
 use actix_web::{http, web, App};
 use anyhow::Context;
-use service::http::{Health, InflightBytes, ServerOptions};
+use service::http::{Health, ServerOptions};
+
+use crate::inflight::InflightBytes;
 use service::settings::AllowedOrigins;
 use service::Settings;
 use utoipa_actix_web::AppExt;

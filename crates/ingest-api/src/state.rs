@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use service::http::InflightBytes;
+use crate::inflight::InflightBytes;
 use service::redis::Conn;
 use service::Settings;
 use store::PgPool;

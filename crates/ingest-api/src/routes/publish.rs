@@ -10,6 +10,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::inflight::Reservation;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::BytesMut;
@@ -17,7 +18,6 @@ use futures_util::StreamExt;
 use model::redis_stream::{parse_reply_id, xadd_cmd};
 use model::{now_micros, Accepted, ChannelName, StreamEntry};
 use serde_json::value::RawValue;
-use service::http::Reservation;
 use service::settings::Scope;
 use uuid::Uuid;
 
