@@ -198,7 +198,7 @@ impl Consumer {
             let keep_bytes = self.settings.max_stream_bytes / 2;
             let mut trimmed = 0;
             while trimmed < TRIM_STEP {
-                match group::trim_acknowledged(
+                match crate::trim::trim_acknowledged(
                     &mut self.redis,
                     &key,
                     self.settings.stream_retention,

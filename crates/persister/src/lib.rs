@@ -1,6 +1,7 @@
 //! The persister: reads the stream through the consumer group `persister`, stores each batch in Postgres
 //! in one transaction, and acknowledges entries only after that transaction has committed.
 
+pub mod budget;
 pub mod consumer;
 pub mod group;
 pub mod history;
@@ -9,5 +10,6 @@ pub mod reading;
 pub mod startup;
 mod storing;
 pub mod test_hooks;
+pub mod trim;
 
 pub use startup::Application;

@@ -230,7 +230,7 @@ async fn trim_after_ack(
 
 /// One trim as the persister runs it, 1000 entries at the most; how many it removed.
 async fn trim(conn: &mut ConnectionManager, key: &str, retention: u64) -> u64 {
-    group::trim_acknowledged(conn, key, retention, u64::MAX, 1000)
+    persister::trim::trim_acknowledged(conn, key, retention, u64::MAX, 1000)
         .await
         .unwrap()
 }
@@ -299,7 +299,7 @@ async fn a_trim_pass_never_fetches_the_entries_it_removes() {
         inner: conn,
         reply_bytes: 0,
     };
-    let removed = group::trim_acknowledged(&mut metered, key, 10, u64::MAX, 50_000)
+    let removed = persister::trim::trim_acknowledged(&mut metered, key, 10, u64::MAX, 50_000)
         .await
         .unwrap();
     assert_eq!(removed, 290);

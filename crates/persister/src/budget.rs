@@ -1,0 +1,59 @@
+//! How many bytes one reply from the group may carry: a read or claim changes the group in Redis before
+//! its reply crosses the network, so the reply must be small enough to arrive within `REDIS_TIMEOUT_MS`
+//! (see `group.rs`).
+
+use crate::group::Delivered;
+
+/// How many bytes (entry ids, field names and values) one reply of [`read`](crate::group::read) or [`autoclaim`](crate::group::autoclaim) may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyBudget {
+    /// The budget (`PERSISTER_READ_BYTES`).
+    pub bytes: usize,
+    /// The largest entry expected: `MAX_BODY_BYTES` and its envelope, or — for a read of new entries —
+    /// the reader's expectation from what it has read ([`ReplyBudget::expecting`]). A `COUNT` is what is
+    /// left of the budget over this (in the scripts, over the largest entry seen in the reply when that
+    /// is larger).
+    pub entry_bytes: usize,
+}
+
+/// An entry's fields besides its payload (id, received-at, request id, version) take far less than this.
+const ENVELOPE_BYTES: usize = 4096;
+
+impl ReplyBudget {
+    /// The same budget for entries expected to be at most `entry_bytes` (at least one byte).
+    pub fn expecting(self, entry_bytes: usize) -> Self {
+        Self {
+            entry_bytes: entry_bytes.max(1),
+            ..self
+        }
+    }
+
+    /// The `COUNT` (at most `max`, at least 1) whose reply fits the budget when no entry is larger than
+    /// `entry_bytes`.
+    pub fn count(self, max: usize) -> usize {
+        (self.bytes / self.entry_bytes.max(1)).clamp(1, max.max(1))
+    }
+
+    /// `PERSISTER_READ_BYTES`, and entries of at most `MAX_BODY_BYTES` of payload plus their envelope.
+    pub fn from_settings(settings: &service::Settings) -> Self {
+        Self {
+            bytes: settings.persister_read_bytes,
+            entry_bytes: settings.max_body_bytes + ENVELOPE_BYTES,
+        }
+    }
+}
+
+impl Default for ReplyBudget {
+    fn default() -> Self {
+        Self::from_settings(&service::Settings::defaults())
+    }
+}
+
+/// The bytes of one entry as a reply carries it (id, field names and values).
+pub fn entry_bytes(d: &Delivered) -> usize {
+    d.raw_id.len()
+        + d.fields
+            .iter()
+            .map(|(f, v)| f.len() + v.len())
+            .sum::<usize>()
+}
