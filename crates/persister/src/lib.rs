@@ -1,6 +1,7 @@
 //! The persister: reads the stream through the consumer group `persister`, stores each batch in Postgres
 //! in one transaction, and acknowledges entries only after that transaction has committed.
 
+mod batches;
 pub mod budget;
 pub mod consumer;
 pub mod group;
