@@ -8,6 +8,7 @@ pub mod hub;
 pub mod metrics;
 pub mod page;
 pub mod reader;
+pub mod refused;
 pub mod replay;
 pub mod replay_turns;
 pub mod routing;

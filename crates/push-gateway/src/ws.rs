@@ -10,6 +10,7 @@ use serde::Deserialize;
 use service::settings::{Access, Scope};
 
 use crate::hub::Refused;
+use crate::refused::UpgradeError;
 use crate::routing::{Filter, Refusal, Subs};
 use crate::session::{close_linger, serve, Opening, Outlet};
 use crate::slots::NoSlot;
@@ -22,14 +23,13 @@ pub struct WsQuery {
     channels: Option<String>,
 }
 
-pub async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+pub async fn ws(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, UpgradeError> {
     let Ok(query) = web::Query::<WsQuery>::from_query(req.query_string()) else {
-        return problem(
-            400,
-            "invalid-parameter",
-            "Invalid parameter",
-            "bad query string".into(),
-        );
+        return Err(UpgradeError::BadQuery("bad query string".into()));
     };
     let bearer = service::http::bearer(req.headers()).or(query.access_token.as_deref());
     // Origin first: a page on a foreign origin is refused whatever key it presents.
@@ -39,12 +39,7 @@ pub async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>
         .and_then(|o| o.to_str().ok())
     {
         if !state.settings.allowed_origins.allows(origin) {
-            return problem(
-                403,
-                "origin-not-allowed",
-                "Origin not allowed",
-                format!("origin {origin} is not in ALLOWED_ORIGINS"),
-            );
+            return Err(UpgradeError::OriginNotAllowed(origin.to_owned()));
         }
     }
     let caller = match state.settings.authorize(bearer, Scope::Subscribe) {
@@ -52,76 +47,42 @@ pub async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>
             service::http::Subject::record(&req, caller.sub.as_deref());
             caller
         }
-        Access::Unauthenticated => {
-            return problem(401, "unauthenticated", "Unauthenticated", "send a key with the `subscribe` scope as `Authorization: Bearer <key>` or `?access_token=<key>`".into())
-        }
-        Access::Forbidden => return problem(403, "forbidden", "Forbidden", "this API key lacks the `subscribe` scope".into()),
+        Access::Unauthenticated => return Err(UpgradeError::Unauthenticated),
+        Access::Forbidden => return Err(UpgradeError::LacksScope),
     };
     let since = match query.since.as_deref().map(str::parse::<StreamId>) {
         None => None,
         Some(Ok(id)) => Some(id),
-        Some(Err(e)) => {
-            return problem(
-                400,
-                "invalid-parameter",
-                "Invalid parameter",
-                format!("since: {e}"),
-            )
-        }
+        Some(Err(e)) => return Err(UpgradeError::BadQuery(format!("since: {e}"))),
     };
-    let filter = match subscriptions(query.channels.as_deref(), state.settings.max_subscriptions) {
-        Ok(filter) => Arc::new(filter),
-        Err(refused) => return *refused,
-    };
+    let filter = Arc::new(subscriptions(
+        query.channels.as_deref(),
+        state.settings.max_subscriptions,
+    )?);
     // Every pattern subscribed to (`*` when none is named) must be covered by the credential's.
     if let Some(uncovered) = filter.patterns().iter().find(|p| !caller.channels.cover(p)) {
-        return problem(
-            403,
-            "forbidden",
-            "Forbidden",
-            format!("this credential may not subscribe to `{uncovered}`"),
-        );
+        return Err(UpgradeError::PatternForbidden(uncovered.clone()));
     }
     // The slot first: an address over its cap, or a full gateway, costs no subscription.
     let addr = state.settings.trusted_proxies.client_addr(&req);
     let slot = match state.slots.take(addr) {
         Ok(slot) => slot,
-        Err(NoSlot::Full) => return gateway_full(&state),
+        Err(NoSlot::Full) => return Err(gateway_full(&state)),
         Err(NoSlot::AddressFull) => {
             state.metrics.refused.inc();
-            let detail = "this address has MAX_CONNECTIONS_PER_IP WebSockets open; close one first";
-            return service::Problem::new(
-                actix_web::http::StatusCode::TOO_MANY_REQUESTS,
-                "too-many-connections-from-address",
-                "Too many connections from this address",
-                detail,
-            )
-            .retry_after(service::problem::RETRY_AFTER_SECS)
-            .response();
+            return Err(UpgradeError::AddressFull);
         }
     };
     let subscription = match state.hub.subscribe(Arc::clone(&filter)) {
         Ok(subscription) => subscription,
-        Err(Refused::Full) => return gateway_full(&state),
-        Err(Refused::NotReady) => {
-            return problem(
-                503,
-                "not-ready",
-                "Not ready",
-                "the gateway has not reached the stream yet; retry shortly".into(),
-            );
-        }
+        Err(Refused::Full) => return Err(gateway_full(&state)),
+        Err(Refused::NotReady) => return Err(UpgradeError::NotReady),
     };
     let (response, session, messages) = match actix_ws::handle(&req, body) {
         Ok(parts) => parts,
         Err(e) => {
             state.hub.unsubscribe(subscription.id);
-            return problem(
-                400,
-                "not-a-websocket",
-                "Not a WebSocket handshake",
-                e.to_string(),
-            );
+            return Err(UpgradeError::NotAWebSocket(e.to_string()));
         }
     };
     // The slot lives as long as the socket. (Outside `service::http::serve` there is no connection data;
@@ -176,57 +137,30 @@ pub async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>
             connection.shutdown();
         }
     }));
-    response
+    Ok(response)
 }
 
 /// The socket's subscriptions from `?channels=`: `*` without it, none for an empty value, else the
-/// comma-separated patterns, none overlapping another and at most `MAX_SUBSCRIPTIONS`; or the problem
-/// that refuses the upgrade.
-fn subscriptions(channels: Option<&str>, max: usize) -> Result<Filter, Box<HttpResponse>> {
+/// comma-separated patterns, none overlapping another and at most `MAX_SUBSCRIPTIONS`.
+fn subscriptions(channels: Option<&str>, max: usize) -> Result<Filter, UpgradeError> {
     let Some(list) = channels else {
         return Ok(Filter::all());
     };
     let mut patterns = Vec::new();
     for text in list.split(',').filter(|p| !p.is_empty()) {
-        match text.parse::<ChannelPattern>() {
-            Ok(pattern) => patterns.push(pattern),
-            Err(e) => {
-                let detail = format!("channels: `{text}`: {e}");
-                let refused = problem(400, "invalid-parameter", "Invalid parameter", detail);
-                return Err(Box::new(refused));
-            }
-        }
+        let pattern = text
+            .parse::<ChannelPattern>()
+            .map_err(|e| UpgradeError::BadQuery(format!("channels: `{text}`: {e}")))?;
+        patterns.push(pattern);
     }
-    Filter::new(patterns, max).map_err(|refusal| Box::new(match refusal {
-        Refusal::Overlap(a, b) => problem(
-            409,
-            "overlapping-subscriptions",
-            "Overlapping subscriptions",
-            format!("channels: `{a}` and `{b}` overlap: a message would be sent twice; subscribe to the wider one"),
-        ),
-        Refusal::TooMany(max) => problem(
-            429,
-            "too-many-subscriptions",
-            "Too many subscriptions",
-            format!("channels: more than MAX_SUBSCRIPTIONS ({max}) patterns"),
-        ),
-    }))
+    Filter::new(patterns, max).map_err(|refusal| match refusal {
+        Refusal::Overlap(a, b) => UpgradeError::Overlap(a, b),
+        Refusal::TooMany(max) => UpgradeError::TooManySubscriptions(max),
+    })
 }
 
-/// A refused upgrade, as the one problem response of every service.
-/// 503 for a gateway at `MAX_CONNECTIONS`, counted as refused.
-fn gateway_full(state: &AppState) -> HttpResponse {
+/// A gateway at `MAX_CONNECTIONS`, counted as refused.
+fn gateway_full(state: &AppState) -> UpgradeError {
     state.metrics.refused.inc();
-    problem(
-        503,
-        "too-many-connections",
-        "Too many connections",
-        "the gateway is at MAX_CONNECTIONS; retry later".into(),
-    )
-}
-
-fn problem(status: u16, slug: &str, title: &'static str, detail: String) -> HttpResponse {
-    let status = actix_web::http::StatusCode::from_u16(status)
-        .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
-    service::Problem::new(status, slug, title, detail).response()
+    UpgradeError::GatewayFull
 }
