@@ -16,6 +16,7 @@ use crate::reader::{reply_id, to_frames};
 use crate::routing::Subs;
 use crate::session::{close, delivered, send, End, Out, Outlet};
 use crate::state::AppState;
+use crate::test_hooks::Seam;
 
 /// Entries per page while replaying, at most.
 const REPLAY_PAGE: usize = 500;
@@ -274,6 +275,7 @@ async fn stored_pages(
     let horizon = crate::history::horizon(&state.db)
         .await
         .map_err(Stored::Unavailable)?;
+    state.seams.pass(Seam::BeforeHistoryPage).await;
     // Deleted history after the cursor: the pages start at the horizon, and `read` moves there only once
     // the gap frame is sent, so a retry after a failure before it computes the gap again.
     let mut gap = horizon

@@ -1,6 +1,6 @@
-//! Test hooks at the two points of a resuming session where a race would hide: after the client is
-//! subscribed and before the replay reads the stream, and after the replay and before the queued live
-//! frames are sent. A test takes a [`Gate`] with `Application::gate` before the gateway runs; a session
+//! Test hooks at the points of a resuming session where a race would hide: after the client is
+//! subscribed and before the replay reads the stream, after the replay and before the queued live
+//! frames are sent, and inside a replay from Postgres between its two reads. A test takes a [`Gate`] with `Application::gate` before the gateway runs; a session
 //! that reaches a held point says so and waits until the test lets it go, so the test can put an entry
 //! exactly there. Production never takes a gate: each point then costs one check of an empty cell.
 
@@ -15,6 +15,8 @@ pub enum Seam {
     BeforeReplay,
     /// The replay sent, the live frames not yet.
     BeforeLive,
+    /// A replay from Postgres has read the history horizon and not yet its first page (on every try).
+    BeforeHistoryPage,
 }
 
 /// One held point: the session signals `reached`, then waits for `release`.
@@ -46,6 +48,7 @@ impl Gate {
 pub struct Seams {
     before_replay: OnceLock<Arc<Gate>>,
     before_live: OnceLock<Arc<Gate>>,
+    before_history_page: OnceLock<Arc<Gate>>,
 }
 
 impl Seams {
@@ -53,6 +56,7 @@ impl Seams {
         match seam {
             Seam::BeforeReplay => &self.before_replay,
             Seam::BeforeLive => &self.before_live,
+            Seam::BeforeHistoryPage => &self.before_history_page,
         }
     }
 

@@ -149,6 +149,55 @@ async fn a_since_older_than_the_stream_is_replayed_from_postgres_and_only_delete
     ws.assert_quiet(Duration::from_millis(300)).await;
 }
 
+/// A replay from Postgres that fails after it read the history horizon, before its first page, tries
+/// again and still starts with the `gap` for the deleted history: the retry must not start past it.
+#[tokio::test]
+async fn a_history_replay_that_fails_before_its_first_page_still_announces_the_gap() {
+    let mut relay = Relay::pipeline(test_settings()).await;
+    let ids = stream_ids(&relay.publish_numbers(20).await);
+    assert_eq!(testkit::wait_for_rows(&relay.settings, 20).await, 20);
+    let _: usize = redis::cmd("XTRIM")
+        .arg(&relay.settings.stream_key)
+        .arg("MINID")
+        .arg(&ids[10])
+        .query(&mut testkit::redis(&relay.settings))
+        .unwrap();
+    let (ms, seq) = ids[5].split_once('-').unwrap();
+    let deleted = format!("DELETE FROM messages WHERE (stream_ms, stream_seq) <= ({ms}, {seq})");
+    testkit::db::execute(&relay.settings, deleted).await;
+    let horizon =
+        format!("INSERT INTO history_horizon (stream_ms, stream_seq) VALUES ({ms}, {seq})");
+    testkit::db::execute(&relay.settings, horizon).await;
+    let gate = relay
+        .start_gateway_held(push_gateway::test_hooks::Seam::BeforeHistoryPage)
+        .await;
+    let mut ws = relay.ws_connect(&format!("?since={}", ids[2])).await;
+    tokio::time::timeout(Duration::from_secs(10), gate.reached())
+        .await
+        .expect("the replay read the horizon");
+    // Its first page fails: the table is away.
+    testkit::db::execute(
+        &relay.settings,
+        "ALTER TABLE messages RENAME TO messages_away",
+    )
+    .await;
+    gate.release();
+    tokio::time::timeout(Duration::from_secs(10), gate.reached())
+        .await
+        .expect("the replay tried again");
+    testkit::db::execute(
+        &relay.settings,
+        "ALTER TABLE messages_away RENAME TO messages",
+    )
+    .await;
+    gate.release();
+    assert_eq!(
+        ws.frame().await,
+        serde_json::json!({"type": "gap", "since": ids[2], "oldest": ids[6]})
+    );
+    assert_eq!(stream_ids(&ws.messages(14).await), ids[6..]);
+}
+
 /// A gateway whose Postgres is away stays ready and serves what the stream holds; a `since` older than
 /// that waits a while for Postgres, then gets a 503 `error` frame and a 1013 close, on a connection or on
 /// a subscribe frame — never a `gap` for messages that exist, never a silent skip.
