@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 pub use app::{spawn_gateway, spawn_ingest, spawn_persister, spawn_relay, Relay, Running};
 pub use db::{count_rows, wait_for_rows};
-pub use stream::{dead_letters, entry, pending, stream_len, xadd, xadd_fields};
+pub use stream::{dead_letters, entry, pending, stream_len, trim, xadd, xadd_fields};
 pub use ws::{Seen, Ws};
 
 /// Settings for one test: database `relay_test_<uuid>`, stream `test:<uuid>`, OS-chosen ports, and a

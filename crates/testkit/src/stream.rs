@@ -76,6 +76,17 @@ pub fn memory_usage(settings: &Settings) -> u64 {
     bytes.unwrap_or(0)
 }
 
+/// `XTRIM <stream> <strategy> <threshold>` (`MINID <id>`, `MAXLEN <n>`): what the persister's retention
+/// does once entries are stored; returns how many were removed.
+pub fn trim(settings: &Settings, strategy: &str, threshold: impl redis::ToRedisArgs) -> usize {
+    redis::cmd("XTRIM")
+        .arg(&settings.stream_key)
+        .arg(strategy)
+        .arg(threshold)
+        .query(&mut crate::redis(settings))
+        .unwrap()
+}
+
 /// Entries pending in the persister group (delivered, not acknowledged).
 pub fn pending(settings: &Settings) -> usize {
     let reply: (usize, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")

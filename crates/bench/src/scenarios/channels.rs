@@ -101,19 +101,11 @@ pub async fn routing(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
     progress(format!(
         "routing: {channels} sockets on a channel each + {stars} on *, {rate} msg/s over the channels"
     ));
-    let routed = {
-        let s = env.scenario("routing");
-        let ingest = env.start("ingest-api", &s, &[]);
-        let gateway = env.start("push-gateway", &s, &[]);
-        let mut queries: Vec<String> = (0..channels).map(|c| format!("?channels=r{c}")).collect();
-        queries.extend((0..stars).map(|_| "?channels=*".to_owned()));
-        let base = ingest.url();
-        let post = move |seq: usize| format!("{base}/channels/r{}/messages", seq % channels);
-        drive(&gateway, &queries, post, rate, secs, move |socket, seq| {
-            socket >= channels || seq % channels == socket
-        })
-        .await?
-    };
+    let mut queries: Vec<String> = (0..channels).map(|c| format!("?channels=r{c}")).collect();
+    queries.extend((0..stars).map(|_| "?channels=*".to_owned()));
+    let path = move |seq: usize| format!("/channels/r{}/messages", seq % channels);
+    let wants = move |socket: usize, seq: usize| socket >= channels || seq % channels == socket;
+    let routed = drive(env, "routing", &queries, path, (rate, secs), wants).await?;
     // The firehose at the same frames per second: every frame goes to every socket.
     let per_message = 1 + stars;
     let fire_clients = if sizes.quick { 10 } else { 1000 };
@@ -121,15 +113,17 @@ pub async fn routing(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
     progress(format!(
         "firehose: {fire_clients} sockets on *, {fire_rate} msg/s (the same frames/s)"
     ));
-    let firehose = {
-        let s = env.scenario("routing-firehose");
-        let ingest = env.start("ingest-api", &s, &[]);
-        let gateway = env.start("push-gateway", &s, &[]);
-        let queries = vec!["?channels=*".to_owned(); fire_clients];
-        let base = ingest.url();
-        let post = move |_| format!("{base}/messages");
-        drive(&gateway, &queries, post, fire_rate, secs, |_, _| true).await?
-    };
+    let queries = vec!["?channels=*".to_owned(); fire_clients];
+    let path = |_| "/messages".to_owned();
+    let firehose = drive(
+        env,
+        "routing-firehose",
+        &queries,
+        path,
+        (fire_rate, secs),
+        |_, _| true,
+    )
+    .await?;
     let ratio = routed.cpu_per_frame_us / firehose.cpu_per_frame_us.max(f64::MIN_POSITIVE);
     Ok(vec![Row::new(
         "channels",
@@ -151,17 +145,22 @@ pub async fn routing(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
     .goal("≤ 1.2×", ratio <= 1.2)])
 }
 
-/// Opens one socket per query (100 at a time), posts `rate` msg/s for `secs` (message `seq` to
-/// `post(seq)`), and reads until each socket has every message `wants(socket, seq)` says is its own,
+/// Starts an ingest-api and a gateway of `scenario`'s own, opens one socket per query (100 at a time),
+/// posts `rate` msg/s for `secs` (message `seq` to `path(seq)`), and reads until each socket has every message `wants(socket, seq)` says is its own,
 /// in stream order and once. Counts the gateway's CPU over the whole delivery.
 async fn drive(
-    gateway: &testkit::procs::Service,
+    env: &Env,
+    scenario: &str,
     queries: &[String],
-    post: impl Fn(usize) -> String,
-    rate: u32,
-    secs: u32,
+    path: impl Fn(usize) -> String,
+    (rate, secs): (u32, u32),
     wants: impl Fn(usize, usize) -> bool + Copy + Send + Sync + 'static,
 ) -> anyhow::Result<Routed> {
+    let s = env.scenario(scenario);
+    let ingest = env.start("ingest-api", &s, &[]);
+    let gateway = env.start("push-gateway", &s, &[]);
+    let base = ingest.url();
+    let post = move |seq: usize| format!("{base}{}", path(seq));
     let addr = format!("127.0.0.1:{}", gateway.port);
     let mut sockets = Vec::with_capacity(queries.len());
     for chunk in queries.chunks(100) {

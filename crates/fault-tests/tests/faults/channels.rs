@@ -58,32 +58,20 @@ fn a_mixed_channel_load_through_a_sigkilled_persister_and_a_redis_restart_is_sto
     // pending, that is everything.
     let mut redis = testkit::redis(&settings);
     wait_until("nothing pending in the group", DRAIN, || {
-        redis::cmd("XPENDING")
-            .arg(&settings.stream_key)
-            .arg(model::PERSISTER_GROUP)
-            .query::<(u64, redis::Value, redis::Value, redis::Value)>(&mut redis)
-            .is_ok_and(|(pending, ..)| pending == 0)
+        testkit::pending(&settings) == 0
     });
 
     // Each channel, read back: exactly its accepted messages, each once, in stream order; the channels
     // table (kept in the persister's transactions, through the kill) agrees.
-    let client = reqwest::blocking::Client::new();
     let mut sent: HashMap<&str, Vec<&str>> = HashMap::new();
     for (id, channel) in log.accepted.iter().zip(&log.channels) {
         sent.entry(channel.as_str()).or_default().push(id);
     }
-    let table: Vec<serde_json::Value> = client
-        .get(format!("{}/channels", ingest.url()))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let table: Vec<serde_json::Value> = ingest.get("/channels").json().unwrap();
     let mut stored = HashMap::new();
     for channel in CHANNELS {
-        let rows: Vec<serde_json::Value> = client
-            .get(format!("{}/channels/{channel}/messages", ingest.url()))
-            .send()
-            .unwrap()
+        let rows: Vec<serde_json::Value> = ingest
+            .get(&format!("/channels/{channel}/messages"))
             .json()
             .unwrap();
         assert!(

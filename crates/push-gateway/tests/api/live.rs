@@ -85,21 +85,25 @@ async fn a_reconnect_with_since_gets_exactly_the_missing_messages_then_live_ones
     ws.assert_quiet(Duration::from_millis(300)).await;
 }
 
-/// A relay with 20 messages stored in Postgres, of which the stream holds only the last ten (trimmed as
-/// the persister's retention would once they are stored); their stream ids; a Redis connection.
-async fn twenty_stored_and_ten_trimmed() -> (Relay, Vec<String>, redis::Connection) {
-    let relay = testkit::spawn_relay(test_settings()).await;
+/// `relay` (which must run a persister) with 20 messages stored in Postgres, of which the stream holds
+/// only the last ten (trimmed as the persister's retention would once they are stored); their stream ids.
+async fn twenty_stored_and_ten_trimmed(relay: Relay) -> (Relay, Vec<String>) {
     let accepted = relay.publish_numbers(20).await;
     let ids = stream_ids(&accepted);
     assert_eq!(testkit::wait_for_rows(&relay.settings, 20).await, 20);
-    let mut redis = testkit::redis(&relay.settings);
-    let _: usize = redis::cmd("XTRIM")
-        .arg(&relay.settings.stream_key)
-        .arg("MINID")
-        .arg(&ids[10])
-        .query(&mut redis)
-        .unwrap();
-    (relay, ids, redis)
+    testkit::trim(&relay.settings, "MINID", &ids[10]);
+    (relay, ids)
+}
+
+/// Deletes the stored messages up to and including `through`, and records how far it went, as
+/// `HISTORY_RETENTION` does.
+async fn delete_history_through(relay: &Relay, through: &str) {
+    let (ms, seq) = through.split_once('-').unwrap();
+    let deleted = format!("DELETE FROM messages WHERE (stream_ms, stream_seq) <= ({ms}, {seq})");
+    testkit::db::execute(&relay.settings, deleted).await;
+    let horizon =
+        format!("INSERT INTO history_horizon (stream_ms, stream_seq) VALUES ({ms}, {seq})");
+    testkit::db::execute(&relay.settings, horizon).await;
 }
 
 /// Resume from any point of history: what the stream no longer holds comes from Postgres, then the
@@ -107,7 +111,8 @@ async fn twenty_stored_and_ten_trimmed() -> (Relay, Vec<String>, redis::Connecti
 #[tokio::test]
 async fn a_since_older_than_the_stream_is_replayed_from_postgres_and_only_deleted_history_is_a_gap()
 {
-    let (relay, ids, mut redis) = twenty_stored_and_ten_trimmed().await;
+    let (relay, ids) =
+        twenty_stored_and_ten_trimmed(testkit::spawn_relay(test_settings()).await).await;
 
     let mut ws = relay.ws_connect(&format!("?since={}", ids[2])).await;
     let replayed = ws.messages(17).await;
@@ -118,13 +123,8 @@ async fn a_since_older_than_the_stream_is_replayed_from_postgres_and_only_delete
     );
     ws.assert_quiet(Duration::from_millis(300)).await;
 
-    // HISTORY_RETENTION deletes the oldest six rows (and records how far it went, as it does).
-    let (ms, seq) = ids[5].split_once('-').unwrap();
-    let deleted = format!("DELETE FROM messages WHERE (stream_ms, stream_seq) <= ({ms}, {seq})");
-    testkit::db::execute(&relay.settings, deleted).await;
-    let horizon =
-        format!("INSERT INTO history_horizon (stream_ms, stream_seq) VALUES ({ms}, {seq})");
-    testkit::db::execute(&relay.settings, horizon).await;
+    // HISTORY_RETENTION deletes the oldest six rows.
+    delete_history_through(&relay, &ids[5]).await;
     let mut ws = relay.ws_connect(&format!("?since={}", ids[2])).await;
     let gap = ws.frame().await;
     assert_eq!(
@@ -138,12 +138,7 @@ async fn a_since_older_than_the_stream_is_replayed_from_postgres_and_only_delete
     assert_eq!(stream_ids(&ws.messages(4).await), ids[16..]);
 
     // A stream trimmed to nothing still knows it held entries: they all come from Postgres.
-    let _: usize = redis::cmd("XTRIM")
-        .arg(&relay.settings.stream_key)
-        .arg("MAXLEN")
-        .arg(0)
-        .query(&mut redis)
-        .unwrap();
+    testkit::trim(&relay.settings, "MAXLEN", 0);
     let mut ws = relay.ws_connect(&format!("?since={}", ids[10])).await;
     assert_eq!(stream_ids(&ws.messages(9).await), ids[11..]);
     ws.assert_quiet(Duration::from_millis(300)).await;
@@ -153,21 +148,9 @@ async fn a_since_older_than_the_stream_is_replayed_from_postgres_and_only_delete
 /// again and still starts with the `gap` for the deleted history: the retry must not start past it.
 #[tokio::test]
 async fn a_history_replay_that_fails_before_its_first_page_still_announces_the_gap() {
-    let mut relay = Relay::pipeline(test_settings()).await;
-    let ids = stream_ids(&relay.publish_numbers(20).await);
-    assert_eq!(testkit::wait_for_rows(&relay.settings, 20).await, 20);
-    let _: usize = redis::cmd("XTRIM")
-        .arg(&relay.settings.stream_key)
-        .arg("MINID")
-        .arg(&ids[10])
-        .query(&mut testkit::redis(&relay.settings))
-        .unwrap();
-    let (ms, seq) = ids[5].split_once('-').unwrap();
-    let deleted = format!("DELETE FROM messages WHERE (stream_ms, stream_seq) <= ({ms}, {seq})");
-    testkit::db::execute(&relay.settings, deleted).await;
-    let horizon =
-        format!("INSERT INTO history_horizon (stream_ms, stream_seq) VALUES ({ms}, {seq})");
-    testkit::db::execute(&relay.settings, horizon).await;
+    let pipeline = Relay::pipeline(test_settings()).await;
+    let (mut relay, ids) = twenty_stored_and_ten_trimmed(pipeline).await;
+    delete_history_through(&relay, &ids[5]).await;
     let gate = relay
         .start_gateway_held(push_gateway::test_hooks::Seam::BeforeHistoryPage)
         .await;
@@ -203,7 +186,8 @@ async fn a_history_replay_that_fails_before_its_first_page_still_announces_the_g
 /// a subscribe frame — never a `gap` for messages that exist, never a silent skip.
 #[tokio::test]
 async fn with_postgres_away_an_older_since_gets_an_error_frame_and_1013_never_a_gap() {
-    let (relay, ids, _) = twenty_stored_and_ten_trimmed().await;
+    let (relay, ids) =
+        twenty_stored_and_ten_trimmed(testkit::spawn_relay(test_settings()).await).await;
     let mut away = relay.settings.clone();
     away.database_url = "postgres://postgres@127.0.0.1:1/relay".into();
     away.gateway_addr = "127.0.0.1:0".parse().unwrap();

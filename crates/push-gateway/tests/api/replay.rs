@@ -63,12 +63,7 @@ async fn a_trim_that_passes_the_cursor_mid_replay_is_filled_from_postgres_withou
     assert_eq!(stream_ids(&first), accepted[..1]);
     // The gateway is blocked on a send of an early page. A trim of stored entries passes the cursor now.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let _: usize = redis::cmd("XTRIM")
-        .arg(&relay.settings.stream_key)
-        .arg("MINID")
-        .arg(&accepted[2_500])
-        .query(&mut testkit::redis(&relay.settings))
-        .unwrap();
+    testkit::trim(&relay.settings, "MINID", &accepted[2_500]);
     let mut sent = stream_ids(&first);
     while sent.len() < 3_000 {
         let f = ws.frame().await;
