@@ -33,7 +33,7 @@ impl Backlog {
         let mut tick = tokio::time::interval(REFRESH);
         loop {
             tick.tick().await;
-            match model::redis_stream::group_stats(&mut redis, &stream_key).await {
+            match service::redis::group::group_stats(&mut redis, &stream_key).await {
                 Ok(stats) => self.entries.store(stats.backlog(), Ordering::Relaxed),
                 Err(e) => log::debug!("cannot read the persister's lag: {e}"),
             }

@@ -155,7 +155,7 @@ fn cors(origins: &AllowedOrigins) -> Cors {
         AllowedOrigins::Loopback => cors.allowed_origin_fn(|origin, _| {
             origin
                 .to_str()
-                .is_ok_and(service::settings::access::is_loopback_origin)
+                .is_ok_and(service::settings::origins::is_loopback_origin)
         }),
         AllowedOrigins::List(list) => list.iter().fold(cors, |c, o| c.allowed_origin(o)),
     }

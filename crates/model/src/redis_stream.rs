@@ -147,58 +147,6 @@ pub fn read_reply(reply: Value) -> Vec<RawEntry> {
     out
 }
 
-/// How far the `persister` group is behind on a stream.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct GroupStats {
-    /// Entries in the stream.
-    pub length: u64,
-    /// Entries not yet delivered to the group (every entry while there is no group).
-    pub lag: u64,
-    /// Entries delivered to the group and not yet acknowledged.
-    pub pending: u64,
-}
-
-impl GroupStats {
-    /// Entries not yet stored: what `MAX_BACKLOG` bounds.
-    pub fn backlog(&self) -> u64 {
-        self.lag + self.pending
-    }
-}
-
-/// [`GroupStats`] of `stream_key` from `XLEN` and `XINFO GROUPS` (a cold path: typed replies). A missing
-/// stream has all zeros. `lag` is nil when Redis cannot compute it (after deletions in the middle of the
-/// stream); pending alone is then the best lower bound.
-pub async fn group_stats(
-    conn: &mut impl redis::aio::ConnectionLike,
-    stream_key: &str,
-) -> redis::RedisResult<GroupStats> {
-    let length: u64 = redis::cmd("XLEN").arg(stream_key).query_async(conn).await?;
-    let groups: redis::RedisResult<redis::streams::StreamInfoGroupsReply> = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(stream_key)
-        .query_async(conn)
-        .await;
-    let groups = match groups {
-        Ok(groups) => groups.groups,
-        Err(e) if e.to_string().contains("no such key") => Vec::new(),
-        Err(e) => return Err(e),
-    };
-    Ok(
-        match groups.iter().find(|g| g.name == crate::PERSISTER_GROUP) {
-            Some(g) => GroupStats {
-                length,
-                lag: g.lag.unwrap_or(0) as u64,
-                pending: g.pending as u64,
-            },
-            None => GroupStats {
-                length,
-                lag: length,
-                pending: 0,
-            },
-        },
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,21 @@ pub enum ReplyError {
     Protocol(&'static str),
 }
 
+impl ReplyError {
+    /// The error's code: the first word of Redis' error reply when it is in capitals (`NOGROUP`,
+    /// `BUSYGROUP`, `ERR`), the convention every Redis error follows and redis-rs's `RedisError::code`
+    /// reads the same way. What callers match on, never the text after it.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Redis(text) => text
+                .split(' ')
+                .next()
+                .filter(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_uppercase())),
+            Self::Protocol(_) => None,
+        }
+    }
+}
+
 /// Redis refuses bulk strings longer than this (`proto-max-bulk-len`'s default, 512 MiB).
 const MAX_BULK: usize = 512 * 1024 * 1024;
 /// More elements than a reply could hold in Redis' memory: a declared count past it is not a reply (and
@@ -332,6 +347,9 @@ mod tests {
             read_reply(nogroup).unwrap_err(),
             ReplyError::Redis("NOGROUP No such key 'k' or consumer group 'persister'".into())
         );
+        assert_eq!(read_reply(nogroup).unwrap_err().code(), Some("NOGROUP"));
+        assert_eq!(ReplyError::Redis("no code".into()).code(), None);
+        assert_eq!(ReplyError::Protocol("x").code(), None);
         let deep = b"*999999999999999999\r\n".repeat(20);
         for broken in [
             &b"?1\r\n"[..],

@@ -4,7 +4,7 @@
 
 use crate::group::Delivered;
 
-/// How many bytes (entry ids, field names and values) one reply of [`read`](crate::group::read) or [`autoclaim`](crate::group::autoclaim) may carry.
+/// How many bytes (entry ids, field names and values) one reply of [`read`](crate::group::read) or [`autoclaim`](crate::claim::autoclaim) may carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplyBudget {
     /// The budget (`PERSISTER_READ_BYTES`).
@@ -57,3 +57,27 @@ pub fn entry_bytes(d: &Delivered) -> usize {
             .map(|(f, v)| f.len() + v.len())
             .sum::<usize>()
 }
+
+/// The chunking both bounded scripts share: `chunk()` is the next `COUNT` (0: stop), `add(entry)` counts
+/// an entry read. A lone entry larger than the budget still comes back, alone: it must be stored too.
+pub(crate) const BUDGET_LUA: &str = r"
+local left, budget, largest = tonumber(ARGV[#ARGV - 2]), tonumber(ARGV[#ARGV - 1]), tonumber(ARGV[#ARGV])
+local out, used = {}, 0
+local function chunk()
+  if left <= 0 then return 0 end
+  local n = math.floor((budget - used) / largest)
+  if n < 1 then
+    if #out > 0 then return 0 end
+    n = 1
+  end
+  return math.min(n, left)
+end
+local function add(e)
+  local size = #e[1]
+  if e[2] then for _, v in ipairs(e[2]) do size = size + #v end end
+  used = used + size
+  if size > largest then largest = size end
+  out[#out + 1] = e
+  left = left - 1
+end
+";

@@ -22,7 +22,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::batches::Batches;
-use crate::group::{self};
+use crate::claim;
+use crate::group;
 use crate::metrics::Metrics;
 use crate::reading::read_ahead;
 use crate::test_hooks::{Armed, Seam};
@@ -196,7 +197,7 @@ impl Consumer {
                 log::debug!("trimmed {trimmed} acknowledged entries from `{key}`");
             }
             let me = self.settings.consumer_name.clone();
-            match group::remove_idle_consumers(&mut self.redis, &key, &me, CONSUMER_GONE_MS).await {
+            match claim::remove_idle_consumers(&mut self.redis, &key, &me, CONSUMER_GONE_MS).await {
                 Ok(gone) if !gone.is_empty() => {
                     log::info!("removed idle consumers with nothing pending: {gone:?}")
                 }
@@ -217,7 +218,7 @@ impl Consumer {
             s.persister_batch_size,
         );
         let budget = group::ReplyBudget::from_settings(s);
-        let claimed = group::autoclaim(
+        let claimed = claim::autoclaim(
             &mut self.redis,
             &key,
             &me,
@@ -243,7 +244,7 @@ impl Consumer {
         // (it crashed whoever held it, or no replica understands its version) is dead-lettered below
         // rather than claimed again and again. Without the counts the batch is still handled: only the
         // dead-lettering of over-delivered entries waits for the next claim.
-        if let Err(e) = group::with_delivery_counts(&mut self.redis, &key, &me, &mut batch).await {
+        if let Err(e) = claim::with_delivery_counts(&mut self.redis, &key, &me, &mut batch).await {
             log::warn!("reading delivery counts of claimed entries failed: {e}");
         }
         log::info!(

@@ -9,7 +9,7 @@
 //! - `XACK` is sent only after the rows are committed. An entry that is stored but not acknowledged is
 //!   delivered again; the store ignores rows it already has, so the result is still one row.
 //! - Every redelivery (own pending re-read, `XAUTOCLAIM`) raises the entry's delivery count in the group.
-//!   Redelivered batches read that count back ([`with_delivery_counts`]) so that an entry which keeps
+//!   Redelivered batches read that count back ([`with_delivery_counts`](crate::claim::with_delivery_counts)) so that an entry which keeps
 //!   coming back — one that crashes the persister, or one of a format version no replica understands —
 //!   is dead-lettered after `MAX_DELIVERIES` instead of circling (and pinning the trim) forever.
 //! - A reply is bounded in bytes, not only in entries ([`ReplyBudget`]): a read or claim changes the
@@ -23,10 +23,10 @@ use std::sync::LazyLock;
 
 use model::redis_stream::{read_reply, FieldName, RawEntry};
 use model::{dead_letter_key, DecodeError, EntryParts, StreamId, PERSISTER_GROUP};
-use redis::streams::StreamAutoClaimReply;
 use redis::{aio::ConnectionLike, Value};
 use service::redis::raw::{RawConn, RawError};
 
+use crate::budget::BUDGET_LUA;
 pub use crate::budget::{entry_bytes, ReplyBudget};
 
 /// One entry as the group delivered it.
@@ -40,7 +40,7 @@ pub struct Delivered {
     /// The entry's fields, kept for the dead-letter stream.
     pub fields: Vec<(FieldName, Vec<u8>)>,
     /// How many times the group has delivered it, this delivery included. `1` for a first delivery
-    /// (`XREADGROUP >`); redelivered batches read the real count with [`with_delivery_counts`], which
+    /// (`XREADGROUP >`); redelivered batches read the real count with [`with_delivery_counts`](crate::claim::with_delivery_counts), which
     /// sets `0` for an entry already handled by another batch (nothing to do).
     pub deliveries: u64,
 }
@@ -85,30 +85,6 @@ pub async fn ensure_group(
     }
 }
 
-/// The chunking both bounded scripts share: `chunk()` is the next `COUNT` (0: stop), `add(entry)` counts
-/// an entry read. A lone entry larger than the budget still comes back, alone: it must be stored too.
-const BUDGET_LUA: &str = r"
-local left, budget, largest = tonumber(ARGV[#ARGV - 2]), tonumber(ARGV[#ARGV - 1]), tonumber(ARGV[#ARGV])
-local out, used = {}, 0
-local function chunk()
-  if left <= 0 then return 0 end
-  local n = math.floor((budget - used) / largest)
-  if n < 1 then
-    if #out > 0 then return 0 end
-    n = 1
-  end
-  return math.min(n, left)
-end
-local function add(e)
-  local size = #e[1]
-  if e[2] then for _, v in ipairs(e[2]) do size = size + #v end end
-  used = used + size
-  if size > largest then largest = size end
-  out[#out + 1] = e
-  left = left - 1
-end
-";
-
 /// `XREADGROUP` (without `BLOCK`: a script cannot block) in chunks within the budget. KEYS: the stream;
 /// ARGV: group, consumer, start (`>` or an id), count, budget, entry bytes. The reply has `XREADGROUP`'s
 /// shape.
@@ -128,27 +104,6 @@ while true do
 end
 if #out == 0 then return false end
 return {{ {{ key, out }} }}
-"
-    ))
-});
-
-/// `XAUTOCLAIM` in chunks within the budget, as long as each chunk comes back full (one scan of the
-/// pending list per pass, as a single `XAUTOCLAIM` would). KEYS: the stream; ARGV: group, consumer, min
-/// idle, cursor, count, budget, entry bytes. The reply has `XAUTOCLAIM`'s shape.
-static CLAIM_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(&format!(
-        r"{BUDGET_LUA}
-local key, cursor, deleted = KEYS[1], ARGV[4], {{}}
-while true do
-  local n = chunk()
-  if n == 0 then break end
-  local reply = redis.call('XAUTOCLAIM', key, ARGV[1], ARGV[2], ARGV[3], cursor, 'COUNT', n)
-  cursor = reply[1]
-  for _, e in ipairs(reply[2]) do add(e) end
-  for _, id in ipairs(reply[3] or {{}}) do deleted[#deleted + 1] = id end
-  if cursor == '0-0' or #reply[2] < n then break end
-end
-return {{ cursor, out, deleted }}
 "
     ))
 });
@@ -293,129 +248,4 @@ pub async fn dead_letter(
     }
     let moved: i64 = script.invoke_async(conn).await?;
     Ok(moved == 1)
-}
-
-/// `XAUTOCLAIM`: takes over up to `count` entries, at most `budget` bytes of them, that have been pending
-/// on any consumer for at least `min_idle_ms` (their consumer died, or is stuck). Returns the claimed
-/// entries and the cursor to continue from (`0-0` once the whole pending list was scanned).
-pub async fn autoclaim(
-    conn: &mut impl ConnectionLike,
-    stream_key: &str,
-    consumer: &str,
-    min_idle_ms: u64,
-    cursor: &str,
-    count: usize,
-    budget: ReplyBudget,
-) -> redis::RedisResult<(Vec<Delivered>, String)> {
-    let reply: StreamAutoClaimReply = CLAIM_SCRIPT
-        .key(stream_key)
-        .arg(PERSISTER_GROUP)
-        .arg(consumer)
-        .arg(min_idle_ms)
-        .arg(cursor)
-        .arg(count)
-        .arg(budget.bytes)
-        .arg(budget.entry_bytes)
-        .invoke_async(conn)
-        .await?;
-    let claimed = reply
-        .claimed
-        .into_iter()
-        .map(|entry| {
-            let fields = entry
-                .map
-                .into_iter()
-                .map(|(field, value)| {
-                    let bytes = match value {
-                        Value::BulkString(b) => b,
-                        Value::SimpleString(s) => s.into_bytes(),
-                        _ => Vec::new(),
-                    };
-                    (model::redis_stream::field_name(field.as_bytes()), bytes)
-                })
-                .collect();
-            Delivered::from(RawEntry {
-                id: entry.id,
-                fields,
-            })
-        })
-        .collect();
-    Ok((claimed, reply.next_stream_id))
-}
-
-/// Reads the group's delivery count of each entry in `batch` (one `XPENDING` with the extended form, over
-/// the batch's id range on this consumer).
-///
-/// An entry missing from a reply that is not full is no longer pending on this consumer: another batch
-/// of it acknowledged the entry meanwhile (a claim and a pending-first re-read can both bring it here),
-/// or another consumer claimed it. Its count becomes `0`: nothing to do (storing it again would be a
-/// no-op, but dead-lettering it again would not). Missing from a full reply, it keeps its count.
-pub async fn with_delivery_counts(
-    conn: &mut impl ConnectionLike,
-    stream_key: &str,
-    consumer: &str,
-    batch: &mut [Delivered],
-) -> redis::RedisResult<()> {
-    let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
-        return Ok(());
-    };
-    let reply: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
-        .arg(stream_key)
-        .arg(PERSISTER_GROUP)
-        .arg(&first.raw_id)
-        .arg(&last.raw_id)
-        // The range can hold entries of this consumer that are not in the batch, never more than it.
-        .arg(batch.len())
-        .arg(consumer)
-        .query_async(conn)
-        .await?;
-    let counts: std::collections::HashMap<&str, usize> = reply
-        .ids
-        .iter()
-        .map(|p| (p.id.as_str(), p.times_delivered))
-        .collect();
-    let full = reply.ids.len() >= batch.len();
-    for d in batch.iter_mut() {
-        match counts.get(d.raw_id.as_str()) {
-            Some(&n) => d.deliveries = n as u64,
-            None if !full => d.deliveries = 0,
-            None => {}
-        }
-    }
-    Ok(())
-}
-
-/// Removes consumers of the group that have nothing pending and have not been heard from for
-/// `idle_ms` — replicas that were scaled away. A consumer with pending entries is never removed (its
-/// entries would be lost from the group); `idle_ms` is far above any live replica's poll interval, since
-/// `XGROUP DELCONSUMER` cannot be made conditional on the pending count.
-pub async fn remove_idle_consumers(
-    conn: &mut impl ConnectionLike,
-    stream_key: &str,
-    me: &str,
-    idle_ms: u64,
-) -> redis::RedisResult<Vec<String>> {
-    // One script, so the check and the delete are one step: a consumer that reads between a check and a
-    // separate DELCONSUMER would have those entries dropped from the group, never to be delivered again.
-    let script = redis::Script::new(
-        r"
-local removed = {}
-for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
-  local f = {}
-  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
-  if f['name'] ~= ARGV[2] and f['pending'] == 0 and f['idle'] >= tonumber(ARGV[3]) then
-    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
-    table.insert(removed, f['name'])
-  end
-end
-return removed
-",
-    );
-    script
-        .key(stream_key)
-        .arg(PERSISTER_GROUP)
-        .arg(me)
-        .arg(idle_ms)
-        .invoke_async(conn)
-        .await
 }

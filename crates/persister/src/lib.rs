@@ -3,6 +3,7 @@
 
 mod batches;
 pub mod budget;
+pub mod claim;
 pub mod consumer;
 pub mod group;
 pub mod history;

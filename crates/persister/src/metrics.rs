@@ -117,26 +117,16 @@ pub const SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(
 /// Samples `relay_stream_length`, `relay_stream_lag` and `relay_stream_pending` until `stop`: on a
 /// timer, not per request, so scraping costs Redis nothing. A failed sample keeps the last values.
 pub async fn sample_stream(
-    mut redis: service::redis::Conn,
+    redis: service::redis::Conn,
     stream_key: String,
     metrics: std::sync::Arc<Metrics>,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match model::redis_stream::group_stats(&mut redis, &stream_key).await {
-            Ok(stats) => {
-                let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-                metrics.stream_length.set(gauge(stats.length));
-                metrics.stream_lag.set(gauge(stats.lag));
-                metrics.stream_pending.set(gauge(stats.pending));
-            }
-            Err(e) => log::debug!("cannot sample `{stream_key}`: {e}"),
-        }
-    }
+    let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    service::redis::group::sample(redis, stream_key, SAMPLE_INTERVAL, stop, |stats| {
+        metrics.stream_length.set(gauge(stats.length));
+        metrics.stream_lag.set(gauge(stats.lag));
+        metrics.stream_pending.set(gauge(stats.pending));
+    })
+    .await;
 }

@@ -9,6 +9,7 @@ use service::{Backoff, Settings};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::claim;
 use crate::group::{self, Cursor, Delivered, ReplyBudget};
 use crate::metrics::Metrics;
 use model::StreamId;
@@ -98,7 +99,7 @@ pub async fn read_ahead(
                 // Redis lost the group (restarted without persistence, or the key was deleted): create it
                 // again and start over from this consumer's pending entries — including whatever a read
                 // still in flight is given before it is aborted here.
-                if format!("{e:#}").contains("NOGROUP") {
+                if service::redis::raw::error_code(&e) == Some("NOGROUP") {
                     new_reads.shutdown().await;
                     match group::ensure_group(&mut redis, key).await {
                         Ok(()) => {
@@ -183,7 +184,7 @@ async fn read_once(
     .await?;
     // Own pending entries are redeliveries: a crash loop on one of them shows in its count.
     if matches!(cursor, Cursor::Pending(_)) {
-        group::with_delivery_counts(&mut conn, &s.stream_key, &s.consumer_name, &mut entries)
+        claim::with_delivery_counts(&mut conn, &s.stream_key, &s.consumer_name, &mut entries)
             .await?;
     }
     Ok(entries)

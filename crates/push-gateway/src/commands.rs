@@ -9,9 +9,10 @@ use serde::Deserialize;
 
 use crate::frames;
 use crate::hub::Subscription;
+use crate::outlet::{send, Out, Outlet};
 use crate::replay::replay;
 use crate::routing::{Refusal, Subs};
-use crate::session::{client_timeout, close, send, End, Out, Outlet};
+use crate::session::{client_timeout, close, End};
 use crate::state::AppState;
 
 /// A client's frame: `subscribe` or `unsubscribe`.

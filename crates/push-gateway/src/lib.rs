@@ -6,6 +6,7 @@ pub mod frames;
 pub mod history;
 pub mod hub;
 pub mod metrics;
+pub mod outlet;
 pub mod page;
 pub mod reader;
 pub mod refused;

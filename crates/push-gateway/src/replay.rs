@@ -12,9 +12,10 @@ use redis::Value;
 
 use crate::frames;
 use crate::hub::Subscription;
+use crate::outlet::{send, Out, Outlet};
 use crate::reader::{reply_id, to_frames};
 use crate::routing::Subs;
-use crate::session::{close, delivered, send, End, Out, Outlet};
+use crate::session::{close, delivered, End};
 use crate::state::AppState;
 use crate::test_hooks::Seam;
 
@@ -25,12 +26,16 @@ const REPLAY_PAGE: usize = 500;
 /// replay, each held twice (the reply and its frames) while it is sent.
 const REPLAY_PAGE_BYTES: usize = 1024 * 1024;
 /// One replay page, read inside Redis so that it can end at a byte bound (`XRANGE` counts entries
-/// only): `{cut, entries}`, `entries` shaped as `XRANGE`'s reply, `cut` 1 when the byte bound ended it.
+/// only), with the stream's `XINFO STREAM` taken in the same step: `{info, cut, entries}`, `entries`
+/// shaped as `XRANGE`'s reply, `cut` 1 when the byte bound ended it; nil when there is no stream
+/// (`EXISTS` asks, rather than matching `XINFO`'s "no such key" text).
 /// Sub-pages start at one entry and grow (to 16) only as far as the entries seen so far fit the bytes
 /// left, so the script never copies much more than the page itself: 16 entries of 1 MiB at a time,
 /// times 16 replays, kept Redis busy past `REDIS_TIMEOUT_MS`.
 const REPLAY_PAGE_SCRIPT: &str = r"
 local key, start = KEYS[1], ARGV[1]
+if redis.call('EXISTS', key) == 0 then return false end
+local info = redis.call('XINFO', 'STREAM', key)
 local max_count, max_bytes = tonumber(ARGV[2]), tonumber(ARGV[3])
 local out, bytes, want = {}, 0, 1
 while #out < max_count do
@@ -39,20 +44,20 @@ while #out < max_count do
     out[#out + 1] = entry
     start = '(' .. entry[1]
     for _, field in ipairs(entry[2]) do bytes = bytes + #field end
-    if bytes >= max_bytes then return {1, out} end
+    if bytes >= max_bytes then return {info, 1, out} end
   end
   if #page < want then break end
   -- The next sub-page: as many entries as fit the bytes left at the size seen so far (1 to 16).
   local fit = math.floor((max_bytes - bytes) * #out / math.max(bytes, 1))
   want = math.max(1, math.min(16, fit, max_count - #out))
 end
-return {0, out}
+return {info, 0, out}
 ";
 
 /// Replays the history after `since`, with a `gap` frame wherever part of it was trimmed first. Returns
 /// the position live frames continue after.
 ///
-/// Each page is read in one `MULTI` with an `XINFO STREAM`, so the trim check and the page see the same
+/// Each page is read in one script with an `XINFO STREAM`, so the trim check and the page see the same
 /// stream: the persister's trim may pass the cursor at any moment — before the first page, or between
 /// two pages while a send waits on a slow client — and the check is made again for every page, never
 /// from a stale `oldest`:
@@ -86,12 +91,7 @@ pub(crate) async fn replay(
     let mut position = since;
     let mut first_page = true;
     loop {
-        let (info, (cut, page)): (HashMap<String, Value>, (u8, Value)) = match redis::pipe()
-            .atomic()
-            .cmd("XINFO")
-            .arg("STREAM")
-            .arg(key)
-            .cmd("EVAL")
+        let page: Option<(HashMap<String, Value>, u8, Value)> = match redis::cmd("EVAL")
             .arg(REPLAY_PAGE_SCRIPT)
             .arg(1)
             .arg(key)
@@ -101,19 +101,19 @@ pub(crate) async fn replay(
             .query_async(&mut redis)
             .await
         {
-            Ok(reply) => reply,
+            Ok(page) => page,
+            Err(e) => return Err(unavailable(e)),
+        };
+        let Some((info, cut, page)) = page else {
             // No stream (yet): `since` is after the newest entry there is; the client starts live from
             // the beginning, told so.
-            Err(e) if e.to_string().contains("no such key") => {
-                let newest = if first_page {
-                    StreamId::new(0, 0)
-                } else {
-                    position
-                };
-                send(state, session, sub, Out::Text(frames::hello(newest))).await?;
-                return Ok(newest);
-            }
-            Err(e) => return Err(unavailable(e)),
+            let newest = if first_page {
+                StreamId::new(0, 0)
+            } else {
+                position
+            };
+            send(state, session, sub, Out::Text(frames::hello(newest))).await?;
+            return Ok(newest);
         };
         let info = stream_info(&info);
         if first_page {

@@ -1,5 +1,5 @@
-//! One WebSocket client's session: its start (hello, or a replay from `since`), the live loop, catching
-//! up, and every write to the client.
+//! One WebSocket client's session: its start (hello, or a replay from `since`), the live loop and
+//! catching up.
 //!
 //! Resuming with `?since=<id>` has to join two sources without a gap or a duplicate at the seam: the
 //! stream's history (`XRANGE`) and the live frames from the hub. The order of operations makes it safe:
@@ -18,22 +18,22 @@
 //! subscribes it again exactly after the last frame sent ([`catch_up`]). Only a client still behind
 //! after `WS_CATCH_UP_MS` is too slow to keep up, and is closed with 1013.
 //!
-//! Everything the server writes — frames, pings, pongs, closes — goes through [`send`], which gives up
-//! when the client makes no progress reading for `CLIENT_TIMEOUT_MS`: a client that floods pings and never
-//! reads can no longer park its session in a `pong().await` that never returns. The connection's slot is
-//! held by the socket itself (see `slots`), so it is free exactly when the socket is gone.
+//! Everything the server writes goes through [`send`](crate::outlet::send) (`outlet.rs`). The
+//! connection's slot is held by the socket itself (see `slots`), so it is free exactly when the socket is
+//! gone.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
+use actix_ws::{CloseCode, CloseReason, Message, MessageStream};
 use futures_util::StreamExt;
 use model::StreamId;
 
 use crate::commands::command;
 use crate::frames;
 use crate::hub::{CatchUp, Frame, Subscription};
+use crate::outlet::{send, Out, Outlet};
 use crate::replay::replay;
 use crate::routing::Subs;
 use crate::state::AppState;
@@ -284,7 +284,7 @@ async fn catch_up(
     }
 }
 
-fn too_slow(state: &AppState) -> End {
+pub(crate) fn too_slow(state: &AppState) -> End {
     state.metrics.slow_clients.inc();
     close(
         CloseCode::Again,
@@ -294,7 +294,7 @@ fn too_slow(state: &AppState) -> End {
 
 /// `WS_CATCH_UP_MS`, but at most half of `CLIENT_TIMEOUT_MS`, so that a client that stopped reading is
 /// told it was too slow before its socket is given up for silent.
-fn catch_up_window(state: &AppState) -> Duration {
+pub(crate) fn catch_up_window(state: &AppState) -> Duration {
     Duration::from_millis(state.settings.ws_catch_up_ms).min(client_timeout(state) / 2)
 }
 
@@ -306,116 +306,4 @@ pub(crate) fn client_timeout(state: &AppState) -> Duration {
 /// How long a client gets to read a close frame before its socket is shut.
 pub(crate) fn close_linger(state: &AppState) -> Duration {
     (client_timeout(state) / 4).min(Duration::from_secs(1))
-}
-
-/// actix-ws's session of one client, and how far the socket has got: actix-ws queues 32 frames
-/// whatever their size (32 MiB with 1 MiB messages, pinned per socket), so the gateway hands it a text
-/// frame only while what it has handed and the socket has not yet written stays within [`HANDED_BYTES`]
-/// (a frame larger than that still goes to a client that has taken everything).
-pub(crate) struct Outlet {
-    session: Session,
-    /// What the connection has written, from `base` on; `None` outside `service::http::serve`.
-    written: Option<(service::connection::Written, u64)>,
-    /// Bytes of text frames handed to actix-ws.
-    handed: u64,
-}
-
-impl Outlet {
-    pub(crate) fn new(session: Session, written: Option<service::connection::Written>) -> Self {
-        Self {
-            session,
-            written: written.map(|w| {
-                let base = w.get();
-                (w, base)
-            }),
-            handed: 0,
-        }
-    }
-
-    fn has_room(&self, len: usize, limit: usize) -> bool {
-        let Some((written, base)) = &self.written else {
-            return true;
-        };
-        let in_flight = self
-            .handed
-            .saturating_sub(written.get().saturating_sub(*base));
-        in_flight == 0 || in_flight + len as u64 <= limit as u64
-    }
-
-    /// Waits until a frame of `len` bytes fits (the caller bounds the wait), woken by the connection's
-    /// writes. (A 5 ms poll here had capped a replay at 256 KiB per 5 ms: a 1M-message resume left the
-    /// machine 40% idle.)
-    async fn room_for(&self, len: usize, limit: usize) {
-        std::future::poll_fn(|cx| {
-            if self.has_room(len, limit) {
-                return std::task::Poll::Ready(());
-            }
-            if let Some((written, _)) = &self.written {
-                written.wake_on_write(cx.waker());
-            }
-            if self.has_room(len, limit) {
-                std::task::Poll::Ready(())
-            } else {
-                std::task::Poll::Pending
-            }
-        })
-        .await;
-    }
-}
-
-/// Bytes of frames handed to actix-ws that the socket has not written yet, per socket (one frame larger
-/// than this still goes to a socket that has written everything). actix encodes each socket's frames
-/// into a buffer of its own, so this is memory per socket, unlike the hub's queue of shared frames:
-/// the 1 MiB attack mix measured 480 MiB of gateway RSS with `WS_SEND_QUEUE_BYTES` (8 MiB) here.
-const HANDED_BYTES: usize = 256 * 1024;
-
-/// What the server writes to a client.
-pub(crate) enum Out {
-    Text(bytestring::ByteString),
-    Ping,
-    Pong(bytes::Bytes),
-}
-
-/// Writes to the client. A client that does not read would hold this forever, so it gives up when the
-/// client has been behind for the catch-up window (1013), when the gateway stops, or after
-/// `CLIENT_TIMEOUT_MS` without progress. A client that has not read for that long gets no close frame
-/// (it would not read that either): the session ends, and the socket with it.
-pub(crate) async fn send(
-    state: &AppState,
-    session: &mut Outlet,
-    sub: &Subscription,
-    out: Out,
-) -> Result<(), End> {
-    let limit = HANDED_BYTES;
-    let sent = async {
-        match out {
-            Out::Text(text) => {
-                let len = text.len();
-                if !session.has_room(len, limit) {
-                    session.room_for(len, limit).await;
-                }
-                session.session.text(text).await?;
-                session.handed += len as u64;
-                Ok(())
-            }
-            Out::Ping => session.session.ping(b"").await,
-            Out::Pong(bytes) => session.session.pong(&bytes).await,
-        }
-    };
-    tokio::pin!(sent);
-    // Almost always there is room in the session's queue: done without arming any timer.
-    if let Some(sent) = futures_util::FutureExt::now_or_never(&mut sent) {
-        return sent.map_err(|_| None);
-    }
-    // The slow path (a full queue) boxed: its timers would otherwise take room in every session's future.
-    Box::pin(async {
-        tokio::select! {
-            biased;
-            () = sub.behind.longer_than(catch_up_window(state)) => Err(too_slow(state)),
-            () = state.stop.cancelled() => Err(close(CloseCode::Away, "server shutting down")),
-            () = tokio::time::sleep(client_timeout(state)) => Err(None),
-            sent = &mut sent => sent.map_err(|_| None),
-        }
-    })
-    .await
 }

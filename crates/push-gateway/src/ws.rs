@@ -10,9 +10,10 @@ use serde::Deserialize;
 use service::settings::{Access, Scope};
 
 use crate::hub::Refused;
+use crate::outlet::Outlet;
 use crate::refused::UpgradeError;
 use crate::routing::{Filter, Refusal, Subs};
-use crate::session::{close_linger, serve, Opening, Outlet};
+use crate::session::{close_linger, serve, Opening};
 use crate::slots::NoSlot;
 use crate::state::AppState;
 

@@ -23,6 +23,7 @@ use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, RedisResult, Valu
 
 use crate::Settings;
 
+pub mod group;
 pub mod raw;
 
 pub use deadpool_redis;

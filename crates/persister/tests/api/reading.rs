@@ -2,6 +2,7 @@
 //! size would be far too large to arrive within `REDIS_TIMEOUT_MS`, after Redis had already made the
 //! entries pending on the reader.
 
+use persister::claim;
 use persister::group::{self, Cursor, ReplyBudget};
 use redis::aio::ConnectionManager;
 
@@ -77,7 +78,7 @@ async fn an_entry_larger_than_the_budget_is_read_alone() {
             .unwrap();
         assert_eq!(read.len(), 1, "{cursor:?}");
     }
-    let (claimed, _) = group::autoclaim(&mut conn, key, "d", 0, "0-0", 10, budget)
+    let (claimed, _) = claim::autoclaim(&mut conn, key, "d", 0, "0-0", 10, budget)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use persister::claim;
 use persister::group::{self, Cursor};
 
 use crate::small_entries;
@@ -165,7 +166,7 @@ async fn only_consumers_with_nothing_pending_are_removed_as_idle() {
     group::read(&mut conn, key, "me", &Cursor::New, 1, 100, small_entries())
         .await
         .unwrap();
-    let removed = group::remove_idle_consumers(&mut conn, key, "me", 0)
+    let removed = claim::remove_idle_consumers(&mut conn, key, "me", 0)
         .await
         .unwrap();
     assert_eq!(removed, vec!["gone".to_owned()]);

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use persister::claim;
 use persister::group::{self, Cursor};
 
 use crate::small_entries;
@@ -167,7 +168,7 @@ async fn an_entry_two_batches_hold_is_dead_lettered_once_and_left_alone_by_the_o
     assert_eq!(dead.len(), 1, "dead-lettered once");
     assert_eq!(pending(&settings), 0, "and acknowledged");
 
-    group::with_delivery_counts(&mut conn, key, "c", &mut second)
+    claim::with_delivery_counts(&mut conn, key, "c", &mut second)
         .await
         .unwrap();
     assert_eq!(

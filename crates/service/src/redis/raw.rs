@@ -48,6 +48,27 @@ pub enum RawError {
     Refused(&'static str, String),
 }
 
+impl RawError {
+    /// The code of Redis' error reply (`NOGROUP`), when Redis answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Reply(e) => e.code(),
+            _ => None,
+        }
+    }
+}
+
+/// The code of the Redis error reply somewhere in `e`'s chain (`NOGROUP`, `BUSYGROUP`), whichever
+/// client it came through: errors are matched by their code, never by their text.
+pub fn error_code(e: &anyhow::Error) -> Option<&str> {
+    e.chain().find_map(|cause| {
+        cause
+            .downcast_ref::<RawError>()
+            .and_then(RawError::code)
+            .or_else(|| cause.downcast_ref::<redis::RedisError>()?.code())
+    })
+}
+
 impl RawConn {
     async fn connect(
         addr: &ConnectionAddr,

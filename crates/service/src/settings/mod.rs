@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod defs;
+pub mod origins;
 pub mod proxies;
 pub mod retention;
 #[cfg(test)]
@@ -23,8 +24,9 @@ use std::net::SocketAddr;
 use config::{Config, ConfigError, File, FileFormat};
 use serde::{Deserialize, Serialize};
 
-pub use access::{Access, AllowedHosts, AllowedOrigins, ApiKeys, Caller, Channels, Scope};
+pub use access::{Access, ApiKeys, Caller, Channels, Scope};
 use defs::{Secret, UsedBy, DEFS};
+pub use origins::{AllowedHosts, AllowedOrigins};
 pub use proxies::TrustedProxies;
 pub use retention::HistoryRetention;
 pub use tokens::TokenSecret;
