@@ -100,9 +100,32 @@ async fn one_mebibyte_messages_through_every_path_at_once_keep_every_service_und
     let [persister, ingest, gateway] = &services;
     let client = reqwest::Client::new();
 
-    // 160 messages of 1 MiB, and two NDJSON batches of 15 lines of 1 MiB (at MAX_BATCH_BYTES).
-    for n in 0..160 {
+    store_a_backlog_of_big_messages(&client, ingest, &settings).await;
+    // Sample every service's resident memory from now on.
+    let sampler = PeakSampler::start(&services);
+    let held = clients_that_stop_reading_after_their_first_answer(ingest, gateway).await;
+    // More 1 MiB messages while the slow sockets do not read: they queue for them, in bytes.
+    for n in 2000..2030 {
         post_big(&client, ingest, n).await;
+    }
+    assert_everyone_else_is_served(&client, ingest, gateway).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let peaks = sampler.finish();
+    drop(held);
+    assert_each_stayed_under_512_mib(peaks);
+    let _ = persister;
+}
+
+/// 160 messages of 1 MiB, and two NDJSON batches of 15 lines of 1 MiB (at MAX_BATCH_BYTES), all stored:
+/// the history the replaying and paging clients read.
+async fn store_a_backlog_of_big_messages(
+    client: &reqwest::Client,
+    ingest: &Service,
+    settings: &service::Settings,
+) {
+    for n in 0..160 {
+        post_big(client, ingest, n).await;
     }
     for b in 0..2 {
         let lines: Vec<String> = (0..15).map(|i| big_message(1000 + b * 100 + i)).collect();
@@ -115,29 +138,53 @@ async fn one_mebibyte_messages_through_every_path_at_once_keep_every_service_und
             .unwrap();
         assert_eq!(res.status(), 202, "{}", res.text().await.unwrap());
     }
-    assert_eq!(testkit::wait_for_rows(&settings, 190).await, 190);
+    assert_eq!(testkit::wait_for_rows(settings, 190).await, 190);
+}
 
-    // Sample every service's resident memory from now on.
-    let done = Arc::new(AtomicBool::new(false));
-    let pids: Vec<(&'static str, u32)> = services.iter().map(|s| (s.name, s.pid())).collect();
-    let sampler = {
-        let done = Arc::clone(&done);
-        std::thread::spawn(move || {
-            let mut peaks = vec![0u64; pids.len()];
-            while !done.load(Ordering::Relaxed) {
-                for (i, (_, pid)) in pids.iter().enumerate() {
-                    // VmHWM: the kernel's own peak, so a spike between two samples counts too.
-                    peaks[i] = peaks[i].max(memory_kib(*pid).1);
+/// Every service's peak resident memory, sampled on a thread of its own from `start` to `finish`.
+struct PeakSampler {
+    done: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(&'static str, u64)>>,
+}
+
+impl PeakSampler {
+    fn start(services: &[Service]) -> Self {
+        let done = Arc::new(AtomicBool::new(false));
+        let pids: Vec<(&'static str, u32)> = services.iter().map(|s| (s.name, s.pid())).collect();
+        let thread = {
+            let done = Arc::clone(&done);
+            std::thread::spawn(move || {
+                let mut peaks = vec![0u64; pids.len()];
+                while !done.load(Ordering::Relaxed) {
+                    for (i, (_, pid)) in pids.iter().enumerate() {
+                        // VmHWM: the kernel's own peak, so a spike between two samples counts too.
+                        peaks[i] = peaks[i].max(memory_kib(*pid).1);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
                 }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            pids.iter()
-                .map(|(name, _)| *name)
-                .zip(peaks)
-                .collect::<Vec<_>>()
-        })
-    };
+                pids.iter()
+                    .map(|(name, _)| *name)
+                    .zip(peaks)
+                    .collect::<Vec<_>>()
+            })
+        };
+        Self { done, thread }
+    }
 
+    /// Each service's name and peak, in KiB.
+    fn finish(self) -> Vec<(&'static str, u64)> {
+        self.done.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// From each of 16 addresses: a page of `GET /messages?limit=1000`, a WebSocket replaying from the start
+/// and a live one, each on a small socket that reads only until its first answer arrives. The sockets,
+/// kept open and unread.
+async fn clients_that_stop_reading_after_their_first_answer(
+    ingest: &Service,
+    gateway: &Service,
+) -> Vec<tokio::net::TcpStream> {
     let ingest_addr = ingest.url().trim_start_matches("http://").to_owned();
     let gateway_addr = gateway.url().trim_start_matches("http://").to_owned();
     let mut clients = Vec::new();
@@ -170,11 +217,16 @@ async fn one_mebibyte_messages_through_every_path_at_once_keep_every_service_und
         }
         held.push(stream);
     }
-    // More 1 MiB messages while the slow sockets do not read: they queue for them, in bytes.
-    for n in 2000..2030 {
-        post_big(&client, ingest, n).await;
-    }
-    // Everyone else is served meanwhile.
+    held
+}
+
+/// While all that is held: both services answer their health check, and a small post is accepted within
+/// 2 s.
+async fn assert_everyone_else_is_served(
+    client: &reqwest::Client,
+    ingest: &Service,
+    gateway: &Service,
+) {
     let started = Instant::now();
     for service in [ingest, gateway] {
         let health = client
@@ -197,11 +249,10 @@ async fn one_mebibyte_messages_through_every_path_at_once_keep_every_service_und
         "a small post waited {:?}",
         started.elapsed()
     );
-    tokio::time::sleep(Duration::from_secs(5)).await;
+}
 
-    done.store(true, Ordering::Relaxed);
-    let peaks = sampler.join().unwrap();
-    drop(held);
+/// Prints each service's peak, and asserts it was read and stayed under 512 MiB.
+fn assert_each_stayed_under_512_mib(peaks: Vec<(&'static str, u64)>) {
     for (name, kib) in &peaks {
         eprintln!("attack mix: {name} peak RSS {} MiB", kib / 1024);
     }
@@ -213,5 +264,4 @@ async fn one_mebibyte_messages_through_every_path_at_once_keep_every_service_und
             kib / 1024
         );
     }
-    let _ = persister;
 }

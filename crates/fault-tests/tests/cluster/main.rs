@@ -7,55 +7,21 @@
 #[path = "../faults/load.rs"]
 mod load;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+mod compose;
+mod keyed_poster;
+mod setup;
+
 use std::time::{Duration, Instant};
 
+use compose::{compose_environment, natively};
+use keyed_poster::{accepted_within, KeyedPoster};
 use load::{assert_exactly_once, post_to};
+use setup::{client, cluster_settings, post, runtime};
 use testkit::procs::{env_for, signal, wait_until, with_env, OwnCluster, OwnRedis, Service};
-use testkit::{Cleanup, Ws};
+use testkit::Ws;
 
 /// How long the persister gets to store what was accepted, once the fault is over.
 const DRAIN: Duration = Duration::from_secs(30);
-
-/// A test's settings on `cluster`: its own database, and its own stream key in a hash tag (the cluster
-/// needs every key of the stream in one slot).
-fn cluster_settings(cluster: &OwnCluster) -> (service::Settings, Cleanup) {
-    let mut settings = testkit::test_settings();
-    settings.redis_url = cluster.url();
-    settings.stream_key = format!("{{{}}}", settings.stream_key);
-    (settings.clone(), Cleanup(settings))
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
-/// `POST /messages` of `body`, with an `Idempotency-Key` when given: the status and the JSON answer.
-fn post(ingest: &Service, body: &str, key: Option<&str>) -> (u16, serde_json::Value) {
-    let mut req = client()
-        .post(format!("{}/messages", ingest.url()))
-        .header("content-type", "application/json")
-        .body(body.to_owned());
-    if let Some(key) = key {
-        req = req.header("idempotency-key", key);
-    }
-    let res = req.send().unwrap();
-    let status = res.status().as_u16();
-    (status, res.json().unwrap_or_default())
-}
 
 #[test]
 fn on_a_redis_cluster_messages_round_trip_once_dead_letters_land_on_the_stream_slot_and_clients_resume(
@@ -72,22 +38,9 @@ fn on_a_redis_cluster_messages_round_trip_once_dead_letters_land_on_the_stream_s
     let mut live =
         rt.block_on(async { Ws(testkit::ws::connect(&gateway_addr, "").await.unwrap()) });
 
-    // Round trip, with one message posted twice under one Idempotency-Key (the Lua script touches the
-    // stream and the record: both in the stream's slot) and once more with another body (409).
-    let (status, first) = post(&ingest, r#"{"n":1}"#, None);
-    assert_eq!(status, 202, "{first}");
-    let (status, second) = post(&ingest, r#"{"n":2}"#, Some("key-2"));
-    assert_eq!(status, 202, "{second}");
-    let (status, again) = post(&ingest, r#"{"n":2}"#, Some("key-2"));
-    assert_eq!(
-        (status, &again),
-        (202, &second),
-        "a repeat answers the first 202"
-    );
-    let (status, conflict) = post(&ingest, r#"{"n":"other"}"#, Some("key-2"));
-    assert_eq!(status, 409, "{conflict}");
-    let (status, third) = post(&ingest, r#"{"n":3}"#, None);
-    assert_eq!(status, 202, "{third}");
+    // Round trip, with one message posted twice under one Idempotency-Key and once more with another
+    // body (409).
+    let [first, second, third] = post_three_one_of_them_again_under_its_key(&ingest);
     let sent = [&first, &second, &third];
 
     let pushed = rt.block_on(live.messages(3));
@@ -101,18 +54,7 @@ fn on_a_redis_cluster_messages_round_trip_once_dead_letters_land_on_the_stream_s
         true,
         DRAIN,
     );
-    let listed: Vec<serde_json::Value> = client()
-        .get(format!("{}/messages", ingest.url()))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    let listed_ids: Vec<&serde_json::Value> = listed.iter().map(|m| &m["id"]).collect();
-    assert_eq!(
-        listed_ids,
-        sent.map(|a| &a["id"]),
-        "GET /messages in stream order"
-    );
+    assert_listed_in_stream_order(&ingest, sent);
 
     // Resume: a client that saw the first message gets the two after it, then live ones.
     let since = first["stream_id"].as_str().unwrap();
@@ -130,15 +72,58 @@ fn on_a_redis_cluster_messages_round_trip_once_dead_letters_land_on_the_stream_s
     assert_eq!(status, 202, "{fourth}");
     assert_eq!(rt.block_on(resumed.messages(1))[0]["id"], fourth["id"]);
 
-    // Dead letters: an undecodable entry written straight to the stream ends in `<STREAM_KEY>:dead`.
+    assert_a_poison_entry_is_dead_lettered(&cluster, &settings.stream_key);
+    drop((persister, ingest, gateway));
+}
+
+/// Posts `{"n":1}`, `{"n":2}` under `Idempotency-Key: key-2` (twice: the repeat answers the first 202;
+/// the Lua script touches the stream and the record, both in the stream's slot), `{"n":"other"}` under
+/// the same key (409), and `{"n":3}`: the three 202 answers.
+fn post_three_one_of_them_again_under_its_key(ingest: &Service) -> [serde_json::Value; 3] {
+    let (status, first) = post(ingest, r#"{"n":1}"#, None);
+    assert_eq!(status, 202, "{first}");
+    let (status, second) = post(ingest, r#"{"n":2}"#, Some("key-2"));
+    assert_eq!(status, 202, "{second}");
+    let (status, again) = post(ingest, r#"{"n":2}"#, Some("key-2"));
+    assert_eq!(
+        (status, &again),
+        (202, &second),
+        "a repeat answers the first 202"
+    );
+    let (status, conflict) = post(ingest, r#"{"n":"other"}"#, Some("key-2"));
+    assert_eq!(status, 409, "{conflict}");
+    let (status, third) = post(ingest, r#"{"n":3}"#, None);
+    assert_eq!(status, 202, "{third}");
+    [first, second, third]
+}
+
+/// `GET /messages` lists exactly `sent`, in stream order.
+fn assert_listed_in_stream_order(ingest: &Service, sent: [&serde_json::Value; 3]) {
+    let listed: Vec<serde_json::Value> = client()
+        .get(format!("{}/messages", ingest.url()))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let listed_ids: Vec<&serde_json::Value> = listed.iter().map(|m| &m["id"]).collect();
+    assert_eq!(
+        listed_ids,
+        sent.map(|a| &a["id"]),
+        "GET /messages in stream order"
+    );
+}
+
+/// Dead letters: an undecodable entry written straight to the stream ends in `<STREAM_KEY>:dead` (on the
+/// stream's slot, thanks to the hash tag).
+fn assert_a_poison_entry_is_dead_lettered(cluster: &OwnCluster, stream_key: &str) {
     let mut conn = cluster.connection();
     let poison = testkit::xadd_fields(
         &mut conn,
-        &settings.stream_key,
+        stream_key,
         "*",
         [("v", "1"), ("id", "not-a-uuid")],
     );
-    let dead_key = model::dead_letter_key(&settings.stream_key);
+    let dead_key = model::dead_letter_key(stream_key);
     let mut dead = Vec::new();
     wait_until("the poison entry to be dead-lettered", DRAIN, || {
         dead = testkit::stream::range(&mut conn, &dead_key);
@@ -146,7 +131,6 @@ fn on_a_redis_cluster_messages_round_trip_once_dead_letters_land_on_the_stream_s
     });
     let letter = format!("{:?}", dead[0].map);
     assert!(letter.contains(&poison), "{letter}");
-    drop((persister, ingest, gateway));
 }
 
 /// A STREAM_KEY without a hash tag cannot be used on a cluster: each service refuses to start, in one line.
@@ -169,103 +153,6 @@ fn on_a_redis_cluster_a_stream_key_without_a_hash_tag_stops_each_service_at_star
             "{name}: {stderr}"
         );
     }
-}
-
-/// What a [`KeyedPoster`] saw.
-#[derive(Debug, Default)]
-struct KeyedLog {
-    /// The ids of the 202s, one per key.
-    accepted: Vec<String>,
-    /// 503s with `Retry-After`, each followed by a retry with the same key.
-    refused: usize,
-    /// Connection errors (each followed by a retry with the same key).
-    errors: usize,
-    /// Any other answer.
-    unexpected: Vec<String>,
-}
-
-/// Posts `{"n":…}` with `Idempotency-Key: n-…` from `workers` threads until stopped, as a careful client
-/// does: a 503 or a connection error is retried with the same key until it gets its 202 (or the test
-/// stops, leaving that one unacknowledged).
-struct KeyedPoster {
-    stop: Arc<AtomicBool>,
-    workers: Vec<JoinHandle<KeyedLog>>,
-}
-
-impl KeyedPoster {
-    fn start(url: String, workers: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let next = Arc::new(AtomicUsize::new(0));
-        let workers = (0..workers)
-            .map(|_| {
-                let (stop, next, url) = (Arc::clone(&stop), Arc::clone(&next), url.clone());
-                std::thread::spawn(move || {
-                    let client = client();
-                    let mut log = KeyedLog::default();
-                    'posts: while !stop.load(Ordering::Relaxed) {
-                        let n = next.fetch_add(1, Ordering::Relaxed);
-                        loop {
-                            let res = client
-                                .post(format!("{url}/messages"))
-                                .header("content-type", "application/json")
-                                .header("idempotency-key", format!("n-{n}"))
-                                .body(format!("{{\"n\":{n}}}"))
-                                .send();
-                            match res {
-                                Ok(r) if r.status() == 202 => {
-                                    let body: serde_json::Value = r.json().unwrap();
-                                    log.accepted.push(body["id"].as_str().unwrap().to_owned());
-                                    break;
-                                }
-                                Ok(r)
-                                    if r.status() == 503
-                                        && r.headers().contains_key("retry-after") =>
-                                {
-                                    log.refused += 1
-                                }
-                                Ok(r) => {
-                                    log.unexpected.push(format!("status {}", r.status()));
-                                    break;
-                                }
-                                Err(_) => log.errors += 1,
-                            }
-                            if stop.load(Ordering::Relaxed) {
-                                break 'posts;
-                            }
-                            std::thread::sleep(Duration::from_millis(50));
-                        }
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    log
-                })
-            })
-            .collect();
-        Self { stop, workers }
-    }
-
-    fn accepted_so_far(log: &KeyedLog) -> usize {
-        log.accepted.len()
-    }
-
-    fn finish(self) -> KeyedLog {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut all = KeyedLog::default();
-        for w in self.workers {
-            let log = w.join().unwrap();
-            all.accepted.extend(log.accepted);
-            all.refused += log.refused;
-            all.errors += log.errors;
-            all.unexpected.extend(log.unexpected);
-        }
-        all
-    }
-}
-
-/// Posts for `for_how_long` and counts the 202s (a probe that the write path works again).
-fn accepted_within(ingest: &Service, for_how_long: Duration) -> usize {
-    let probe = KeyedPoster::start(ingest.url(), 1);
-    std::thread::sleep(for_how_long);
-    KeyedPoster::accepted_so_far(&probe.finish())
 }
 
 /// The replica of the stream's primary falls behind (frozen, its link cut, as a network partition or a
@@ -347,105 +234,6 @@ fn with_redis_ack_replicas_1_every_202_survives_the_failover_of_the_streams_prim
     // the primary died, and its retry became another entry when the record did not survive).
     assert_exactly_once(&settings.database_url, &log.accepted, false, DRAIN);
     drop((persister, ingest));
-}
-
-/// The environment the compose file gives every Relay container: the image's `ENV` lines, then the
-/// service's `environment` (`x-relay-env`, which all three use unchanged), with `${VAR:-default}` as an
-/// empty `.env` leaves it. Read from the files themselves, so a change to either is tested.
-fn compose_environment() -> Vec<(String, String)> {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-    let dockerfile = std::fs::read_to_string(format!("{root}/deploy/Dockerfile")).unwrap();
-    let compose = std::fs::read_to_string(format!("{root}/docker-compose.yml")).unwrap();
-    let substitute = |v: &str| -> String {
-        let mut out = v.to_owned();
-        while let Some(start) = out.find("${") {
-            let end = start + out[start..].find('}').unwrap();
-            let default = out[start + 2..end]
-                .split_once(":-")
-                .map_or("", |(_, d)| d)
-                .to_owned();
-            out.replace_range(start..=end, &default);
-        }
-        out
-    };
-    let mut env = Vec::new();
-    // The runtime stage's ENV: `ENV A=1 \` continued on the following lines.
-    let mut in_env = false;
-    for line in dockerfile.lines() {
-        let line = line.trim();
-        if let Some(rest) = line.strip_prefix("ENV ") {
-            in_env = true;
-            env.clear(); // the last stage's ENV is the image's
-            for pair in rest.trim_end_matches('\\').split_whitespace() {
-                let (k, v) = pair.split_once('=').unwrap();
-                env.push((k.to_owned(), substitute(v)));
-            }
-        } else if in_env {
-            for pair in line.trim_end_matches('\\').split_whitespace() {
-                let (k, v) = pair.split_once('=').unwrap();
-                env.push((k.to_owned(), substitute(v)));
-            }
-        }
-        in_env &= line.ends_with('\\');
-    }
-    env.retain(|(k, _)| k != "RELAY_SERVICE");
-    // `x-relay-env`: the indented `KEY: value` lines under it (comments skipped).
-    let block = compose
-        .split("x-relay-env: &relay-env\n")
-        .nth(1)
-        .expect("docker-compose.yml has x-relay-env");
-    for line in block
-        .lines()
-        .take_while(|l| l.starts_with("  ") || l.is_empty())
-    {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (k, v) = line.split_once(": ").unwrap();
-        env.retain(|(key, _)| key != k);
-        env.push((k.to_owned(), substitute(v.trim())));
-    }
-    // Every Relay service takes exactly that environment, nothing of its own.
-    for service in ["persister", "ingest-api", "push-gateway"] {
-        let section = compose
-            .split(&format!("\n  {service}:\n"))
-            .nth(1)
-            .unwrap()
-            .split("\n\n")
-            .next()
-            .unwrap();
-        assert!(
-            section.contains("    environment: *relay-env\n"),
-            "{service} has an environment of its own; teach this test about it"
-        );
-    }
-    env
-}
-
-/// Maps the compose environment onto this machine: the hosts `redis` and `postgres` are loopback, the
-/// ports and database are the test's own, and every service listens on a port the OS picks.
-fn natively(
-    compose: &[(String, String)],
-    redis: &OwnRedis,
-    database_url: &str,
-) -> Vec<(&'static str, String)> {
-    let database = store::url::database_name(database_url).unwrap();
-    compose
-        .iter()
-        .map(|(k, v)| {
-            let v = v
-                .replace("redis://redis:6379", &redis.url())
-                .replace(
-                    "@postgres:5432/relay",
-                    &format!("@127.0.0.1:5432/{database}"),
-                )
-                .replace("0.0.0.0:8080", "127.0.0.1:0")
-                .replace("0.0.0.0:8081", "127.0.0.1:0")
-                .replace("0.0.0.0:8082", "127.0.0.1:0");
-            (&*k.clone().leak(), v)
-        })
-        .collect()
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use testkit::procs::{env_for, wait_until, with_env, OwnRedis, Service};
 use testkit::Cleanup;
 
-use crate::load::{assert_exactly_once, prepare_logged_database, Poster};
+use crate::load::{assert_exactly_once, prepare_logged_database, PostLog, Poster};
 use crate::DRAIN;
 
 const CHANNELS: [&str; 3] = ["chat.a", "chat.b", "news"];
@@ -63,6 +63,28 @@ fn a_mixed_channel_load_through_a_sigkilled_persister_and_a_redis_restart_is_sto
 
     // Each channel, read back: exactly its accepted messages, each once, in stream order; the channels
     // table (kept in the persister's transactions, through the kill) agrees.
+    let stored = read_back_each_channel(&ingest, &log);
+
+    // The persister trims down to STREAM_RETENTION once everything is stored.
+    wait_until("the stream to be trimmed", Duration::from_secs(20), || {
+        redis::cmd("XLEN")
+            .arg(&settings.stream_key)
+            .query::<usize>(&mut redis)
+            .is_ok_and(|len| len <= 200)
+    });
+    // A subscriber resumed from before the first message gets every `chat.*` message, from Postgres
+    // and then the stream, once, in stream order, and nothing of `news`.
+    let gateway = Service::start("push-gateway", &env);
+    assert_every_chat_message_once_in_order_from_the_start(&gateway, &stored);
+    drop((persister, gateway));
+}
+
+/// Each channel read back through ingest-api: exactly the messages `log` got accepted on it, each once,
+/// in stream order, and `GET /channels` agrees with the rows. The rows of each channel.
+fn read_back_each_channel(
+    ingest: &Service,
+    log: &PostLog,
+) -> HashMap<&'static str, Vec<serde_json::Value>> {
     let mut sent: HashMap<&str, Vec<&str>> = HashMap::new();
     for (id, channel) in log.accepted.iter().zip(&log.channels) {
         sent.entry(channel.as_str()).or_default().push(id);
@@ -110,17 +132,15 @@ fn a_mixed_channel_load_through_a_sigkilled_persister_and_a_redis_restart_is_sto
         );
         stored.insert(channel, rows);
     }
+    stored
+}
 
-    // The persister trims down to STREAM_RETENTION once everything is stored.
-    wait_until("the stream to be trimmed", Duration::from_secs(20), || {
-        redis::cmd("XLEN")
-            .arg(&settings.stream_key)
-            .query::<usize>(&mut redis)
-            .is_ok_and(|len| len <= 200)
-    });
-    // A subscriber resumed from before the first message gets every `chat.*` message, from Postgres
-    // and then the stream, once, in stream order, and nothing of `news`.
-    let gateway = Service::start("push-gateway", &env);
+/// A subscriber to `chat.*` resumed from before the first message gets every `chat.*` message of
+/// `stored`, from Postgres and then the stream, once, in stream order, and nothing of `news`.
+fn assert_every_chat_message_once_in_order_from_the_start(
+    gateway: &Service,
+    stored: &HashMap<&'static str, Vec<serde_json::Value>>,
+) {
     let mut want: Vec<&serde_json::Value> =
         stored["chat.a"].iter().chain(&stored["chat.b"]).collect();
     want.sort_by_key(|r| position(&r["stream_id"]));
@@ -147,7 +167,6 @@ fn a_mixed_channel_load_through_a_sigkilled_persister_and_a_redis_restart_is_sto
         .map(|m| m["stream_id"].as_str().unwrap())
         .collect();
     assert_eq!(got, want, "every chat.* message once, in order");
-    drop((persister, gateway));
 }
 
 /// A stream id as a comparable pair.
