@@ -9,6 +9,7 @@ mod fan_out;
 mod idle_sockets;
 mod ingest;
 mod read_all;
+mod wrk;
 
 use std::process::Command;
 use std::sync::{Arc, Mutex};
