@@ -1,6 +1,7 @@
 //! ingest: accepted POST/s and latency from wrk, against raw XADD from redis-benchmark (its rate and its
 //! own p99, same run); then the same wrk run again while hostile clients hold connections (16 that never
-//! read what they asked for, 16 that send a body a byte a second), against the plain figure.
+//! read what they asked for, 16 that send a body a byte a second), against the plain figure; and once more
+//! on an ingest-api with its access log off, against the plain run, which has it on as shipped.
 
 use std::process::Command;
 use std::time::Duration;
@@ -97,15 +98,20 @@ fn bare_http(env: &Env, s: &Settings, script: &Script, sizes: Sizes) -> anyhow::
     })
 }
 
-/// What ingest-api did: the plain run with its CPU and Redis' (when Redis is local), and the run under
-/// hostile clients.
+/// `RUST_LOG` that turns the access log (target `access`) off and leaves the rest at the default.
+const ACCESS_LOG_OFF: &str = "info,access=warn";
+
+/// What ingest-api did: the plain run (as shipped, access log on) with its CPU and Redis' (when Redis is
+/// local), the run under hostile clients, and a run with the access log off.
 struct Relay {
     plain: Measured,
     redis_cpu: Option<Duration>,
     hostile: anyhow::Result<Wrk>,
+    log_off: anyhow::Result<Wrk>,
 }
 
-/// ingest-api under wrk, then again while hostile clients hold connections.
+/// ingest-api under wrk, then again while hostile clients hold connections; then a fresh ingest-api with
+/// the access log off under the same wrk run.
 async fn relay_runs(
     env: &Env,
     s: &Settings,
@@ -121,12 +127,12 @@ async fn relay_runs(
         redis_pid.map(cpu_time).unwrap_or_default(),
     );
     // wrk blocks its thread; block_in_place keeps the runtime's other thread for the hostile clients.
-    let mut run = || {
+    let run = |url: &str, redis: &mut redis::Connection| {
         tokio::task::block_in_place(|| {
-            wrk(&url, script.path(), sizes.ingest_secs, redis, &s.stream_key)
+            wrk(url, script.path(), sizes.ingest_secs, redis, &s.stream_key)
         })
     };
-    let plain = run()?;
+    let plain = run(&url, redis)?;
     let plain = Measured {
         run: plain,
         cpu: cpu_time(ingest.pid()).saturating_sub(cpu_before.0),
@@ -134,12 +140,19 @@ async fn relay_runs(
     let redis_cpu = redis_pid.map(|pid| cpu_time(pid).saturating_sub(cpu_before.1));
     let held = hostile_clients(&format!("127.0.0.1:{}", ingest.port)).await?;
     progress("   … again with 16 stalled readers and 16 slow bodies holding connections");
-    let hostile = run();
+    let hostile = run(&url, redis);
     held.iter().for_each(tokio::task::JoinHandle::abort);
+    drop(ingest);
+    let quiet = env.start("ingest-api", s, &[("RUST_LOG", ACCESS_LOG_OFF)]);
+    progress(format!(
+        "   … again on an ingest-api with RUST_LOG={ACCESS_LOG_OFF}"
+    ));
+    let log_off = run(&format!("{}/messages", quiet.url()), redis);
     Ok(Relay {
         plain,
         redis_cpu,
         hostile,
+        log_off,
     })
 }
 
@@ -195,7 +208,32 @@ fn rows(xadd: &Xadd, bare: &Measured, relay: Relay) -> Vec<Row> {
             relay_us / bare_us.max(0.001),
         ),
         hostile_row(plain, relay.hostile),
+        access_log_row(plain, relay.log_off),
     ]
+}
+
+/// The access log's cost: the plain run (access log on, as shipped) against the same run with it off.
+fn access_log_row(on: &Wrk, off: anyhow::Result<Wrk>) -> Row {
+    match off {
+        Ok(off) => {
+            let ratio = on.rate / off.rate;
+            Row::new(
+                "ingest, access log",
+                "accepted POST/s, access log on (shipped) ÷ off",
+                format!("{:.0}/s · p99 {}", on.rate, us(on.p99)),
+            )
+            .baseline(
+                format!(
+                    "RUST_LOG={ACCESS_LOG_OFF} {:.0}/s · p99 {}",
+                    off.rate,
+                    us(off.p99)
+                ),
+                ratio,
+            )
+            .goal("≥ 0.95×", ratio >= 0.95)
+        }
+        Err(e) => Row::failed("ingest, access log", format!("{e:#}")),
+    }
 }
 
 fn hostile_row(plain: &Wrk, hostile: anyhow::Result<Wrk>) -> Row {
