@@ -12,7 +12,22 @@ fn run(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-pub fn describe(settings: &service::Settings) -> Vec<(String, String)> {
+/// The machine a run was measured on: CPU model and cores (printed at the top of the table, and what the
+/// history compares runs by), and the rest (printed after it).
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub details: Vec<(String, String)>,
+}
+
+impl Machine {
+    /// The line at the top of the table.
+    pub fn headline(&self) -> String {
+        format!("{}, {} cores", self.cpu, self.cores)
+    }
+}
+
+pub fn describe(settings: &service::Settings) -> Machine {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -38,18 +53,11 @@ pub fn describe(settings: &service::Settings) -> Vec<(String, String)> {
             "SHOW server_version",
         ],
     );
-    vec![
+    let details = vec![
         (
             "date".into(),
             chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
         ),
-        (
-            "cores".into(),
-            std::thread::available_parallelism()
-                .map_or(0, |n| n.get())
-                .to_string(),
-        ),
-        ("CPU".into(), cpu),
         (
             "memory".into(),
             run("sh", &["-c", "free -h | awk '/Mem:/ {print $2}'"]),
@@ -70,5 +78,10 @@ pub fn describe(settings: &service::Settings) -> Vec<(String, String)> {
             "Relay".into(),
             run("git", &["rev-parse", "--short", "HEAD"]),
         ),
-    ]
+    ];
+    Machine {
+        cpu,
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        details,
+    }
 }

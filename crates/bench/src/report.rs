@@ -3,6 +3,7 @@
 use std::fmt::Write;
 use std::time::Duration;
 
+use crate::machine::Machine;
 use crate::Sizes;
 
 pub struct Row {
@@ -53,13 +54,13 @@ impl Row {
 }
 
 pub struct Report {
-    machine: Vec<(String, String)>,
+    machine: Machine,
     sizes: Sizes,
     rows: Vec<Row>,
 }
 
 impl Report {
-    pub fn new(machine: Vec<(String, String)>, sizes: Sizes) -> Self {
+    pub fn new(machine: Machine, sizes: Sizes) -> Self {
         Self {
             machine,
             sizes,
@@ -93,6 +94,7 @@ impl Report {
             "full"
         };
         let _ = writeln!(out, "## Relay benchmark — {kind}\n");
+        let _ = writeln!(out, "Machine: {}\n", self.machine.headline());
         let _ = writeln!(
             out,
             "| scenario | figure | Relay | baseline (same run) | ratio | goal | met |"
@@ -116,8 +118,8 @@ impl Report {
                 r.scenario, r.figure, r.baseline, r.goal
             );
         }
-        let _ = writeln!(out, "\nMachine:");
-        for (k, v) in &self.machine {
+        let _ = writeln!(out, "\nMachine details:");
+        for (k, v) in &self.machine.details {
             let _ = writeln!(out, "- {k}: {v}");
         }
         let _ = writeln!(out, "- run took: {:.0} s", took.as_secs_f64());
