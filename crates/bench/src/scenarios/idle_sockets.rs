@@ -76,8 +76,8 @@ fn rows(sizes: Sizes, bare: &Held, gateway: &Held) -> [Row; 2] {
     [
         Row::new(
             "idle sockets",
-            &format!("gateway RSS per idle connection ({measured} held)"),
-            format!("{per:.1} KiB"),
+            "gateway RSS per idle connection",
+            format!("{per:.1} KiB ({measured} held)"),
         )
         .baseline(
             format!(

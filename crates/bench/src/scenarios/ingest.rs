@@ -214,12 +214,16 @@ fn rows(xadd: &Xadd, bare: &Measured, relay: Relay) -> Vec<Row> {
 
 /// The access log's cost: the plain run (access log on, as shipped) against the same run with it off.
 fn access_log_row(on: &Wrk, off: anyhow::Result<Wrk>) -> Row {
+    let (scenario, figure) = (
+        "ingest, access log",
+        "accepted POST/s, access log on (shipped) ÷ off",
+    );
     match off {
         Ok(off) => {
             let ratio = on.rate / off.rate;
             Row::new(
-                "ingest, access log",
-                "accepted POST/s, access log on (shipped) ÷ off",
+                scenario,
+                figure,
                 format!("{:.0}/s · p99 {}", on.rate, us(on.p99)),
             )
             .baseline(
@@ -232,7 +236,7 @@ fn access_log_row(on: &Wrk, off: anyhow::Result<Wrk>) -> Row {
             )
             .goal("≥ 0.95×", ratio >= 0.95)
         }
-        Err(e) => Row::failed("ingest, access log", format!("{e:#}")),
+        Err(e) => Row::failed(scenario, figure, format!("{e:#}")),
     }
 }
 
@@ -249,7 +253,7 @@ fn hostile_row(plain: &Wrk, hostile: anyhow::Result<Wrk>) -> Row {
             .baseline(format!("plain run {:.0}/s", plain.rate), ratio)
             .goal("≥ 0.9× (within noise)", ratio >= 0.9)
         }
-        Err(e) => Row::failed("ingest, hostile", format!("{e:#}")),
+        Err(e) => Row::failed("ingest, hostile", figure, format!("{e:#}")),
     }
 }
 
