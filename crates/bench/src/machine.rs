@@ -17,6 +17,8 @@ fn run(cmd: &str, args: &[&str]) -> String {
 pub struct Machine {
     pub cpu: String,
     pub cores: usize,
+    /// Relay's commit (`git rev-parse --short HEAD`), also among the details.
+    pub commit: String,
     pub details: Vec<(String, String)>,
 }
 
@@ -53,6 +55,7 @@ pub fn describe(settings: &service::Settings) -> Machine {
             "SHOW server_version",
         ],
     );
+    let commit = run("git", &["rev-parse", "--short", "HEAD"]);
     let details = vec![
         (
             "date".into(),
@@ -74,13 +77,11 @@ pub fn describe(settings: &service::Settings) -> Machine {
                 "as DATABASE_URL's sslmode says".into()
             },
         ),
-        (
-            "Relay".into(),
-            run("git", &["rev-parse", "--short", "HEAD"]),
-        ),
+        ("Relay".into(), commit.clone()),
     ];
     Machine {
         cpu,
+        commit,
         cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
         details,
     }

@@ -9,6 +9,7 @@
 //! row's median run with the spread of its ratio (see [`runs`]).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+mod history;
 mod machine;
 mod report;
 mod runs;
@@ -201,7 +202,12 @@ async fn main() -> std::process::ExitCode {
     let env = scenarios::Env::new();
     let mut report = Report::new(machine::describe(&env.settings), sizes, args.runs);
     run_all(&env, &args, sizes, &mut report).await;
-    let table = report.render(started.elapsed(), "");
+    let history = if args.quick {
+        String::new()
+    } else {
+        history(&report, args.only.is_none())
+    };
+    let table = report.render(started.elapsed(), &history);
     println!("{table}");
     write_table(&table, args.quick);
     if report.any_failed() {
@@ -221,6 +227,28 @@ fn write_table(table: &str, quick: bool) {
     } else {
         progress(format!("written to {}", path.display()));
     }
+}
+
+/// The "History" section of a full run; a complete one (every scenario) is also saved to it.
+fn history(report: &Report, complete: bool) -> String {
+    let dir = results_dir().join("history");
+    let earlier = history::load(&dir);
+    let this = history::Run::of(
+        report.machine(),
+        report.runs(),
+        report.rows(),
+        chrono::Utc::now(),
+    );
+    if complete {
+        match history::save(&dir, &this) {
+            Ok(path) => progress(format!("history: {}", path.display())),
+            Err(e) => progress(format!(
+                "cannot write the history to {}: {e}",
+                dir.display()
+            )),
+        }
+    }
+    history::render(&earlier, &this)
 }
 
 /// `bench/results/` of this checkout.

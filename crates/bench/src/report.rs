@@ -99,6 +99,18 @@ impl Report {
         }
     }
 
+    pub fn machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    pub fn runs(&self) -> usize {
+        self.runs
+    }
+
+    pub fn rows(&self) -> &[Merged] {
+        &self.rows
+    }
+
     /// The rows of every run of `scenario` (a run that failed as a whole is an `Err`).
     pub fn add(&mut self, scenario: &str, runs: Vec<anyhow::Result<Vec<Row>>>) {
         self.rows.extend(runs::merge(scenario, runs));
