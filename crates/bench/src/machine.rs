@@ -12,7 +12,24 @@ fn run(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-pub fn describe(settings: &service::Settings) -> Vec<(String, String)> {
+/// The machine a run was measured on: CPU model and cores (printed at the top of the table, and what the
+/// history compares runs by), and the rest (printed after it).
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    /// Relay's commit (`git rev-parse --short HEAD`), also among the details.
+    pub commit: String,
+    pub details: Vec<(String, String)>,
+}
+
+impl Machine {
+    /// The line at the top of the table.
+    pub fn headline(&self) -> String {
+        format!("{}, {} cores", self.cpu, self.cores)
+    }
+}
+
+pub fn describe(settings: &service::Settings) -> Machine {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -38,18 +55,12 @@ pub fn describe(settings: &service::Settings) -> Vec<(String, String)> {
             "SHOW server_version",
         ],
     );
-    vec![
+    let commit = run("git", &["rev-parse", "--short", "HEAD"]);
+    let details = vec![
         (
             "date".into(),
             chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
         ),
-        (
-            "cores".into(),
-            std::thread::available_parallelism()
-                .map_or(0, |n| n.get())
-                .to_string(),
-        ),
-        ("CPU".into(), cpu),
         (
             "memory".into(),
             run("sh", &["-c", "free -h | awk '/Mem:/ {print $2}'"]),
@@ -66,9 +77,12 @@ pub fn describe(settings: &service::Settings) -> Vec<(String, String)> {
                 "as DATABASE_URL's sslmode says".into()
             },
         ),
-        (
-            "Relay".into(),
-            run("git", &["rev-parse", "--short", "HEAD"]),
-        ),
-    ]
+        ("Relay".into(), commit.clone()),
+    ];
+    Machine {
+        cpu,
+        commit,
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        details,
+    }
 }

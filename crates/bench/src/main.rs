@@ -4,10 +4,15 @@
 //! `--quick` (`make bench QUICK=1`) runs every scenario at a tiny size: `make test` runs it once so the
 //! benchmark never rots. Every figure is checked as it is measured (counts stored, delivered, acked); a
 //! scenario whose check fails reports the failure instead of a number.
+//!
+//! A full run runs every scenario three times (`--runs N` chooses; a quick run once) and prints each
+//! row's median run with the spread of its ratio (see [`runs`]).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+mod history;
 mod machine;
 mod report;
+mod runs;
 mod scenarios;
 mod ws;
 
@@ -87,73 +92,166 @@ pub fn progress(msg: impl std::fmt::Display) {
     eprintln!("bench: {msg}");
 }
 
+/// What the command line asks for.
+struct Args {
+    quick: bool,
+    /// Runs of each scenario: `--runs N`, by default 3 for a full run and 1 for a quick one.
+    runs: usize,
+    /// `--only <scenario>` (e.g. `--only drain`): one scenario, for working on it.
+    only: Option<String>,
+}
+
+impl Args {
+    fn parse() -> Result<Self, String> {
+        let args: Vec<String> = std::env::args().collect();
+        let value = |flag: &str| {
+            args.iter()
+                .position(|a| a == flag)
+                .map(|i| args.get(i + 1).cloned())
+        };
+        let quick =
+            args.iter().any(|a| a == "--quick") || std::env::var("QUICK").is_ok_and(|v| v == "1");
+        let runs = match value("--runs") {
+            None => usize::from(!quick) * 2 + 1,
+            Some(n) => n
+                .and_then(|n| n.parse().ok())
+                .filter(|&n| n > 0)
+                .ok_or("--runs wants a number of runs, 1 or more")?,
+        };
+        let only = value("--only")
+            .map(|o| o.ok_or("--only wants a scenario's name"))
+            .transpose()?;
+        Ok(Self { quick, runs, only })
+    }
+}
+
+type Scenario =
+    fn(&scenarios::Env, Sizes) -> futures_util::future::BoxFuture<'_, anyhow::Result<Vec<Row>>>;
+
+/// Every scenario, in the table's order.
+const ALL: [(&str, Scenario); 9] = [
+    ("ingest", |e, s| Box::pin(scenarios::ingest(e, s))),
+    ("publish to channels", |e, s| {
+        Box::pin(scenarios::publish_to_channels(e, s))
+    }),
+    ("drain", |e, s| Box::pin(scenarios::drain(e, s))),
+    ("end to end", |e, s| Box::pin(scenarios::end_to_end(e, s))),
+    ("fan-out", |e, s| Box::pin(scenarios::fan_out(e, s))),
+    ("routing", |e, s| Box::pin(scenarios::routing(e, s))),
+    ("idle sockets", |e, s| {
+        Box::pin(scenarios::idle_sockets(e, s))
+    }),
+    ("read all", |e, s| Box::pin(scenarios::read_all(e, s))),
+    ("cold start", |e, s| Box::pin(scenarios::cold_start(e, s))),
+];
+
+/// Runs the chosen scenarios `args.runs` times, as rounds of the whole table (so that a passing
+/// disturbance on the machine lands in one run of a row rather than in all of them); each scenario's
+/// databases and streams are dropped after each of its runs.
+async fn run_all(env: &scenarios::Env, args: &Args, sizes: Sizes, report: &mut Report) {
+    let started = Instant::now();
+    let chosen: Vec<(&str, Scenario)> = ALL
+        .into_iter()
+        .filter(|(name, _)| args.only.as_deref().is_none_or(|o| o == *name))
+        .collect();
+    let mut results: Vec<Vec<anyhow::Result<Vec<Row>>>> =
+        chosen.iter().map(|_| Vec::new()).collect();
+    for round in 1..=args.runs {
+        for ((name, run), runs) in chosen.iter().zip(&mut results) {
+            progress(format!(
+                "── {name}, run {round} of {} ({:.0} s so far)",
+                args.runs,
+                started.elapsed().as_secs_f64()
+            ));
+            let result = run(env, sizes).await;
+            match &result {
+                Ok(rows) => rows.iter().for_each(Row::progress),
+                Err(e) => progress(format!("   {name} failed: {e:#}")),
+            }
+            runs.push(result);
+            env.cleanup();
+        }
+    }
+    for ((name, _), runs) in chosen.iter().zip(results) {
+        report.add(name, runs);
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let quick =
-        std::env::args().any(|a| a == "--quick") || std::env::var("QUICK").is_ok_and(|v| v == "1");
-    let sizes = if quick { Sizes::quick() } else { Sizes::full() };
+    let args = match Args::parse() {
+        Ok(args) => args,
+        Err(e) => {
+            progress(e);
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let sizes = if args.quick {
+        Sizes::quick()
+    } else {
+        Sizes::full()
+    };
     let started = Instant::now();
     progress(format!(
-        "{} run; services from {}",
-        if quick { "quick" } else { "full" },
+        "{} run, {} run(s) of each scenario; services from {}",
+        if args.quick { "quick" } else { "full" },
+        args.runs,
         testkit::procs::bin_dir().display()
     ));
     raise_open_files();
     let env = scenarios::Env::new();
-    let mut report = Report::new(machine::describe(&env.settings), sizes);
-    type Scenario =
-        fn(&scenarios::Env, Sizes) -> futures_util::future::BoxFuture<'_, anyhow::Result<Vec<Row>>>;
-    let all: [(&str, Scenario); 9] = [
-        ("ingest", |e, s| Box::pin(scenarios::ingest(e, s))),
-        ("publish to channels", |e, s| {
-            Box::pin(scenarios::publish_to_channels(e, s))
-        }),
-        ("drain", |e, s| Box::pin(scenarios::drain(e, s))),
-        ("end to end", |e, s| Box::pin(scenarios::end_to_end(e, s))),
-        ("fan-out", |e, s| Box::pin(scenarios::fan_out(e, s))),
-        ("routing", |e, s| Box::pin(scenarios::routing(e, s))),
-        ("idle sockets", |e, s| {
-            Box::pin(scenarios::idle_sockets(e, s))
-        }),
-        ("read all", |e, s| Box::pin(scenarios::read_all(e, s))),
-        ("cold start", |e, s| Box::pin(scenarios::cold_start(e, s))),
-    ];
-    // `--only <scenario>` (e.g. `--only drain`): one scenario, for working on it.
-    let args: Vec<String> = std::env::args().collect();
-    let only = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1))
-        .cloned();
-    for (name, run) in all {
-        if only.as_deref().is_some_and(|o| o != name) {
-            continue;
-        }
-        progress(format!(
-            "── {name} ({:.0} s so far)",
-            started.elapsed().as_secs_f64()
-        ));
-        match run(&env, sizes).await {
-            Ok(rows) => rows.into_iter().for_each(|r| report.push(r)),
-            Err(e) => report.push(Row::failed(name, format!("{e:#}"))),
-        }
-    }
-    env.cleanup();
-    let table = report.render(started.elapsed());
-    println!("{table}");
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../bench/results")
-        .join(if quick { "quick.md" } else { "latest.md" });
-    if let Err(e) =
-        std::fs::create_dir_all(path.parent().unwrap()).and_then(|()| std::fs::write(&path, &table))
-    {
-        progress(format!("cannot write {}: {e}", path.display()));
+    let mut report = Report::new(machine::describe(&env.settings), sizes, args.runs);
+    run_all(&env, &args, sizes, &mut report).await;
+    let history = if args.quick {
+        String::new()
     } else {
-        progress(format!("written to {}", path.display()));
-    }
+        history(&report, args.only.is_none())
+    };
+    let table = report.render(started.elapsed(), &history);
+    println!("{table}");
+    write_table(&table, args.quick);
     if report.any_failed() {
         progress("a scenario failed its correctness check: see the table");
         return std::process::ExitCode::FAILURE;
     }
     std::process::ExitCode::SUCCESS
+}
+
+/// `bench/results/latest.md`, or `quick.md` for a quick run.
+fn write_table(table: &str, quick: bool) {
+    let path = results_dir().join(if quick { "quick.md" } else { "latest.md" });
+    if let Err(e) =
+        std::fs::create_dir_all(path.parent().unwrap()).and_then(|()| std::fs::write(&path, table))
+    {
+        progress(format!("cannot write {}: {e}", path.display()));
+    } else {
+        progress(format!("written to {}", path.display()));
+    }
+}
+
+/// The "History" section of a full run; a complete one (every scenario) is also saved to it.
+fn history(report: &Report, complete: bool) -> String {
+    let dir = results_dir().join("history");
+    let earlier = history::load(&dir);
+    let this = history::Run::of(
+        report.machine(),
+        report.runs(),
+        report.rows(),
+        chrono::Utc::now(),
+    );
+    if complete {
+        match history::save(&dir, &this) {
+            Ok(path) => progress(format!("history: {}", path.display())),
+            Err(e) => progress(format!(
+                "cannot write the history to {}: {e}",
+                dir.display()
+            )),
+        }
+    }
+    history::render(&earlier, &this)
+}
+
+/// `bench/results/` of this checkout.
+fn results_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/results")
 }

@@ -1,10 +1,14 @@
-//! The table: each figure, the baseline measured in the same run, their ratio and the goal.
+//! The table: each figure, the baseline measured in the same run, their ratio and the goal; with several
+//! runs, the median run's and the spread of the ratios.
 
 use std::fmt::Write;
 use std::time::Duration;
 
+use crate::machine::Machine;
+use crate::runs::{self, Merged};
 use crate::Sizes;
 
+#[derive(Debug, Clone)]
 pub struct Row {
     pub scenario: String,
     pub figure: String,
@@ -44,48 +48,80 @@ impl Row {
         self
     }
 
-    pub fn failed(scenario: &str, why: String) -> Self {
-        let mut row = Self::new(scenario, "—", "FAILED".into());
-        let one_line: String = why.split_whitespace().collect::<Vec<_>>().join(" ");
-        row.failure = Some(one_line.chars().take(300).collect());
+    /// A row whose check failed: it shows `why` instead of a number.
+    pub fn failed(scenario: &str, figure: &str, why: String) -> Self {
+        let mut row = Self::new(scenario, figure, "FAILED".into());
+        row.failure = Some(why);
         row
     }
-}
 
-pub struct Report {
-    machine: Vec<(String, String)>,
-    sizes: Sizes,
-    rows: Vec<Row>,
-}
-
-impl Report {
-    pub fn new(machine: Vec<(String, String)>, sizes: Sizes) -> Self {
-        Self {
-            machine,
-            sizes,
-            rows: Vec::new(),
-        }
+    /// What names the row across runs and in the history: its scenario and figure, which hold no
+    /// measured number.
+    pub fn key(&self) -> String {
+        format!("{} · {}", self.scenario, self.figure)
     }
 
-    pub fn push(&mut self, row: Row) {
+    /// The line printed as the row is measured.
+    pub fn progress(&self) {
         crate::progress(format!(
-            "   {} · {}: {}{}",
-            row.scenario,
-            row.figure,
-            row.value,
-            row.failure
+            "   {}: {}{}",
+            self.key(),
+            self.value,
+            self.failure
                 .as_deref()
                 .map(|f| format!(" — {f}"))
                 .unwrap_or_default()
         ));
-        self.rows.push(row);
+    }
+}
+
+/// `why` on one line, at most 300 characters, with no `|` to break the table.
+fn one_line(why: &str) -> String {
+    let line = why.split_whitespace().collect::<Vec<_>>().join(" ");
+    line.chars().take(300).collect::<String>().replace('|', "/")
+}
+
+pub struct Report {
+    machine: Machine,
+    sizes: Sizes,
+    /// Runs of each scenario.
+    runs: usize,
+    rows: Vec<Merged>,
+}
+
+impl Report {
+    pub fn new(machine: Machine, sizes: Sizes, runs: usize) -> Self {
+        Self {
+            machine,
+            sizes,
+            runs,
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    pub fn runs(&self) -> usize {
+        self.runs
+    }
+
+    pub fn rows(&self) -> &[Merged] {
+        &self.rows
+    }
+
+    /// The rows of every run of `scenario` (a run that failed as a whole is an `Err`).
+    pub fn add(&mut self, scenario: &str, runs: Vec<anyhow::Result<Vec<Row>>>) {
+        self.rows.extend(runs::merge(scenario, runs));
     }
 
     pub fn any_failed(&self) -> bool {
-        self.rows.iter().any(|r| r.failure.is_some())
+        self.rows.iter().any(|m| m.row.failure.is_some())
     }
 
-    pub fn render(&self, took: Duration) -> String {
+    /// The table, then `after` (the history), then the machine's details.
+    pub fn render(&self, took: Duration, after: &str) -> String {
         let mut out = String::new();
         let kind = if self.sizes.quick {
             "quick (tiny sizes: checks the benchmark runs, not speed)"
@@ -93,36 +129,65 @@ impl Report {
             "full"
         };
         let _ = writeln!(out, "## Relay benchmark — {kind}\n");
-        let _ = writeln!(
-            out,
-            "| scenario | figure | Relay | baseline (same run) | ratio | goal | met |"
-        );
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|");
-        for r in &self.rows {
-            let ratio = r.ratio.map_or("—".into(), |x| format!("{x:.2}×"));
-            let met = match (r.failure.as_ref(), r.met) {
-                (Some(_), _) => "✗ check failed",
-                (None, Some(true)) => "✓",
-                (None, Some(false)) => "✗",
-                (None, None) => "—",
-            };
-            let value = match &r.failure {
-                Some(f) => format!("FAILED: {}", f.replace('|', "/")),
-                None => r.value.clone(),
-            };
+        let _ = writeln!(out, "Machine: {}\n", self.machine.headline());
+        if self.runs > 1 {
             let _ = writeln!(
                 out,
-                "| {} | {} | {value} | {} | {ratio} | {} | {met} |",
-                r.scenario, r.figure, r.baseline, r.goal
+                "Each row: the median of {} runs, and the spread of its ratio ((max − min) / median; \
+                 over {:.0}% is marked noisy).\n",
+                self.runs,
+                runs::NOISY * 100.0
             );
+            let _ = writeln!(
+                out,
+                "| scenario | figure | Relay | baseline (same run) | ratio | spread | goal | met |"
+            );
+            let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+        } else {
+            let _ = writeln!(
+                out,
+                "| scenario | figure | Relay | baseline (same run) | ratio | goal | met |"
+            );
+            let _ = writeln!(out, "|---|---|---|---|---|---|---|");
         }
-        let _ = writeln!(out, "\nMachine:");
-        for (k, v) in &self.machine {
+        for m in &self.rows {
+            let _ = writeln!(out, "{}", self.table_row(m));
+        }
+        out.push_str(after);
+        let _ = writeln!(out, "\nMachine details:");
+        for (k, v) in &self.machine.details {
             let _ = writeln!(out, "- {k}: {v}");
         }
         let _ = writeln!(out, "- run took: {:.0} s", took.as_secs_f64());
         let _ = writeln!(out, "\nReproduce: `make bench` (or `make bench QUICK=1`).");
         out
+    }
+
+    fn table_row(&self, m: &Merged) -> String {
+        let r = &m.row;
+        let (value, ratio) = match &r.failure {
+            Some(f) => (format!("FAILED: {}", one_line(f)), "—".to_owned()),
+            None => (
+                r.value.clone(),
+                r.ratio.map_or("—".into(), |x| format!("{x:.2}×")),
+            ),
+        };
+        let met = match (r.failure.as_ref(), r.met) {
+            (Some(_), _) => "✗ check failed",
+            (None, Some(true)) => "✓",
+            (None, Some(false)) => "✗",
+            (None, None) => "—",
+        };
+        let spread = match m.spread {
+            _ if self.runs < 2 => String::new(),
+            Some(s) if m.noisy() => format!(" {:.0}% — noisy |", s * 100.0),
+            Some(s) => format!(" {:.0}% |", s * 100.0),
+            None => " — |".into(),
+        };
+        format!(
+            "| {} | {} | {value} | {} | {ratio} |{spread} {} | {met} |",
+            r.scenario, r.figure, r.baseline, r.goal
+        )
     }
 }
 

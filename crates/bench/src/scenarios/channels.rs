@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::ensure;
 use futures_util::future::try_join_all;
 
-use super::ingest::{wrk, WRK_SCRIPT};
+use super::wrk::{body_200, wrk, Script};
 use super::{cpu_time, post_open_loop_to, wall_us, Env};
 use crate::report::Row;
 use crate::{progress, ws, Sizes};
@@ -17,17 +17,16 @@ use crate::{progress, ws, Sizes};
 /// Channels the publishing row spreads its posts over.
 const PUBLISH_CHANNELS: usize = 1000;
 
-/// The ingest row's wrk script with each request built by a Lua `request` function: to the next of
-/// 1,000 channels with `channels`, else to `/messages`. Both runs build their requests the same way, so
-/// wrk's own cost (a Lua call per request, on the cores the server uses) is the same on both sides.
-fn script(body: &str, channels: bool) -> String {
-    let mut script = WRK_SCRIPT.replace("BODY", &format!("{body:?}"));
+/// The Lua `request` function both runs use after the ingest row's wrk script: to the next of 1,000
+/// channels with `channels`, else to `/messages`. Both runs build their requests the same way, so wrk's
+/// own cost (a Lua call per request, on the cores the server uses) is the same on both sides.
+fn request_function(channels: bool) -> String {
     let path = if channels {
         format!(r#""/channels/c" .. (n % {PUBLISH_CHANNELS}) .. "/messages""#)
     } else {
         r#""/messages""#.to_owned()
     };
-    script.push_str(&format!(
+    format!(
         r#"
 local n = 0
 request = function()
@@ -35,8 +34,7 @@ request = function()
   return wrk.format(nil, {path})
 end
 "#
-    ));
-    script
+    )
 }
 
 /// `POST /channels/{c}/messages` over 1,000 channels against `POST /messages`, by wrk with 64
@@ -44,34 +42,23 @@ end
 pub async fn publish_to_channels(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
     super::require("wrk", "apt-get install -y wrk")?;
     let s = env.scenario("channels-publish");
-    let prefix = r#"{"bench":"channels","pad":""#;
-    let body = format!("{prefix}{}\"}}", super::pad(200 - prefix.len() - 2));
-    let dir = std::env::temp_dir();
-    let plain_script = dir.join(format!("relay-wrk-plain-{}.lua", std::process::id()));
-    let channel_script = dir.join(format!("relay-wrk-channels-{}.lua", std::process::id()));
-    std::fs::write(&plain_script, script(&body, false))?;
-    std::fs::write(&channel_script, script(&body, true))?;
+    let body = body_200("channels");
+    let plain_script = Script::write("plain", &body, &request_function(false))?;
+    let channel_script = Script::write("channels", &body, &request_function(true))?;
     let ingest = env.start("ingest-api", &s, &[]);
     let mut redis = testkit::redis(&s);
     let (plain, channels) = tokio::task::block_in_place(|| -> anyhow::Result<_> {
-        let plain = wrk(
-            &ingest.url(),
-            &plain_script,
-            sizes.ingest_secs,
-            &mut redis,
-            &s.stream_key,
-        )?;
-        let channels = wrk(
-            &ingest.url(),
-            &channel_script,
-            sizes.ingest_secs,
-            &mut redis,
-            &s.stream_key,
-        )?;
-        Ok((plain, channels))
+        let mut run = |script: &Script| {
+            wrk(
+                &ingest.url(),
+                script.path(),
+                sizes.ingest_secs,
+                &mut redis,
+                &s.stream_key,
+            )
+        };
+        Ok((run(&plain_script)?, run(&channel_script)?))
     })?;
-    let _ = std::fs::remove_file(&plain_script);
-    let _ = std::fs::remove_file(&channel_script);
     let ratio = channels.rate / plain.rate;
     Ok(vec![Row::new(
         "channels",

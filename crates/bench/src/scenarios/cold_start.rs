@@ -3,7 +3,8 @@
 //!
 //! Each process gets a port chosen beforehand and `/readyz` is polled every millisecond, so the figure is
 //! the process's own time and not a poll interval. The persister's database is created and migrated
-//! beforehand: the row is start-up, not a first deploy's migration.
+//! beforehand: the row is start-up, not a first deploy's migration. Each program starts as shipped, with
+//! no `RUST_LOG` (the services log at `info`, their start-up lines included; `relay-floor` reads none).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -54,7 +55,7 @@ async fn median_start(
     for _ in 0..tries {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
-        let env = with_env(base, &[(addr_var, &addr), ("RUST_LOG", "warn")]);
+        let env = with_env(base, &[(addr_var, &addr)]);
         let url = format!("http://{addr}/readyz");
         let client = reqwest::Client::new();
         let mut cmd = Command::new(bin_path(program));

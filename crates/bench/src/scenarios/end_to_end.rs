@@ -8,50 +8,83 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use diesel::RunQueryDsl;
+use service::Settings;
 use testkit::db::{pg, try_count_rows};
+
+/// Latencies in µs.
+type Histogram = hdrhistogram::Histogram<u64>;
 
 use super::{histogram, post_open_loop, wall_us, Env};
 use crate::report::{latency_summary, us, Row};
 use crate::{progress, ws, Sizes};
 
-/// POST → frame through the bare pipeline: the floor of Redis in between.
-async fn floor_to_frame(env: &Env, sizes: Sizes) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
-    let s = env.scenario("e2e-floor");
-    let floor = env.start_floor("pipeline", &s);
+/// One frame's arrival at the client: the `seq` it carried, when (wall µs), and its stream id.
+struct Arrival {
+    seq: u64,
+    at: u64,
+    stream_id: Option<model::StreamId>,
+}
+
+/// What an open-loop run delivered to one WebSocket client.
+struct Delivered {
+    /// Send times by `seq`.
+    sent: Vec<u64>,
+    arrivals: Vec<Arrival>,
+}
+
+/// Connects one client to the WebSocket server on `ws_port`, posts the end-to-end rate to `post_url`
+/// open loop, and reads the frames until all arrived or the stream went quiet; fails unless every post
+/// was accepted and every frame arrived.
+async fn deliver(
+    what: &str,
+    ws_port: u16,
+    post_url: String,
+    sizes: Sizes,
+) -> anyhow::Result<Delivered> {
     let total = (sizes.e2e_rate * sizes.e2e_secs) as usize;
-    let mut socket = ws::connect(&format!("127.0.0.1:{}", floor.port)).await?;
+    let mut socket = ws::connect(&format!("127.0.0.1:{ws_port}")).await?;
     let reader = tokio::spawn(async move {
         let mut arrivals = Vec::with_capacity(total);
         let end = ws::read_messages(&mut socket, total, Duration::from_secs(15), |frame| {
-            arrivals.push((
-                ws::number_after(frame, b"\"seq\":").unwrap_or(u64::MAX),
-                wall_us(),
-            ));
+            arrivals.push(Arrival {
+                seq: ws::number_after(frame, b"\"seq\":").unwrap_or(u64::MAX),
+                at: wall_us(),
+                stream_id: ws::stream_id(frame),
+            });
         })
         .await;
         (end.frames, arrivals)
     });
     progress(format!(
-        "bare pipeline: {} msg/s for {} s",
+        "{what}: {} msg/s for {} s, open loop",
         sizes.e2e_rate, sizes.e2e_secs
     ));
-    let (sent, accepted) = post_open_loop(
-        format!("{}/messages", floor.url()),
-        sizes.e2e_rate,
-        sizes.e2e_secs,
-    )
-    .await?;
+    let (sent, accepted) = post_open_loop(post_url, sizes.e2e_rate, sizes.e2e_secs).await?;
     let (frames, arrivals) = reader.await?;
     ensure!(
-        accepted == total && frames == total,
-        "bare pipeline: {accepted} posts accepted, {frames} frames of {total}"
+        accepted == total,
+        "{what}: {accepted} of {total} posts accepted"
     );
+    ensure!(
+        frames == total,
+        "{what}: {frames} of {total} frames arrived"
+    );
+    Ok(Delivered { sent, arrivals })
+}
+
+/// POST → frame through the bare pipeline: the floor of Redis in between.
+async fn floor_to_frame(env: &Env, sizes: Sizes) -> anyhow::Result<Histogram> {
+    let s = env.scenario("e2e-floor");
+    let floor = env.start_floor("pipeline", &s);
+    let post = format!("{}/messages", floor.url());
+    let run = deliver("bare pipeline", floor.port, post, sizes).await?;
     let mut h = histogram();
-    for (seq, at) in arrivals {
-        let sent = sent
-            .get(seq as usize)
+    for a in run.arrivals {
+        let sent = run
+            .sent
+            .get(a.seq as usize)
             .context("bare pipeline: unknown seq")?;
-        h.record(at.saturating_sub(*sent).max(1))?;
+        h.record(a.at.saturating_sub(*sent).max(1))?;
     }
     Ok(h)
 }
@@ -60,7 +93,7 @@ async fn floor_to_frame(env: &Env, sizes: Sizes) -> anyhow::Result<hdrhistogram:
 /// rate, one connection, no HTTP or Redis in between. Latency runs from the message's scheduled time (so
 /// a commit that falls behind delays the next, as a stalled persister would) to its transaction's
 /// `now()`, the clock Relay's `persisted_at` reads.
-async fn floor_to_commit(env: &Env, sizes: Sizes) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+async fn floor_to_commit(env: &Env, sizes: Sizes) -> anyhow::Result<Histogram> {
     let s = env.scenario_with_database("e2e-commit").await?;
     progress(format!(
         "bare INSERT + COMMIT: {} msg/s for {} s",
@@ -107,40 +140,32 @@ pub async fn end_to_end(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
     env.settle_postgres();
     let floor = floor_to_frame(env, sizes).await?;
     let commits = floor_to_commit(env, sizes).await?;
+    let (to_frame, to_row) = relay_latencies(env, sizes).await?;
+    Ok(rows(sizes, &floor, &commits, &to_frame, &to_row))
+}
+
+/// Relay's POST → frame and POST → committed row, from one run through all three services.
+async fn relay_latencies(env: &Env, sizes: Sizes) -> anyhow::Result<(Histogram, Histogram)> {
     let s = env.scenario("e2e");
     let persister = env.start("persister", &s, &[("PERSISTER_BLOCK_MS", "1000")]);
     let ingest = env.start("ingest-api", &s, &[]);
     let gateway = env.start("push-gateway", &s, &[]);
     let total = (sizes.e2e_rate * sizes.e2e_secs) as usize;
-    let mut socket = ws::connect(&format!("127.0.0.1:{}", gateway.port)).await?;
-    let reader = tokio::spawn(async move {
-        let mut arrivals: Vec<(u64, u64, Option<model::StreamId>)> = Vec::with_capacity(total);
-        let end = ws::read_messages(&mut socket, total, Duration::from_secs(15), |frame| {
-            let seq = ws::number_after(frame, b"\"seq\":").unwrap_or(u64::MAX);
-            arrivals.push((seq, wall_us(), ws::stream_id(frame)));
-        })
-        .await;
-        (end.frames, arrivals)
-    });
-    progress(format!(
-        "{} msg/s for {} s, open loop",
-        sizes.e2e_rate, sizes.e2e_secs
-    ));
-    let (sent, accepted) = post_open_loop(
-        format!("{}/messages", ingest.url()),
-        sizes.e2e_rate,
-        sizes.e2e_secs,
-    )
-    .await?;
-    let (frames, arrivals) = reader.await?;
-    ensure!(accepted == total, "{accepted} of {total} posts accepted");
-    ensure!(frames == total, "{frames} of {total} frames arrived");
-    // Concurrent posts reach the stream in any order; frames must follow the stream's order, and carry
-    // every post exactly once.
+    let post = format!("{}/messages", ingest.url());
+    let run = deliver("Relay", gateway.port, post, sizes).await?;
+    let to_frame = frame_latencies(&run, total)?;
+    let to_row = row_latencies(&s, &run.sent, total).await?;
+    drop((persister, ingest, gateway));
+    Ok((to_frame, to_row))
+}
+
+/// POST → frame. Concurrent posts reach the stream in any order; frames must follow the stream's order,
+/// and carry every post exactly once.
+fn frame_latencies(run: &Delivered, total: usize) -> anyhow::Result<Histogram> {
     let mut to_frame = histogram();
     let mut seen = vec![false; total];
     let mut previous = None;
-    for (seq, at, stream_id) in &arrivals {
+    for Arrival { seq, at, stream_id } in &run.arrivals {
         let slot = seen
             .get_mut(*seq as usize)
             .with_context(|| format!("a frame carried seq {seq}"))?;
@@ -151,9 +176,14 @@ pub async fn end_to_end(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
             "frames out of stream order at seq {seq}"
         );
         previous = *stream_id;
-        to_frame.record(at.saturating_sub(sent[*seq as usize]).max(1))?;
+        to_frame.record(at.saturating_sub(run.sent[*seq as usize]).max(1))?;
     }
-    // POST → committed row: the row's persisted_at against the time the post was sent.
+    Ok(to_frame)
+}
+
+/// POST → committed row: each row's `persisted_at` against the time its post was sent, once all `total`
+/// rows are in.
+async fn row_latencies(s: &Settings, sent: &[u64], total: usize) -> anyhow::Result<Histogram> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while try_count_rows(&s.database_url)? < total as i64 {
         ensure!(Instant::now() < deadline, "rows did not all arrive");
@@ -175,7 +205,16 @@ pub async fn end_to_end(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
     for r in rows {
         to_row.record((r.at as u64).saturating_sub(sent[r.seq as usize]).max(1))?;
     }
-    drop((persister, ingest, gateway));
+    Ok(to_row)
+}
+
+fn rows(
+    sizes: Sizes,
+    floor: &Histogram,
+    commits: &Histogram,
+    to_frame: &Histogram,
+    to_row: &Histogram,
+) -> Vec<Row> {
     let frame_p99 = to_frame.value_at_quantile(0.99);
     let floor_p99 = floor.value_at_quantile(0.99);
     let frame_ratio = frame_p99 as f64 / floor_p99.max(1) as f64;
@@ -189,18 +228,18 @@ pub async fn end_to_end(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
         row_p999 as f64 / row_p50 as f64,
     );
     let figure = format!("{} msg/s × {} s", sizes.e2e_rate, sizes.e2e_secs);
-    Ok(vec![
+    vec![
         Row::new(
             "end to end",
             &format!("POST→WebSocket frame ({figure})"),
-            latency_summary(&to_frame),
+            latency_summary(to_frame),
         )
         .baseline(format!("bare pipeline p99 {}", us(floor_p99)), frame_ratio)
         .goal("p99 ≤ 1.2×", frame_ratio <= 1.2),
         Row::new(
             "end to end",
             &format!("POST→committed row ({figure})"),
-            latency_summary(&to_row),
+            latency_summary(to_row),
         )
         .baseline(format!("its own p50; p99.9 {stall_999:.1}× p50"), stall_99)
         .goal(
@@ -215,11 +254,11 @@ pub async fn end_to_end(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
         .baseline(
             format!(
                 "bare INSERT + COMMIT {}; p99.9 {:.1}× its p50",
-                latency_summary(&commits),
+                latency_summary(commits),
                 commits.value_at_quantile(0.999) as f64
                     / commits.value_at_quantile(0.5).max(1) as f64
             ),
             row_p999 as f64 / commits.value_at_quantile(0.999).max(1) as f64,
         ),
-    ])
+    ]
 }

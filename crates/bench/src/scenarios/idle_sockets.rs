@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use anyhow::ensure;
+use service::Settings;
 use testkit::procs::{memory_kib, Service};
 
 use super::Env;
@@ -25,23 +26,20 @@ pub async fn idle_sockets(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
     bare.warm.abort();
     drop(floor);
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let gateway = gateway_held(env, &s, sizes).await?;
+    Ok(rows(sizes, &bare, &gateway).into())
+}
 
-    let gateway = env.start("push-gateway", &s, &[]);
+/// The gateway holding the idle sockets; checks its own count of clients matches what is held.
+async fn gateway_held(env: &Env, s: &Settings, sizes: Sizes) -> anyhow::Result<Held> {
+    let gateway = env.start("push-gateway", s, &[]);
     progress("push-gateway:");
-    let Held {
-        per,
-        measured,
-        refused,
-        mut keepers,
-        warm,
-    } = hold_idle(&gateway, sizes.idle_sockets).await?;
-    let mut held = measured;
+    let mut held = hold_idle(&gateway, sizes.idle_sockets).await?;
     // A gateway out of descriptors cannot answer /metrics either: give a few back before asking.
-    if refused.is_some() {
-        for keeper in keepers.drain(held.saturating_sub(RELEASED)..) {
+    if held.refused.is_some() {
+        for keeper in held.keepers.drain(held.measured.saturating_sub(RELEASED)..) {
             keeper.abort();
         }
-        held = keepers.len();
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     // The gateway's own count of open clients (`/readyz` no longer reports it; `/metrics` does).
@@ -54,16 +52,20 @@ pub async fn idle_sockets(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
         .find_map(|l| l.strip_prefix("relay_gateway_connections "))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .unwrap_or(0.0) as usize;
+    let open = held.keepers.len();
     ensure!(
-        clients == held + 1,
+        clients == open + 1,
         "the gateway holds {clients} clients, not {}",
-        held + 1
+        open + 1
     );
-    keepers.iter().for_each(tokio::task::JoinHandle::abort);
-    warm.abort();
-    drop(gateway);
-    let all_held = refused.is_none();
-    let limit = refused.map_or(String::new(), |why| {
+    held.keepers.iter().for_each(tokio::task::JoinHandle::abort);
+    held.warm.abort();
+    Ok(held)
+}
+
+fn rows(sizes: Sizes, bare: &Held, gateway: &Held) -> [Row; 2] {
+    let (per, measured) = (gateway.per, gateway.measured);
+    let limit = gateway.refused.as_ref().map_or(String::new(), |why| {
         format!(
             " — the machine refused more ({}; open files: {})",
             why.chars().take(80).collect::<String>(),
@@ -71,11 +73,11 @@ pub async fn idle_sockets(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
         )
     });
     let held_ratio = measured as f64 / bare.measured.max(1) as f64;
-    Ok(vec![
+    [
         Row::new(
             "idle sockets",
-            &format!("gateway RSS per idle connection ({measured} held)"),
-            format!("{per:.1} KiB"),
+            "gateway RSS per idle connection",
+            format!("{per:.1} KiB ({measured} held)"),
         )
         .baseline(
             format!(
@@ -95,8 +97,11 @@ pub async fn idle_sockets(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
             held_ratio,
         )
         // Under the same open-files limit as the bare server, or all of them where the limit allows.
-        .goal("≥ 0.95× bare, or all", all_held || held_ratio >= 0.95),
-    ])
+        .goal(
+            "≥ 0.95× bare, or all",
+            gateway.refused.is_none() || held_ratio >= 0.95,
+        ),
+    ]
 }
 
 /// Idle sockets held open against one server, and what they cost it.

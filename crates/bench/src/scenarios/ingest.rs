@@ -1,37 +1,45 @@
 //! ingest: accepted POST/s and latency from wrk, against raw XADD from redis-benchmark (its rate and its
 //! own p99, same run); then the same wrk run again while hostile clients hold connections (16 that never
-//! read what they asked for, 16 that send a body a byte a second), against the plain figure.
+//! read what they asked for, 16 that send a body a byte a second), against the plain figure; and once more
+//! on an ingest-api with its access log off, against the plain run, which has it on as shipped.
 
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{ensure, Context};
+use service::Settings;
 
-use super::{cpu_time, pad, require, Env};
+use super::wrk::{body_200, run_wrk, wrk, Script, Wrk};
+use super::{cpu_time, require, Env};
 use crate::report::{us, Row};
 use crate::{progress, Sizes};
-
-pub(super) const WRK_SCRIPT: &str = r#"
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = BODY
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("RESULT %d %d %d %d %d %d %d\n", summary.requests, summary.duration, e.status,
-    e.connect + e.read + e.write + e.timeout, latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
-end
-"#;
 
 pub async fn ingest(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
     require("wrk", "apt-get install -y wrk")?;
     require("redis-benchmark", "apt-get install -y redis-tools")?;
     let s = env.scenario("ingest");
-    // A 200-byte JSON body.
-    let prefix = r#"{"bench":"ingest","pad":""#;
-    let body = format!("{prefix}{}\"}}", pad(200 - prefix.len() - 2));
-    debug_assert_eq!(body.len(), 200);
+    let body = body_200("ingest");
+    let mut redis = testkit::redis(&s);
+    let xadd = xadd_ceiling(&s, &body, sizes, &mut redis)?;
+    let script = Script::write("ingest", &body, "")?;
+    let bare = bare_http(env, &s, &script, sizes)?;
+    let relay = relay_runs(env, &s, &script, sizes, &mut redis).await?;
+    Ok(rows(&xadd, &bare, relay))
+}
 
-    // The ceiling: raw XADD of a 200-byte field from 64 clients, unpipelined.
+/// redis-benchmark's XADD: the ceiling of the rate and the p99.
+struct Xadd {
+    rate: f64,
+    p99_us: u64,
+}
+
+/// Raw XADD of the 200-byte `body` from 64 clients, unpipelined, on a key of its own (deleted after).
+fn xadd_ceiling(
+    s: &Settings,
+    body: &str,
+    sizes: Sizes,
+    redis: &mut redis::Connection,
+) -> anyhow::Result<Xadd> {
     let (host, port) = redis_host_port(&s.redis_url);
     let raw_key = format!("{}:raw", s.stream_key);
     let n = if sizes.quick {
@@ -41,20 +49,9 @@ pub async fn ingest(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
     };
     progress(format!("redis-benchmark: {n} × XADD, 64 clients"));
     let out = Command::new("redis-benchmark")
-        .args([
-            "-h",
-            &host,
-            "-p",
-            &port,
-            "-c",
-            "64",
-            "-P",
-            "1",
-            "-n",
-            &n.to_string(),
-            "--csv",
-        ])
-        .args(["XADD", &raw_key, "*", "payload", &body])
+        .args(["-h", &host, "-p", &port, "-c", "64", "-P", "1"])
+        .args(["-n", &n.to_string(), "--csv"])
+        .args(["XADD", &raw_key, "*", "payload", body])
         .output()
         .context("running redis-benchmark")?;
     let csv = String::from_utf8_lossy(&out.stdout);
@@ -66,82 +63,114 @@ pub async fn ingest(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
             .filter_map(|v| v.trim_matches('"').parse().ok())
             .next_back()
     };
-    let xadd_rate =
-        field(6).with_context(|| format!("no rate in redis-benchmark output: {csv}"))?;
+    let rate = field(6).with_context(|| format!("no rate in redis-benchmark output: {csv}"))?;
     // redis-benchmark's p99 is in milliseconds, to 3 decimals.
-    let xadd_p99 = field(1).with_context(|| format!("no p99 in redis-benchmark output: {csv}"))?;
-    let xadd_p99_us = (xadd_p99 * 1000.0).round().max(1.0) as u64;
-    let mut redis = testkit::redis(&s);
-    let raw_len: u64 = redis::cmd("XLEN").arg(&raw_key).query(&mut redis)?;
+    let p99 = field(1).with_context(|| format!("no p99 in redis-benchmark output: {csv}"))?;
+    let raw_len: u64 = redis::cmd("XLEN").arg(&raw_key).query(redis)?;
     ensure!(
         raw_len == n as u64,
         "redis-benchmark added {raw_len} entries, not {n}"
     );
-    let _: () = redis::cmd("DEL").arg(&raw_key).query(&mut redis)?;
-    let script = std::env::temp_dir().join(format!("relay-wrk-{}.lua", std::process::id()));
-    std::fs::write(&script, WRK_SCRIPT.replace("BODY", &format!("{body:?}")))?;
+    let _: () = redis::cmd("DEL").arg(&raw_key).query(redis)?;
+    Ok(Xadd {
+        rate,
+        p99_us: (p99 * 1000.0).round().max(1.0) as u64,
+    })
+}
 
-    // The HTTP floor: actix-web answering the same POSTs after the same JSON check, with no Redis.
-    // Its CPU per request beside ingest-api's is what Relay adds to HTTP alone.
-    let floor = env.start_floor("broadcast", &s);
+/// A wrk run and the CPU a process spent meanwhile.
+struct Measured {
+    run: Wrk,
+    cpu: Duration,
+}
+
+/// The HTTP floor: actix-web answering the same POSTs after the same JSON check, with no Redis. Its CPU
+/// per request beside ingest-api's is what Relay adds to HTTP alone.
+fn bare_http(env: &Env, s: &Settings, script: &Script, sizes: Sizes) -> anyhow::Result<Measured> {
+    let floor = env.start_floor("broadcast", s);
     progress("bare actix-web + JSON check (relay-floor):");
-    let floor_cpu = cpu_time(floor.pid());
-    let bare = tokio::task::block_in_place(|| {
-        run_wrk(
-            &format!("{}/messages", floor.url()),
-            &script,
-            sizes.ingest_secs,
-        )
-    });
-    let floor_cpu = cpu_time(floor.pid()).saturating_sub(floor_cpu);
-    drop(floor);
-    let bare = bare?;
+    let cpu = cpu_time(floor.pid());
+    let url = format!("{}/messages", floor.url());
+    let run = tokio::task::block_in_place(|| run_wrk(&url, script.path(), sizes.ingest_secs))?;
+    Ok(Measured {
+        run,
+        cpu: cpu_time(floor.pid()).saturating_sub(cpu),
+    })
+}
 
-    let ingest = env.start("ingest-api", &s, &[]);
+/// `RUST_LOG` that turns the access log (target `access`) off and leaves the rest at the default.
+const ACCESS_LOG_OFF: &str = "info,access=warn";
+
+/// What ingest-api did: the plain run (as shipped, access log on) with its CPU and Redis' (when Redis is
+/// local), the run under hostile clients, and a run with the access log off.
+struct Relay {
+    plain: Measured,
+    redis_cpu: Option<Duration>,
+    hostile: anyhow::Result<Wrk>,
+    log_off: anyhow::Result<Wrk>,
+}
+
+/// ingest-api under wrk, then again while hostile clients hold connections; then a fresh ingest-api with
+/// the access log off under the same wrk run.
+async fn relay_runs(
+    env: &Env,
+    s: &Settings,
+    script: &Script,
+    sizes: Sizes,
+    redis: &mut redis::Connection,
+) -> anyhow::Result<Relay> {
+    let ingest = env.start("ingest-api", s, &[]);
     let url = format!("{}/messages", ingest.url());
-    let redis_pid = local_redis_pid(&mut redis);
+    let redis_pid = local_redis_pid(redis);
     let cpu_before = (
         cpu_time(ingest.pid()),
         redis_pid.map(cpu_time).unwrap_or_default(),
     );
     // wrk blocks its thread; block_in_place keeps the runtime's other thread for the hostile clients.
-    let plain = tokio::task::block_in_place(|| {
-        wrk(&url, &script, sizes.ingest_secs, &mut redis, &s.stream_key)
-    });
-    let cpu_spent = (
-        cpu_time(ingest.pid()).saturating_sub(cpu_before.0),
-        redis_pid
-            .map(cpu_time)
-            .unwrap_or_default()
-            .saturating_sub(cpu_before.1),
-    );
-    let hostile = match &plain {
-        Ok(_) => {
-            let addr = format!("127.0.0.1:{}", ingest.port);
-            let held = hostile_clients(&addr).await?;
-            progress("   … again with 16 stalled readers and 16 slow bodies holding connections");
-            let run = tokio::task::block_in_place(|| {
-                wrk(&url, &script, sizes.ingest_secs, &mut redis, &s.stream_key)
-            });
-            held.iter().for_each(tokio::task::JoinHandle::abort);
-            run
-        }
-        Err(_) => Err(anyhow::anyhow!("the plain run failed")),
+    let run = |url: &str, redis: &mut redis::Connection| {
+        tokio::task::block_in_place(|| {
+            wrk(url, script.path(), sizes.ingest_secs, redis, &s.stream_key)
+        })
     };
-    let _ = std::fs::remove_file(&script);
+    let plain = run(&url, redis)?;
+    let plain = Measured {
+        run: plain,
+        cpu: cpu_time(ingest.pid()).saturating_sub(cpu_before.0),
+    };
+    let redis_cpu = redis_pid.map(|pid| cpu_time(pid).saturating_sub(cpu_before.1));
+    let held = hostile_clients(&format!("127.0.0.1:{}", ingest.port)).await?;
+    progress("   … again with 16 stalled readers and 16 slow bodies holding connections");
+    let hostile = run(&url, redis);
+    held.iter().for_each(tokio::task::JoinHandle::abort);
     drop(ingest);
-    let plain = plain?;
-    let ratio = plain.rate / xadd_rate;
-    // CPU µs per accepted request.
-    let per_request =
-        |cpu: Duration, requests: u64| cpu.as_secs_f64() * 1e6 / requests.max(1) as f64;
-    let (relay_us, redis_us, bare_us) = (
-        per_request(cpu_spent.0, plain.accepted),
-        per_request(cpu_spent.1, plain.accepted),
-        per_request(floor_cpu, bare.accepted),
-    );
-    let p99_ratio = plain.p99 as f64 / xadd_p99_us as f64;
-    let mut rows = vec![
+    let quiet = env.start("ingest-api", s, &[("RUST_LOG", ACCESS_LOG_OFF)]);
+    progress(format!(
+        "   … again on an ingest-api with RUST_LOG={ACCESS_LOG_OFF}"
+    ));
+    let log_off = run(&format!("{}/messages", quiet.url()), redis);
+    Ok(Relay {
+        plain,
+        redis_cpu,
+        hostile,
+        log_off,
+    })
+}
+
+/// CPU µs per accepted request.
+fn per_request(cpu: Duration, accepted: u64) -> f64 {
+    cpu.as_secs_f64() * 1e6 / accepted.max(1) as f64
+}
+
+fn rows(xadd: &Xadd, bare: &Measured, relay: Relay) -> Vec<Row> {
+    let plain = &relay.plain.run;
+    let ratio = plain.rate / xadd.rate;
+    let p99_ratio = plain.p99 as f64 / xadd.p99_us as f64;
+    let relay_us = per_request(relay.plain.cpu, plain.accepted);
+    let bare_us = per_request(bare.cpu, bare.run.accepted);
+    let redis_us = relay.redis_cpu.map_or("— (not local)".into(), |cpu| {
+        format!("{:.1} µs", per_request(cpu, plain.accepted))
+    });
+    vec![
         Row::new(
             "ingest",
             "accepted POST/s (200 B JSON, 64 conns)",
@@ -149,9 +178,10 @@ pub async fn ingest(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
         )
         .baseline(
             format!(
-                "XADD {xadd_rate:.0}/s (bare actix-web POST {:.0}/s, {:.2}× XADD)",
-                bare.rate,
-                bare.rate / xadd_rate
+                "XADD {:.0}/s (bare actix-web POST {:.0}/s, {:.2}× XADD)",
+                xadd.rate,
+                bare.run.rate,
+                bare.run.rate / xadd.rate
             ),
             ratio,
         )
@@ -166,108 +196,65 @@ pub async fn ingest(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
                 us(plain.p999)
             ),
         )
-        .baseline(format!("XADD p99 {}", us(xadd_p99_us)), p99_ratio)
+        .baseline(format!("XADD p99 {}", us(xadd.p99_us)), p99_ratio)
         .goal("p99 ≤ 3×", p99_ratio <= 3.0),
         Row::new(
             "ingest",
             "CPU per accepted POST (user + system)",
-            format!(
-                "ingest-api {relay_us:.1} µs · Redis {}",
-                redis_pid.map_or("— (not local)".into(), |_| format!("{redis_us:.1} µs"))
-            ),
+            format!("ingest-api {relay_us:.1} µs · Redis {redis_us}"),
         )
         .baseline(
             format!("bare actix-web + JSON check {bare_us:.1} µs"),
             relay_us / bare_us.max(0.001),
         ),
-    ];
-    rows.push(match hostile {
+        hostile_row(plain, relay.hostile),
+        access_log_row(plain, relay.log_off),
+    ]
+}
+
+/// The access log's cost: the plain run (access log on, as shipped) against the same run with it off.
+fn access_log_row(on: &Wrk, off: anyhow::Result<Wrk>) -> Row {
+    let (scenario, figure) = (
+        "ingest, access log",
+        "accepted POST/s, access log on (shipped) ÷ off",
+    );
+    match off {
+        Ok(off) => {
+            let ratio = on.rate / off.rate;
+            Row::new(
+                scenario,
+                figure,
+                format!("{:.0}/s · p99 {}", on.rate, us(on.p99)),
+            )
+            .baseline(
+                format!(
+                    "RUST_LOG={ACCESS_LOG_OFF} {:.0}/s · p99 {}",
+                    off.rate,
+                    us(off.p99)
+                ),
+                ratio,
+            )
+            .goal("≥ 0.95×", ratio >= 0.95)
+        }
+        Err(e) => Row::failed(scenario, figure, format!("{e:#}")),
+    }
+}
+
+fn hostile_row(plain: &Wrk, hostile: anyhow::Result<Wrk>) -> Row {
+    let figure = "accepted POST/s while 16 stalled readers + 16 slow bodies hold connections";
+    match hostile {
         Ok(h) => {
             let ratio = h.rate / plain.rate;
             Row::new(
                 "ingest, hostile",
-                "accepted POST/s while 16 stalled readers + 16 slow bodies hold connections",
+                figure,
                 format!("{:.0}/s · p99 {}", h.rate, us(h.p99)),
             )
             .baseline(format!("plain run {:.0}/s", plain.rate), ratio)
             .goal("≥ 0.9× (within noise)", ratio >= 0.9)
         }
-        Err(e) => Row::failed("ingest, hostile", format!("{e:#}")),
-    });
-    Ok(rows)
-}
-
-/// One wrk run's figures.
-pub(super) struct Wrk {
-    pub rate: f64,
-    /// Requests answered 2xx.
-    pub accepted: u64,
-    p50: u64,
-    p99: u64,
-    p999: u64,
-}
-
-/// wrk against `url` for `secs`; checks every answer was a 2xx and the stream grew by what was accepted.
-pub(super) fn wrk(
-    url: &str,
-    script: &std::path::Path,
-    secs: u32,
-    redis: &mut redis::Connection,
-    stream_key: &str,
-) -> anyhow::Result<Wrk> {
-    let before: u64 = redis::cmd("XLEN").arg(stream_key).query(redis)?;
-    let run = run_wrk(url, script, secs)?;
-    let accepted = run.accepted;
-    // wrk stops with up to 64 requests in flight: those may be in the stream without a counted answer.
-    // Give them a moment to land, so the next run's count starts from a settled stream.
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let stored = redis::cmd("XLEN").arg(stream_key).query::<u64>(redis)? - before;
-    ensure!(
-        stored >= accepted && stored <= accepted + 64,
-        "{accepted} accepted but {stored} entries in the stream"
-    );
-    Ok(run)
-}
-
-/// wrk against `url` for `secs`, 64 connections; fails unless every answer was a 2xx.
-pub(super) fn run_wrk(url: &str, script: &std::path::Path, secs: u32) -> anyhow::Result<Wrk> {
-    progress(format!("wrk: POST {url}, 64 connections, {secs} s"));
-    let out = Command::new("wrk")
-        .args([
-            "-t2",
-            "-c64",
-            &format!("-d{secs}s"),
-            "--timeout",
-            "5s",
-            "-s",
-        ])
-        .arg(script)
-        .arg(url)
-        .output()
-        .context("running wrk")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let result: Vec<u64> = text
-        .lines()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .with_context(|| format!("no result from wrk: {text}"))?
-        .split_whitespace()
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
-    let [requests, duration_us, status_errors, socket_errors, p50, p99, p999] = result[..] else {
-        bail!("unexpected wrk result: {text}")
-    };
-    let accepted = requests - status_errors;
-    ensure!(
-        status_errors == 0 && socket_errors == 0,
-        "{status_errors} non-2xx answers, {socket_errors} socket errors"
-    );
-    Ok(Wrk {
-        rate: accepted as f64 / (duration_us as f64 / 1e6),
-        accepted,
-        p50,
-        p99,
-        p999,
-    })
+        Err(e) => Row::failed("ingest, hostile", figure, format!("{e:#}")),
+    }
 }
 
 /// The pid of the Redis server the bench uses, when it runs on this machine (`INFO server`'s

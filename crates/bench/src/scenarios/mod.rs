@@ -9,6 +9,7 @@ mod fan_out;
 mod idle_sockets;
 mod ingest;
 mod read_all;
+mod wrk;
 
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -86,6 +87,9 @@ impl Env {
         Ok(s)
     }
 
+    /// Starts `service` with the scenario's settings and `extra` on top. Logging is as shipped: no
+    /// `RUST_LOG` of the bench's own, so testkit's `RUST_LOG=info` (the services' default) holds and the
+    /// access log is on; a row that wants it off says so in `extra`.
     pub(crate) fn start(
         &self,
         service: &'static str,
@@ -101,10 +105,6 @@ impl Env {
                 ("MAX_CONNECTIONS", "50000"),
                 // Every bench client comes from 127.0.0.0/8: the per-address cap would refuse them.
                 ("MAX_CONNECTIONS_PER_IP", "100000"),
-                (
-                    "RUST_LOG",
-                    "warn,ingest_api=info,persister=info,push_gateway=info",
-                ),
             ],
         );
         let env = with_env(&env, extra);
