@@ -1,6 +1,7 @@
 //! The documents checked against the code, so that a change to one cannot leave the other behind:
 //! - the security page names the test that proves each of its claims (`crate::module::test_name`): every
-//!   test it names exists, so a renamed or deleted test cannot leave a claim standing without its proof;
+//!   test it names exists where it says (crate, module, name), so a renamed, moved or deleted test cannot
+//!   leave a claim standing without its proof;
 //! - the protocol page names every route of the OpenAPI document and every frame type the gateway sends;
 //! - the architecture page names only files that exist;
 //! - the changelog's newest release is the version the binaries print.
@@ -19,23 +20,51 @@ fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// The module path each source file of `crates/<crate>/` is compiled as: `src/a/b.rs` and `src/a/b/mod.rs`
+/// are `a::b`; a test binary's files `tests/<bin>/a.rs` are `a` (how nextest names its tests) and also
+/// `<bin>::a` (how the fault tests are named, one binary per scenario).
+fn module_paths(root: &Path) -> Vec<(String, String, PathBuf)> {
+    let mut files = Vec::new();
+    sources(&root.join("crates"), &mut files);
+    let mut out = Vec::new();
+    for file in files {
+        let rel = file.strip_prefix(root.join("crates")).unwrap();
+        let parts: Vec<String> = rel
+            .iter()
+            .map(|p| p.to_string_lossy().trim_end_matches(".rs").to_owned())
+            .collect();
+        let (krate, kind, rest) = (&parts[0], parts[1].as_str(), &parts[2..]);
+        let mut modules: Vec<&str> = rest.iter().map(String::as_str).collect();
+        if matches!(modules.last(), Some(&("mod" | "lib" | "main"))) {
+            modules.pop();
+        }
+        match kind {
+            "src" => out.push((krate.clone(), modules.join("::"), file.clone())),
+            "tests" => {
+                out.push((krate.clone(), modules.join("::"), file.clone()));
+                if !modules.is_empty() {
+                    out.push((krate.clone(), modules[1..].join("::"), file.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 #[test]
 fn every_test_the_security_page_names_exists() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let page = std::fs::read_to_string(root.join("docs/security.md")).unwrap();
-    let mut files = Vec::new();
-    sources(&root.join("crates"), &mut files);
-    let code: String = files
-        .iter()
-        .map(|f| std::fs::read_to_string(f).unwrap())
-        .collect();
+    let modules = module_paths(&root);
     let mut named = 0;
+    let mut previous: Option<(String, String)> = None;
     for span in page.split('`').skip(1).step_by(2) {
-        // `crate::module::test`, or `…::test` continuing the previous name; `::*` names a group.
+        // `crate::module::test`, or `…::test` continuing the previous name's module; `::*` names a group.
         if !span.contains("::") || span.contains(' ') || span.ends_with('*') {
             continue;
         }
-        let last = span.rsplit("::").next().unwrap();
+        let (path, last) = span.rsplit_once("::").unwrap();
         let is_test_name = last.len() > 20
             && last
                 .chars()
@@ -44,9 +73,24 @@ fn every_test_the_security_page_names_exists() {
             continue;
         }
         named += 1;
+        let (krate, module) = match path.split_once("::") {
+            _ if path == "…" => previous.clone().unwrap(),
+            Some((krate, module)) => (krate.to_owned(), module.to_owned()),
+            None => (path.to_owned(), String::new()),
+        };
+        previous = Some((krate.clone(), module.clone()));
+        // A unit test's `tests` module is inline or `<file>/tests.rs`: either file may hold it.
+        let inline = module.strip_suffix("::tests").unwrap_or(&module);
+        let found = modules.iter().any(|(k, m, file)| {
+            k == &krate
+                && (m == &module || m == inline)
+                && std::fs::read_to_string(file)
+                    .unwrap()
+                    .contains(&format!("fn {last}("))
+        });
         assert!(
-            code.contains(&format!("fn {last}(")),
-            "docs/security.md names `{span}`, but no test `{last}` exists"
+            found,
+            "docs/security.md names `{span}`, but crate `{krate}` has no test `{last}` in module `{module}`"
         );
     }
     assert!(named >= 20, "only {named} test names found on the page");

@@ -18,8 +18,13 @@ async fn a_client_that_stops_reading_is_closed_with_1013_and_others_get_everythi
     // A client whose queue filled has this long to catch up; this one does not read in that time.
     settings.ws_catch_up_ms = 1_000;
     let relay = Relay::live(settings).await;
-    // The slow client: a tiny receive buffer, and it reads nothing until the end.
-    let mut slow = testkit::ws::connect_slow(&relay.gateway_addr(), "").await;
+    // The slow client: a tiny receive buffer, and it reads nothing until the gateway has judged it too
+    // slow (past WS_CATCH_UP_MS). Then it reads what was buffered, and the 1013 close: at once, because a
+    // client that still has not read within the close linger (at most 1 s) gets no close frame at all.
+    // (Reading after a fixed sleep made this test fail under load: the publishing below took longer than
+    // catch-up window + linger after the client fell behind.)
+    let slow = testkit::ws::connect_slow(&relay.gateway_addr(), "").await;
+    let slow = tokio::spawn(read_after_judged_too_slow(relay.gateway_url(), slow));
     let mut fast = relay.ws_connect("").await;
 
     // 20 × 500 messages of 1 KB: far more than the slow client's socket buffers and queue can hold.
@@ -35,9 +40,33 @@ async fn a_client_that_stops_reading_is_closed_with_1013_and_others_get_everythi
         "the fast client got everything, in order"
     );
 
-    // The slow client, still not reading past WS_CATCH_UP_MS, now reads what was buffered, and then the
-    // 1013 close. (A deadline for the whole read: server pings would keep a per-frame one alive.)
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (code, frames) = slow.await.unwrap();
+    assert_eq!(code, Some(CloseCode::Again), "closed with 1013");
+    assert!(
+        frames < 10_000,
+        "the slow client was cut off, not served everything ({frames})"
+    );
+}
+
+/// Waits (up to 30 s) until the gateway counts a client too slow, then reads `slow` to its close: the
+/// close code and the text frames before it. (A deadline for the whole read: server pings would keep a
+/// per-frame one alive.)
+async fn read_after_judged_too_slow(
+    gateway_url: String,
+    mut slow: testkit::ws::Socket,
+) -> (Option<CloseCode>, usize) {
+    let judged = tokio::time::Instant::now() + Duration::from_secs(30);
+    while testkit::metrics::scrape(&gateway_url)
+        .await
+        .value("relay_gateway_slow_clients_total", &[])
+        < 1.0
+    {
+        assert!(
+            tokio::time::Instant::now() < judged,
+            "the client that stopped reading was never judged too slow"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut frames = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let code = loop {
@@ -53,11 +82,7 @@ async fn a_client_that_stops_reading_is_closed_with_1013_and_others_get_everythi
             }
         }
     };
-    assert_eq!(code, Some(CloseCode::Again), "closed with 1013");
-    assert!(
-        frames < 10_000,
-        "the slow client was cut off, not served everything ({frames})"
-    );
+    (code, frames)
 }
 
 /// Messages `{"n":<i>,"pad":"xxx…"}` of about 1 KB, one line each.
