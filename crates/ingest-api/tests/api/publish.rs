@@ -276,7 +276,7 @@ async fn posts_get_503_while_the_backlog_is_over_max_backlog_and_202_once_draine
     for i in 0..8 {
         assert_eq!(app.post_json(i.to_string()).await.status(), 202);
     }
-    tokio::time::sleep(ingest_api::backlog::REFRESH * 3).await;
+    tokio::time::sleep(ingest_api::publish::BACKLOG_REFRESH * 3).await;
     let refused = app.post_json("9").await;
     assert!(refused.headers().contains_key("retry-after"));
     let problem = assert_problem(refused, 503).await;
@@ -288,6 +288,6 @@ async fn posts_get_503_while_the_backlog_is_over_max_backlog_and_202_once_draine
 
     app.start_persister().await;
     assert_eq!(app.wait_for_messages(8).await.len(), 8);
-    tokio::time::sleep(ingest_api::backlog::REFRESH * 3).await;
+    tokio::time::sleep(ingest_api::publish::BACKLOG_REFRESH * 3).await;
     assert_eq!(app.post_json("10").await.status(), 202);
 }

@@ -450,7 +450,7 @@ async fn a_page_of_large_messages_ends_at_its_byte_bound_and_the_links_still_wal
     assert_eq!(first.status(), 200);
     let mut next = next_link(&first);
     let page: Vec<serde_json::Value> = first.json().await.unwrap();
-    let max = ingest_api::routes::read::MAX_PAGE_BYTES / (1024 * 1024) + 1;
+    let max = ingest_api::read::MAX_PAGE_BYTES / (1024 * 1024) + 1;
     assert!(
         page.len() <= max,
         "a page of {} messages of 1 MiB, over its byte bound",

@@ -3,9 +3,6 @@
 //! be served without being documented or documented without being served. Health, readiness and
 //! metrics come from `service::http`.
 
-mod publish;
-pub mod read;
-
 use actix_web::{get, post, web, App, HttpRequest, HttpResponse};
 use service::http::Health;
 use service::Problem;
@@ -14,6 +11,8 @@ use utoipa_actix_web::service_config::ServiceConfig;
 use utoipa_actix_web::AppExt;
 
 use crate::problem::ApiError;
+use crate::publish::{self, GroupCommit, Limits};
+use crate::read;
 use crate::state::{AppState, WorkerRedis};
 
 /// Every route of ingest-api (health included, with `health`'s checks).
@@ -93,13 +92,15 @@ async fn post_messages(
     req: HttpRequest,
     body: web::Payload,
     state: web::Data<AppState>,
+    limits: web::Data<Limits>,
     worker_redis: web::Data<WorkerRedis>,
-    group: web::Data<crate::group_commit::GroupCommit>,
+    group: web::Data<GroupCommit>,
 ) -> Result<HttpResponse, ApiError> {
     publish::publish(
         req,
         body,
         state,
+        limits,
         worker_redis,
         group,
         model::ChannelName::default(),
@@ -147,11 +148,12 @@ async fn post_channel_messages(
     path: web::Path<String>,
     body: web::Payload,
     state: web::Data<AppState>,
+    limits: web::Data<Limits>,
     worker_redis: web::Data<WorkerRedis>,
-    group: web::Data<crate::group_commit::GroupCommit>,
+    group: web::Data<GroupCommit>,
 ) -> Result<HttpResponse, ApiError> {
     let channel = channel_of(&path)?;
-    publish::publish(req, body, state, worker_redis, group, channel).await
+    publish::publish(req, body, state, limits, worker_redis, group, channel).await
 }
 
 /// One channel's persisted messages in stream order, streamed with constant memory; or a page of them.
@@ -254,7 +256,7 @@ async fn openapi_json(doc: web::Data<ApiDoc>) -> HttpResponse {
         .body(doc.0.clone())
 }
 
-const DOCS: &str = include_str!("../../api/docs.html");
+const DOCS: &str = include_str!("../api/docs.html");
 
 /// A page that renders this document, fetching nothing from outside the service.
 #[utoipa::path(tag = "operations", responses((status = 200, description = "HTML", body = String, content_type = "text/html")))]
