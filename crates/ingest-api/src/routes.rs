@@ -156,6 +156,30 @@ async fn post_channel_messages(
     publish::publish(req, body, state, limits, worker_redis, group, channel).await
 }
 
+/// The refusals every list of stored messages or channels answers, written once for the document.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Only describes responses: the refusals themselves are `ApiError`s.
+enum ReadRefusals {
+    #[response(
+        status = 401,
+        description = "No or unknown API key",
+        content_type = "application/problem+json"
+    )]
+    Unauthenticated(Problem),
+    #[response(
+        status = 403,
+        description = "The key lacks the `read` scope",
+        content_type = "application/problem+json"
+    )]
+    Forbidden(Problem),
+    #[response(
+        status = 503,
+        description = "Postgres unreachable",
+        content_type = "application/problem+json"
+    )]
+    Unavailable(Problem),
+}
+
 /// One channel's persisted messages in stream order, streamed with constant memory; or a page of them.
 #[utoipa::path(
     tag = "channels",
@@ -168,9 +192,7 @@ async fn post_channel_messages(
         (status = 200, description = "A JSON array of the channel's messages in stream order (`[]` for a channel without messages)", body = Vec<model::Message>,
             headers(("Link" = String, description = "</channels/{channel}/messages?after=…&limit=…>; rel=\"next\" when more remain"))),
         (status = 400, description = "Not a channel name, or a bad `after` or `limit`", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or unknown API key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Postgres unreachable", body = Problem, content_type = "application/problem+json"),
+        ReadRefusals,
     )
 )]
 #[get("/channels/{channel}/messages")]
@@ -190,9 +212,7 @@ async fn list_channel_messages(
     responses(
         (status = 200, description = "The channels, ordered by name", body = Vec<read::ChannelInfo>),
         (status = 400, description = "A prefix with characters no channel name has", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or unknown API key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Postgres unreachable", body = Problem, content_type = "application/problem+json"),
+        ReadRefusals,
     )
 )]
 #[get("/channels")]
@@ -204,6 +224,8 @@ async fn list_channels(
 }
 
 /// Every persisted message in stream order, streamed with constant memory; or a page of them.
+// Alike in shape only to `list_channel_messages`: the parameters, the 200 with its `Link` and the 400
+// each describe this path. What the two lists share is written once, in `ReadRefusals`.
 #[utoipa::path(
     tag = "messages",
     params(
@@ -214,9 +236,7 @@ async fn list_channels(
         (status = 200, description = "A JSON array of messages in stream order", body = Vec<model::Message>,
             headers(("Link" = String, description = "</messages?after=…&limit=…>; rel=\"next\" when more remain"))),
         (status = 400, description = "A bad `after` or `limit`", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or unknown API key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Postgres unreachable", body = Problem, content_type = "application/problem+json"),
+        ReadRefusals,
     )
 )]
 #[get("/messages")]

@@ -45,6 +45,8 @@ use backlog::Backlog;
 use rate::{PublishRate, Publisher};
 use validate::BodyKind;
 
+/// A publish to `channel`, answered with 202 and the metrics counted. Its parameters are the app data of
+/// the two `POST` routes in `routes.rs`, which actix hands each handler by type: each route lists them.
 pub async fn publish(
     req: HttpRequest,
     body: web::Payload,
