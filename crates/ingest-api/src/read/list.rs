@@ -29,7 +29,7 @@ pub enum Scope {
 }
 
 impl Scope {
-    pub(super) fn channel(&self) -> Option<&str> {
+    fn channel(&self) -> Option<&str> {
         match self {
             Self::All => None,
             Self::Channel(c) => Some(c.as_str()),
@@ -85,7 +85,10 @@ pub async fn list(
             .map_err(|e| ApiError::StreamUnavailable(e.into()))?;
     match limit {
         Some(limit) => page(&state.db, scope, after, below, limit).await,
-        None => stream::stream_all(state, scope, after, below).await,
+        None => {
+            let channel = scope.channel().map(std::sync::Arc::from);
+            stream::stream_all(state, channel, after, below).await
+        }
     }
 }
 

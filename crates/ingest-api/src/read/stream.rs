@@ -9,14 +9,14 @@ use futures_util::StreamExt;
 use model::StreamId;
 use store::read::Window;
 
-use super::list::Scope;
 use crate::problem::ApiError;
 use crate::state::AppState;
 
 /// Response chunks are flushed at about this size.
 const CHUNK_BYTES: usize = 64 * 1024;
 
-/// Every row after `after` (and below the watermark), as one JSON array, streamed in keyset pages.
+/// Every row of `channel` (of every channel when `None`) after `after` and below the watermark, as one
+/// JSON array, streamed in keyset pages.
 ///
 /// A page is at most `PAGE_ROWS` rows and about `PAGE_BYTES` of JSON; each is read on the blocking pool
 /// with a pooled connection that goes back to the pool *before* the page is handed to the socket. So a
@@ -25,11 +25,10 @@ const CHUNK_BYTES: usize = 64 * 1024;
 /// being read at once, so full reads never take the whole pool.
 pub(super) async fn stream_all(
     state: web::Data<AppState>,
-    scope: Scope,
+    channel: Option<Arc<str>>,
     after: Option<StreamId>,
     below: Option<StreamId>,
 ) -> Result<HttpResponse, ApiError> {
-    let channel: Option<Arc<str>> = scope.channel().map(Arc::from);
     // The first page before answering: a failure to reach Postgres then is a clean 503, not a 200 with
     // a broken body. A failure after it can only abort the response.
     let first = read_page(&state, channel.clone(), after, below, FIRST_PAGE_ROWS).await?;
