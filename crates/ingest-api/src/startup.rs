@@ -10,15 +10,12 @@ use actix_web::{http, web, App};
 use anyhow::Context;
 use service::http::{Health, ServerOptions};
 
-use crate::inflight::InflightBytes;
 use service::settings::AllowedOrigins;
 use service::Settings;
 use utoipa_actix_web::AppExt;
 
-use crate::backlog::Backlog;
-use crate::group_commit::GroupCommit;
 use crate::metrics::Metrics;
-use crate::rate::PublishRate;
+use crate::publish::{GroupCommit, Limits};
 use crate::routes;
 pub use crate::state::{AppState, WorkerRedis};
 
@@ -26,6 +23,7 @@ pub struct Application {
     port: u16,
     server: Server,
     state: web::Data<AppState>,
+    limits: web::Data<Limits>,
 }
 
 /// How long in-flight requests get to finish after the stop signal.
@@ -61,12 +59,11 @@ impl Application {
             redis,
             db,
             metrics,
-            backlog: Backlog::default(),
-            inflight: InflightBytes::new(settings.max_inflight_bytes),
-            rate: PublishRate::new(settings.publish_rate),
             settings,
         });
+        let limits = web::Data::new(Limits::new(&state.settings));
         let app_state = state.clone();
+        let app_limits = limits.clone();
         // Two blocking threads per worker run every Postgres read (see ServerOptions::blocking_threads);
         // full reads take at most half the pool, so paged reads and GET /messages/{id} always get one.
         let options = ServerOptions::new(&state.settings, SHUTDOWN_GRACE).with_blocking_threads(2);
@@ -90,6 +87,7 @@ impl Application {
                 .into_app()
                 .wrap(cors(&app_state.settings.allowed_origins))
                 .app_data(app_state.clone())
+                .app_data(app_limits.clone())
                 .app_data(web::Data::new(WorkerRedis(redis)))
                 .app_data(web::Data::new(group))
                 .app_data(doc.clone())
@@ -98,6 +96,7 @@ impl Application {
             port,
             server,
             state,
+            limits,
         })
     }
 
@@ -115,23 +114,12 @@ impl Application {
             shutdown.await;
             handle.stop(true).await;
         });
-        let state = self.state.clone();
-        let backlog = tokio::spawn(async move {
-            let (redis, key) = (state.redis.clone(), state.settings.stream_key.clone());
-            let watch = state.backlog.watch(redis, key);
-            // The rate limiter's table keeps one entry per recent publisher; idle ones are dropped each
-            // second so a scan from many addresses cannot grow it without bound.
-            let forget = async {
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    tick.tick().await;
-                    if let Some(rate) = &state.rate {
-                        rate.forget_idle();
-                    }
-                }
-            };
-            tokio::join!(watch, forget);
-        });
+        let (redis, key) = (
+            self.state.redis.clone(),
+            self.state.settings.stream_key.clone(),
+        );
+        let limits = self.limits.clone();
+        let backlog = tokio::spawn(async move { limits.watch(redis, key).await });
         let served = self.server.await;
         backlog.abort();
         served

@@ -1,16 +1,12 @@
 //! What every ingest-api handler shares: built by `startup`, read by the routes. A module of its own so
-//! that the routes and the start-up both point at it, and neither at the other.
+//! that the routes and the start-up both point at it, and neither at the other. What only the publish
+//! path keeps (backlog, in-flight bytes, rate) is `publish::Limits`, so this module imports neither path.
 
-use std::sync::Arc;
-
-use crate::inflight::InflightBytes;
 use service::redis::Conn;
 use service::Settings;
 use store::PgPool;
 
-use crate::backlog::Backlog;
 use crate::metrics::Metrics;
-use crate::rate::PublishRate;
 
 /// The multiplexed connection that carries the `XADD`s of one actix worker's requests. Each worker
 /// thread has its own, whose I/O task runs on that worker's runtime: a request then never wakes another
@@ -27,12 +23,6 @@ pub struct AppState {
     /// Postgres, for reads only. Connections are made on demand, so ingest runs while Postgres is down.
     pub db: PgPool,
     pub metrics: Metrics,
-    /// The persister group's lag and the stream's memory, refreshed in the background.
-    pub backlog: Backlog,
-    /// Request body bytes held by this process (`MAX_INFLIGHT_BYTES`).
-    pub inflight: Arc<InflightBytes>,
-    /// `PUBLISH_RATE`; `None` when unlimited.
-    pub rate: Option<PublishRate>,
     /// Pages of full reads (`GET /messages` without `limit`) being read from Postgres at once: at most
     /// half the pool, so that paged reads and `GET /messages/{id}` always find a connection.
     pub full_reads: std::sync::Arc<tokio::sync::Semaphore>,

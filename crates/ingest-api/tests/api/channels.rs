@@ -156,6 +156,8 @@ async fn one_idempotency_key_and_body_on_another_channel_is_a_conflict_not_a_rep
 
 /// `API_KEYS` entries may name channel patterns (`key:scopes:pattern|pattern`): such a key publishes,
 /// reads and lists only what they cover, and a message of another channel is as good as absent.
+// Kept whole (81 lines): one story, publish then wait for the rows then read and list, each step
+// checked for both keys; split, each half would repeat the other's set-up.
 #[tokio::test]
 async fn a_key_with_channel_patterns_publishes_reads_and_lists_only_its_channels() {
     let mut settings = test_settings();

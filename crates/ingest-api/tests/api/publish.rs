@@ -16,6 +16,14 @@ pub async fn assert_problem(res: reqwest::Response, status: u16) -> serde_json::
     body
 }
 
+/// The problem's `detail` names `text` (a setting, a line).
+pub fn assert_detail_names(problem: &serde_json::Value, text: &str) {
+    assert!(
+        problem["detail"].as_str().unwrap().contains(text),
+        "{problem}"
+    );
+}
+
 #[tokio::test]
 async fn a_json_message_is_accepted_with_202_location_and_its_ids() {
     let app = Relay::ingest_only(test_settings()).await;
@@ -108,10 +116,7 @@ async fn every_bad_input_answers_its_problem_and_writes_nothing() {
         }
         let problem = assert_problem(req.send().await.unwrap(), status).await;
         if what == "a bad NDJSON line" {
-            assert!(
-                problem["detail"].as_str().unwrap().contains("line 3"),
-                "{problem}"
-            );
+            assert_detail_names(&problem, "line 3");
         }
     }
     assert_eq!(
@@ -276,18 +281,15 @@ async fn posts_get_503_while_the_backlog_is_over_max_backlog_and_202_once_draine
     for i in 0..8 {
         assert_eq!(app.post_json(i.to_string()).await.status(), 202);
     }
-    tokio::time::sleep(ingest_api::backlog::REFRESH * 3).await;
+    tokio::time::sleep(ingest_api::publish::BACKLOG_REFRESH * 3).await;
     let refused = app.post_json("9").await;
     assert!(refused.headers().contains_key("retry-after"));
     let problem = assert_problem(refused, 503).await;
-    assert!(
-        problem["detail"].as_str().unwrap().contains("MAX_BACKLOG"),
-        "{problem}"
-    );
+    assert_detail_names(&problem, "MAX_BACKLOG");
     assert_eq!(app.stream_len().await, 8, "nothing written while refused");
 
     app.start_persister().await;
     assert_eq!(app.wait_for_messages(8).await.len(), 8);
-    tokio::time::sleep(ingest_api::backlog::REFRESH * 3).await;
+    tokio::time::sleep(ingest_api::publish::BACKLOG_REFRESH * 3).await;
     assert_eq!(app.post_json("10").await.status(), 202);
 }

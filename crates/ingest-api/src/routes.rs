@@ -3,9 +3,6 @@
 //! be served without being documented or documented without being served. Health, readiness and
 //! metrics come from `service::http`.
 
-mod publish;
-pub mod read;
-
 use actix_web::{get, post, web, App, HttpRequest, HttpResponse};
 use service::http::Health;
 use service::Problem;
@@ -14,6 +11,8 @@ use utoipa_actix_web::service_config::ServiceConfig;
 use utoipa_actix_web::AppExt;
 
 use crate::problem::ApiError;
+use crate::publish::{self, GroupCommit, Limits};
+use crate::read;
 use crate::state::{AppState, WorkerRedis};
 
 /// Every route of ingest-api (health included, with `health`'s checks).
@@ -93,13 +92,15 @@ async fn post_messages(
     req: HttpRequest,
     body: web::Payload,
     state: web::Data<AppState>,
+    limits: web::Data<Limits>,
     worker_redis: web::Data<WorkerRedis>,
-    group: web::Data<crate::group_commit::GroupCommit>,
+    group: web::Data<GroupCommit>,
 ) -> Result<HttpResponse, ApiError> {
     publish::publish(
         req,
         body,
         state,
+        limits,
         worker_redis,
         group,
         model::ChannelName::default(),
@@ -147,11 +148,36 @@ async fn post_channel_messages(
     path: web::Path<String>,
     body: web::Payload,
     state: web::Data<AppState>,
+    limits: web::Data<Limits>,
     worker_redis: web::Data<WorkerRedis>,
-    group: web::Data<crate::group_commit::GroupCommit>,
+    group: web::Data<GroupCommit>,
 ) -> Result<HttpResponse, ApiError> {
     let channel = channel_of(&path)?;
-    publish::publish(req, body, state, worker_redis, group, channel).await
+    publish::publish(req, body, state, limits, worker_redis, group, channel).await
+}
+
+/// The refusals every list of stored messages or channels answers, written once for the document.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Only describes responses: the refusals themselves are `ApiError`s.
+enum ReadRefusals {
+    #[response(
+        status = 401,
+        description = "No or unknown API key",
+        content_type = "application/problem+json"
+    )]
+    Unauthenticated(Problem),
+    #[response(
+        status = 403,
+        description = "The key lacks the `read` scope",
+        content_type = "application/problem+json"
+    )]
+    Forbidden(Problem),
+    #[response(
+        status = 503,
+        description = "Postgres unreachable",
+        content_type = "application/problem+json"
+    )]
+    Unavailable(Problem),
 }
 
 /// One channel's persisted messages in stream order, streamed with constant memory; or a page of them.
@@ -166,9 +192,7 @@ async fn post_channel_messages(
         (status = 200, description = "A JSON array of the channel's messages in stream order (`[]` for a channel without messages)", body = Vec<model::Message>,
             headers(("Link" = String, description = "</channels/{channel}/messages?after=…&limit=…>; rel=\"next\" when more remain"))),
         (status = 400, description = "Not a channel name, or a bad `after` or `limit`", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or unknown API key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Postgres unreachable", body = Problem, content_type = "application/problem+json"),
+        ReadRefusals,
     )
 )]
 #[get("/channels/{channel}/messages")]
@@ -188,9 +212,7 @@ async fn list_channel_messages(
     responses(
         (status = 200, description = "The channels, ordered by name", body = Vec<read::ChannelInfo>),
         (status = 400, description = "A prefix with characters no channel name has", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or unknown API key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Postgres unreachable", body = Problem, content_type = "application/problem+json"),
+        ReadRefusals,
     )
 )]
 #[get("/channels")]
@@ -202,6 +224,8 @@ async fn list_channels(
 }
 
 /// Every persisted message in stream order, streamed with constant memory; or a page of them.
+// Alike in shape only to `list_channel_messages`: the parameters, the 200 with its `Link` and the 400
+// each describe this path. What the two lists share is written once, in `ReadRefusals`.
 #[utoipa::path(
     tag = "messages",
     params(
@@ -212,9 +236,7 @@ async fn list_channels(
         (status = 200, description = "A JSON array of messages in stream order", body = Vec<model::Message>,
             headers(("Link" = String, description = "</messages?after=…&limit=…>; rel=\"next\" when more remain"))),
         (status = 400, description = "A bad `after` or `limit`", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or unknown API key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key lacks the `read` scope", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Postgres unreachable", body = Problem, content_type = "application/problem+json"),
+        ReadRefusals,
     )
 )]
 #[get("/messages")]
@@ -254,7 +276,7 @@ async fn openapi_json(doc: web::Data<ApiDoc>) -> HttpResponse {
         .body(doc.0.clone())
 }
 
-const DOCS: &str = include_str!("../../api/docs.html");
+const DOCS: &str = include_str!("../api/docs.html");
 
 /// A page that renders this document, fetching nothing from outside the service.
 #[utoipa::path(tag = "operations", responses((status = 200, description = "HTML", body = String, content_type = "text/html")))]
