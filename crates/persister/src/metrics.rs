@@ -123,10 +123,16 @@ pub async fn sample_stream(
     stop: tokio_util::sync::CancellationToken,
 ) {
     let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    service::redis::group::sample(redis, stream_key, SAMPLE_INTERVAL, stop, |stats| {
-        metrics.stream_length.set(gauge(stats.length));
-        metrics.stream_lag.set(gauge(stats.lag));
-        metrics.stream_pending.set(gauge(stats.pending));
-    })
+    service::redis::group::sample(
+        redis,
+        stream_key,
+        SAMPLE_INTERVAL,
+        stop.cancelled(),
+        |stats| {
+            metrics.stream_length.set(gauge(stats.length));
+            metrics.stream_lag.set(gauge(stats.lag));
+            metrics.stream_pending.set(gauge(stats.pending));
+        },
+    )
     .await;
 }

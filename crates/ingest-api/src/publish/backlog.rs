@@ -28,15 +28,24 @@ impl Backlog {
     }
 
     /// Re-reads both until the task is dropped. Failures keep the last value (Redis being away is
-    /// already answered by the write itself).
-    pub async fn watch(&self, mut redis: impl redis::aio::ConnectionLike, stream_key: String) {
+    /// already answered by the write itself). The lag comes from the sampling loop the persister's
+    /// stream gauges run on too ([`service::redis::group::sample`]).
+    pub async fn watch(&self, redis: impl redis::aio::ConnectionLike + Clone, stream_key: String) {
+        let lag = service::redis::group::sample(
+            redis.clone(),
+            stream_key.clone(),
+            REFRESH,
+            std::future::pending(),
+            |stats| self.entries.store(stats.backlog(), Ordering::Relaxed),
+        );
+        tokio::join!(lag, self.watch_memory(redis, stream_key));
+    }
+
+    async fn watch_memory(&self, mut redis: impl redis::aio::ConnectionLike, stream_key: String) {
         let mut tick = tokio::time::interval(REFRESH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            match service::redis::group::group_stats(&mut redis, &stream_key).await {
-                Ok(stats) => self.entries.store(stats.backlog(), Ordering::Relaxed),
-                Err(e) => log::debug!("cannot read the persister's lag: {e}"),
-            }
             // Exact: `MEMORY USAGE` by default samples five nodes (the oldest) and extrapolates, which
             // undercounts a stream of small entries followed by large ones by orders of magnitude.
             // `SAMPLES 0` walks every node, not every entry: 0.10 ms at 100,000 entries (0.05 ms

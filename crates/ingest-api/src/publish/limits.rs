@@ -31,7 +31,7 @@ impl Limits {
     }
 
     /// Keeps the backlog measured and the rate table small, until the task running it is aborted.
-    pub async fn watch(&self, redis: impl redis::aio::ConnectionLike, stream_key: String) {
+    pub async fn watch(&self, redis: impl redis::aio::ConnectionLike + Clone, stream_key: String) {
         let watch = self.backlog.watch(redis, stream_key);
         // The rate limiter's table keeps one entry per recent publisher; idle ones are dropped each
         // second so a scan from many addresses cannot grow it without bound.

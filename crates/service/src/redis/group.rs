@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use model::PERSISTER_GROUP;
 use redis::aio::ConnectionLike;
-use tokio_util::sync::CancellationToken;
 
 /// How far the `persister` group is behind on a stream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -64,21 +63,23 @@ pub async fn group_stats(
     )
 }
 
-/// Reads [`GroupStats`] of `stream_key` every `every` until `stop`, handing each to `on_sample`. A failed
+/// Reads [`GroupStats`] of `stream_key` every `every` until `stop` completes (or the task is dropped),
+/// handing each to `on_sample`. A failed
 /// read is logged (debug: Redis being away is told by the requests themselves) and skipped, so the last
 /// values stand; a late tick is not made up for.
 pub async fn sample(
     mut conn: impl ConnectionLike,
     stream_key: String,
     every: Duration,
-    stop: CancellationToken,
+    stop: impl std::future::Future<Output = ()>,
     mut on_sample: impl FnMut(GroupStats),
 ) {
+    tokio::pin!(stop);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = &mut stop => return,
             _ = tick.tick() => {}
         }
         match group_stats(&mut conn, &stream_key).await {
