@@ -38,46 +38,13 @@ pub async fn read_ahead(
     let settings = Arc::new(settings);
     let key = &settings.stream_key;
     let mut backoff = Backoff::new();
-    let mut cursor = Cursor::Pending("0-0".into());
-    // The newest entry handed to the storing loop: a read that failed may still have been delivered to
-    // this consumer by Redis (a timeout after `XREADGROUP` ran), and those entries are pending here with
-    // ids above it. (With two reads in flight, a failed read's entries can lie below a later read's that
-    // succeeded: those are left to the claim pass after `CLAIM_IDLE_MS`, never lost.)
-    let mut handed = StreamId::new(0, 0);
-    let budget = ReplyBudget::from_settings(&settings);
-    // The largest entry the next read of new entries expects: the largest `MAX_BODY_BYTES` allows at
-    // first and after a failed read, then the largest just read, or half the previous expectation when
-    // that is larger — so the `COUNT` grows back over a few reads after large entries, and a sudden
-    // growth of the entries is the only way past the budget (see `group::read`).
-    let mut expected = budget.entry_bytes;
+    let mut at = ReadCursor::new(ReplyBudget::from_settings(&settings));
     // Reads of new entries in flight. Dropped (aborted) on a stop: what a read was given stays pending on
     // this consumer, and the next start reads it first.
     let mut new_reads = JoinSet::new();
     while !stop.is_cancelled() {
-        let entries = match &cursor {
-            Cursor::Pending(_) => {
-                let read = read_once(Arc::clone(&settings), reads.clone(), cursor.clone(), budget);
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    read = read => read,
-                }
-            }
-            Cursor::New => {
-                while new_reads.len() < NEW_READS {
-                    new_reads.spawn(read_once(
-                        Arc::clone(&settings),
-                        reads.clone(),
-                        Cursor::New,
-                        budget.expecting(expected),
-                    ));
-                }
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    Some(read) = new_reads.join_next() => {
-                        read.unwrap_or_else(|e| Err(anyhow::Error::new(e).context("read task")))
-                    }
-                }
-            }
+        let Some(entries) = next_read(&at, &settings, &reads, &mut new_reads, &stop).await else {
+            break;
         };
         let entries = match entries {
             Ok(entries) => {
@@ -89,13 +56,7 @@ pub async fn read_ahead(
                 if !backoff.wait(&stop).await {
                     break;
                 }
-                expected = budget.entry_bytes;
-                // The failed read may have changed the group before its reply was lost (a timeout): the
-                // entries it delivered are pending on this consumer after the newest one handed over.
-                // Read them pending-first rather than leave them to a claim after CLAIM_IDLE_MS.
-                if cursor == Cursor::New {
-                    cursor = Cursor::Pending(handed.to_string());
-                }
+                at.failed();
                 // Redis lost the group (restarted without persistence, or the key was deleted): create it
                 // again and start over from this consumer's pending entries — including whatever a read
                 // still in flight is given before it is aborted here.
@@ -107,15 +68,109 @@ pub async fn read_ahead(
                         }
                         Err(e) => log::warn!("cannot re-create the consumer group: {e}"),
                     }
-                    cursor = Cursor::Pending("0-0".into());
+                    at.cursor = Cursor::Pending("0-0".into());
                 }
                 continue;
             }
         };
-        let largest = metrics.observe_read(&entries);
+        if at.cursor != Cursor::New {
+            // This consumer's own pending entries: delivered before, to a run of it that stopped.
+            metrics.redeliveries.inc_by(entries.len() as u64);
+        }
+        at.read(&entries, metrics.observe_read(&entries));
+        if !entries.is_empty() && batches.send(entries).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// The next read's entries, or `None` once `stop` is cancelled: own pending entries one read at a time
+/// (each starts after the last id of the one before), new entries from [`NEW_READS`] reads in flight.
+async fn next_read(
+    at: &ReadCursor,
+    settings: &Arc<Settings>,
+    reads: &StreamReads,
+    new_reads: &mut JoinSet<anyhow::Result<Vec<Delivered>>>,
+    stop: &CancellationToken,
+) -> Option<anyhow::Result<Vec<Delivered>>> {
+    match &at.cursor {
+        Cursor::Pending(_) => {
+            let read = read_once(
+                Arc::clone(settings),
+                reads.clone(),
+                at.cursor.clone(),
+                at.budget,
+            );
+            tokio::select! {
+                () = stop.cancelled() => None,
+                read = read => Some(read),
+            }
+        }
+        Cursor::New => {
+            while new_reads.len() < NEW_READS {
+                new_reads.spawn(read_once(
+                    Arc::clone(settings),
+                    reads.clone(),
+                    Cursor::New,
+                    at.budget_for_new(),
+                ));
+            }
+            tokio::select! {
+                () = stop.cancelled() => None,
+                Some(read) = new_reads.join_next() => {
+                    Some(read.unwrap_or_else(|e| Err(anyhow::Error::new(e).context("read task"))))
+                }
+            }
+        }
+    }
+}
+
+/// Where the next read starts, what it expects, and what has been handed to the storing loop.
+struct ReadCursor {
+    cursor: Cursor,
+    /// The newest entry handed to the storing loop: a read that failed may still have been delivered to
+    /// this consumer by Redis (a timeout after `XREADGROUP` ran), and those entries are pending here with
+    /// ids above it. (With two reads in flight, a failed read's entries can lie below a later read's that
+    /// succeeded: those are left to the claim pass after `CLAIM_IDLE_MS`, never lost.)
+    handed: StreamId,
+    budget: ReplyBudget,
+    /// The largest entry the next read of new entries expects: the largest `MAX_BODY_BYTES` allows at
+    /// first and after a failed read, then the largest just read, or half the previous expectation when
+    /// that is larger — so the `COUNT` grows back over a few reads after large entries, and a sudden
+    /// growth of the entries is the only way past the budget (see `group::read`).
+    expected: usize,
+}
+
+impl ReadCursor {
+    fn new(budget: ReplyBudget) -> Self {
+        Self {
+            cursor: Cursor::Pending("0-0".into()),
+            handed: StreamId::new(0, 0),
+            budget,
+            expected: budget.entry_bytes,
+        }
+    }
+
+    /// The budget of the next read of new entries.
+    fn budget_for_new(&self) -> ReplyBudget {
+        self.budget.expecting(self.expected)
+    }
+
+    /// After a failed read. It may have changed the group before its reply was lost (a timeout): the
+    /// entries it delivered are pending on this consumer after the newest one handed over. They are read
+    /// pending-first rather than left to a claim after `CLAIM_IDLE_MS`.
+    fn failed(&mut self) {
+        self.expected = self.budget.entry_bytes;
+        if self.cursor == Cursor::New {
+            self.cursor = Cursor::Pending(self.handed.to_string());
+        }
+    }
+
+    /// After `entries` were read, the largest of them `largest` bytes.
+    fn read(&mut self, entries: &[Delivered], largest: usize) {
         // (An empty read says nothing about the entries' size: the expectation stays.)
         if largest > 0 {
-            expected = largest.max(expected / 2);
+            self.expected = largest.max(self.expected / 2);
         }
         // Parallel reads can hand batches out of order: the newest id handed so far. (A foreign id
         // outside the API's range does not parse; a re-read from below it reads it again, harmlessly.)
@@ -124,21 +179,16 @@ pub async fn read_ahead(
             .filter_map(|d| d.stream_id.as_ref().ok())
             .max()
         {
-            handed = handed.max(*newest);
+            self.handed = self.handed.max(*newest);
         }
-        if cursor != Cursor::New {
-            // This consumer's own pending entries: delivered before, to a run of it that stopped.
-            metrics.redeliveries.inc_by(entries.len() as u64);
+        if self.cursor != Cursor::New {
             match entries.last() {
-                Some(last) => cursor = Cursor::Pending(last.raw_id.clone()),
+                Some(last) => self.cursor = Cursor::Pending(last.raw_id.clone()),
                 None => {
                     log::info!("own pending entries drained; reading new entries");
-                    cursor = Cursor::New;
+                    self.cursor = Cursor::New;
                 }
             }
-        }
-        if !entries.is_empty() && batches.send(entries).await.is_err() {
-            break;
         }
     }
 }

@@ -7,7 +7,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use model::{ChannelPattern, StreamId};
 use serde::Deserialize;
-use service::settings::{Access, Scope};
+use service::settings::{Access, Caller, Scope};
 
 use crate::hub::Refused;
 use crate::outlet::Outlet;
@@ -24,46 +24,18 @@ pub struct WsQuery {
     channels: Option<String>,
 }
 
+/// `GET /ws`: admits the client ([`admit`]), takes its slot and a place in the hub, upgrades the
+/// connection, and runs the session until it ends; then lets the socket go ([`let_go`]).
 pub async fn ws(
     req: HttpRequest,
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, UpgradeError> {
-    let Ok(query) = web::Query::<WsQuery>::from_query(req.query_string()) else {
-        return Err(UpgradeError::BadQuery("bad query string".into()));
-    };
-    let bearer = service::http::bearer(req.headers()).or(query.access_token.as_deref());
-    // Origin first: a page on a foreign origin is refused whatever key it presents.
-    if let Some(origin) = req
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|o| o.to_str().ok())
-    {
-        if !state.settings.allowed_origins.allows(origin) {
-            return Err(UpgradeError::OriginNotAllowed(origin.to_owned()));
-        }
-    }
-    let caller = match state.settings.authorize(bearer, Scope::Subscribe) {
-        Access::Granted(caller) => {
-            service::http::Subject::record(&req, caller.sub.as_deref());
-            caller
-        }
-        Access::Unauthenticated => return Err(UpgradeError::Unauthenticated),
-        Access::Forbidden => return Err(UpgradeError::LacksScope),
-    };
-    let since = match query.since.as_deref().map(str::parse::<StreamId>) {
-        None => None,
-        Some(Ok(id)) => Some(id),
-        Some(Err(e)) => return Err(UpgradeError::BadQuery(format!("since: {e}"))),
-    };
-    let filter = Arc::new(subscriptions(
-        query.channels.as_deref(),
-        state.settings.max_subscriptions,
-    )?);
-    // Every pattern subscribed to (`*` when none is named) must be covered by the credential's.
-    if let Some(uncovered) = filter.patterns().iter().find(|p| !caller.channels.cover(p)) {
-        return Err(UpgradeError::PatternForbidden(uncovered.clone()));
-    }
+    let Admitted {
+        caller,
+        since,
+        filter,
+    } = admit(&req, &state)?;
     // The slot first: an address over its cap, or a full gateway, costs no subscription.
     let addr = state.settings.trusted_proxies.client_addr(&req);
     let slot = match state.slots.take(addr) {
@@ -116,29 +88,90 @@ pub async fn ws(
             .metrics
             .subscriptions
             .sub(subs.filter.patterns().len() as i64);
-        // Ending the session ends the response stream, but actix keeps trying to flush what is already
-        // buffered for as long as the client does not read: without this, a client that stopped reading
-        // would keep its socket (and its slot) for ever. A client that ended the session itself, or whose
-        // close frame was sent, gets a short linger to read it; one that does not read is cut at once.
-        let closed = match reason {
-            Some(reason) => {
-                // Handing over the close frame waits for room in actix-ws's queue, which a client that
-                // stopped reading never makes: the linger bounds that wait too.
-                let close = session.close(Some(reason));
-                tokio::time::timeout(close_linger(&state), close)
-                    .await
-                    .is_ok()
-            }
-            None => false,
-        };
-        if closed {
-            tokio::time::sleep(close_linger(&state)).await;
-        }
-        if let Some(connection) = connection {
-            connection.shutdown();
-        }
+        let_go(&state, session, reason, connection).await;
     }));
     Ok(response)
+}
+
+/// What a request that may open a socket asked for, once checked.
+struct Admitted {
+    caller: Caller,
+    since: Option<StreamId>,
+    filter: Arc<Filter>,
+}
+
+/// Checks the request before anything is held for it: the query, the origin (first: a page on a foreign
+/// origin is refused whatever key it presents), the credential and its scope, `since`, and the channels
+/// (every pattern subscribed to, `*` when none is named, covered by the credential's).
+fn admit(req: &HttpRequest, state: &AppState) -> Result<Admitted, UpgradeError> {
+    let Ok(query) = web::Query::<WsQuery>::from_query(req.query_string()) else {
+        return Err(UpgradeError::BadQuery("bad query string".into()));
+    };
+    let bearer = service::http::bearer(req.headers()).or(query.access_token.as_deref());
+    if let Some(origin) = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+    {
+        if !state.settings.allowed_origins.allows(origin) {
+            return Err(UpgradeError::OriginNotAllowed(origin.to_owned()));
+        }
+    }
+    let caller = match state.settings.authorize(bearer, Scope::Subscribe) {
+        Access::Granted(caller) => {
+            service::http::Subject::record(req, caller.sub.as_deref());
+            caller
+        }
+        Access::Unauthenticated => return Err(UpgradeError::Unauthenticated),
+        Access::Forbidden => return Err(UpgradeError::LacksScope),
+    };
+    let since = match query.since.as_deref().map(str::parse::<StreamId>) {
+        None => None,
+        Some(Ok(id)) => Some(id),
+        Some(Err(e)) => return Err(UpgradeError::BadQuery(format!("since: {e}"))),
+    };
+    let filter = Arc::new(subscriptions(
+        query.channels.as_deref(),
+        state.settings.max_subscriptions,
+    )?);
+    if let Some(uncovered) = filter.patterns().iter().find(|p| !caller.channels.cover(p)) {
+        return Err(UpgradeError::PatternForbidden(uncovered.clone()));
+    }
+    Ok(Admitted {
+        caller,
+        since,
+        filter,
+    })
+}
+
+/// Lets the socket of a session that has ended go. Ending the session ends the response stream, but
+/// actix keeps trying to flush what is already buffered for as long as the client does not read: without
+/// this, a client that stopped reading would keep its socket (and its slot) for ever. A client that ended
+/// the session itself, or whose close frame was sent, gets a short linger to read it; one that does not
+/// read is cut at once.
+async fn let_go(
+    state: &AppState,
+    session: actix_ws::Session,
+    reason: crate::session::End,
+    connection: Option<service::http::ConnectionHeld>,
+) {
+    let closed = match reason {
+        Some(reason) => {
+            // Handing over the close frame waits for room in actix-ws's queue, which a client that
+            // stopped reading never makes: the linger bounds that wait too.
+            let close = session.close(Some(reason));
+            tokio::time::timeout(close_linger(state), close)
+                .await
+                .is_ok()
+        }
+        None => false,
+    };
+    if closed {
+        tokio::time::sleep(close_linger(state)).await;
+    }
+    if let Some(connection) = connection {
+        connection.shutdown();
+    }
 }
 
 /// The socket's subscriptions from `?channels=`: `*` without it, none for an empty value, else the
