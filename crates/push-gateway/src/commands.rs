@@ -4,6 +4,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use actix_ws::CloseCode;
+use bytestring::ByteString;
 use model::{ChannelPattern, StreamId};
 use serde::Deserialize;
 
@@ -40,63 +41,97 @@ pub(crate) async fn command(
     (may, addr): (&service::settings::Channels, Option<IpAddr>),
     text: &str,
 ) -> Result<(), End> {
+    match parse(text) {
+        Err(refused) => send(state, session, sub, Out::Text(refused)).await,
+        Ok(Asked::Unsubscribe(pattern)) => unsubscribe(state, session, sub, subs, &pattern).await,
+        Ok(Asked::Subscribe(pattern, since)) => {
+            subscribe(state, session, sub, subs, (may, addr), pattern, since).await
+        }
+    }
+}
+
+/// What a well-formed frame asks for.
+enum Asked {
+    Subscribe(ChannelPattern, Option<StreamId>),
+    Unsubscribe(ChannelPattern),
+}
+
+/// The frame in `text`, or the `error` frame (400) that refuses it.
+fn parse(text: &str) -> Result<Asked, ByteString> {
     let Ok(cmd) = serde_json::from_str::<Command>(text) else {
-        let refused = frames::error(None, 400, "not a subscribe or unsubscribe frame");
-        return send(state, session, sub, Out::Text(refused)).await;
+        return Err(frames::error(
+            None,
+            400,
+            "not a subscribe or unsubscribe frame",
+        ));
     };
     let named = cmd.channel.as_deref();
-    let refuse = |status: u16, title: String| Out::Text(frames::error(named, status, title));
+    let refuse = |title: String| frames::error(named, 400, title);
     let pattern = match named.map(str::parse::<ChannelPattern>) {
         Some(Ok(pattern)) if matches!(cmd.kind.as_str(), "subscribe" | "unsubscribe") => pattern,
-        Some(Err(e)) => {
-            return send(state, session, sub, refuse(400, format!("channel: {e}"))).await
-        }
+        Some(Err(e)) => return Err(refuse(format!("channel: {e}"))),
         _ => {
             let title =
                 "expected {\"type\": \"subscribe\" or \"unsubscribe\", \"channel\": <pattern>}";
-            return send(state, session, sub, refuse(400, title.into())).await;
+            return Err(refuse(title.into()));
         }
     };
     if cmd.kind == "unsubscribe" {
-        if !subs.remove(&pattern) {
-            return send(state, session, sub, refuse(404, "not subscribed".into())).await;
-        }
+        return Ok(Asked::Unsubscribe(pattern));
+    }
+    match cmd.since.as_deref().map(str::parse::<StreamId>) {
+        None => Ok(Asked::Subscribe(pattern, None)),
+        Some(Ok(since)) => Ok(Asked::Subscribe(pattern, Some(since))),
+        Some(Err(e)) => Err(refuse(format!("since: {e}"))),
+    }
+}
+
+/// `unsubscribe`: the pattern leaves the socket's filter (404 when it was not subscribed).
+async fn unsubscribe(
+    state: &AppState,
+    session: &mut Outlet,
+    sub: &Subscription,
+    subs: &mut Subs,
+    pattern: &ChannelPattern,
+) -> Result<(), End> {
+    let answer = if subs.remove(pattern) {
         state.hub.set_filter(sub.id, Arc::clone(&subs.filter));
         state.metrics.subscriptions.dec();
-        return send(
-            state,
-            session,
-            sub,
-            Out::Text(frames::unsubscribed(&pattern)),
-        )
-        .await;
-    }
-    let since = match cmd.since.as_deref().map(str::parse::<StreamId>) {
-        None => None,
-        Some(Ok(since)) => Some(since),
-        Some(Err(e)) => return send(state, session, sub, refuse(400, format!("since: {e}"))).await,
+        frames::unsubscribed(pattern)
+    } else {
+        frames::error(Some(&pattern.to_string()), 404, "not subscribed")
     };
-    if let Some(refusal) = subs
+    send(state, session, sub, Out::Text(answer)).await
+}
+
+/// `subscribe`: refused (409 overlap, 429 too many, 403 not covered) or joined at the hub's position,
+/// answered with `subscribed`, then the replay from `since` up to the join when `since` is before it.
+async fn subscribe(
+    state: &AppState,
+    session: &mut Outlet,
+    sub: &Subscription,
+    subs: &mut Subs,
+    (may, addr): (&service::settings::Channels, Option<IpAddr>),
+    pattern: ChannelPattern,
+    since: Option<StreamId>,
+) -> Result<(), End> {
+    let refusal = match subs
         .filter
         .refuses(&pattern, state.settings.max_subscriptions)
     {
-        let (status, title) = match refusal {
-            Refusal::Overlap(held, _) => (
-                409,
-                format!("overlaps `{held}`: a message would be sent twice"),
-            ),
-            Refusal::TooMany(max) => (429, format!("more than MAX_SUBSCRIPTIONS ({max})")),
-        };
-        return send(state, session, sub, refuse(status, title)).await;
-    }
-    if !may.cover(&pattern) {
-        return send(
-            state,
-            session,
-            sub,
-            refuse(403, "this credential may not subscribe to it".into()),
-        )
-        .await;
+        Some(Refusal::Overlap(held, _)) => Some((
+            409,
+            format!("overlaps `{held}`: a message would be sent twice"),
+        )),
+        Some(Refusal::TooMany(max)) => Some((429, format!("more than MAX_SUBSCRIPTIONS ({max})"))),
+        None if !may.cover(&pattern) => {
+            Some((403, "this credential may not subscribe to it".to_owned()))
+        }
+        None => None,
+    };
+    if let Some((status, title)) = refusal {
+        let refused = frames::error(Some(&pattern.to_string()), status, title);
+        return send(state, session, sub, Out::Text(refused)).await;
     }
     let Some(joined) = state.hub.set_filter(sub.id, subs.with(&pattern)) else {
         return Err(close(CloseCode::Again, "gateway not ready; reconnect"));

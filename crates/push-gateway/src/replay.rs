@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use actix_ws::CloseCode;
-use model::redis_stream::entry_list;
+use model::redis_stream::{entry_list, RawEntry};
 use model::StreamId;
 use redis::Value;
 
@@ -80,31 +80,12 @@ pub(crate) async fn replay(
     subs: &Subs,
     until: Option<StreamId>,
 ) -> Result<StreamId, End> {
-    let unavailable = |e: redis::RedisError| {
-        log::warn!("replay for a client failed: {e}");
-        close(CloseCode::Again, "stream unavailable; reconnect with since")
-    };
-    let mut redis = state.replay_redis.clone();
-    let key = &state.settings.stream_key;
     // `(id` for XRANGE, and the last position the client has (for gap frames).
     let mut start = format!("({since}");
     let mut position = since;
     let mut first_page = true;
     loop {
-        let page: Option<(HashMap<String, Value>, u8, Value)> = match redis::cmd("EVAL")
-            .arg(REPLAY_PAGE_SCRIPT)
-            .arg(1)
-            .arg(key)
-            .arg(&start)
-            .arg(REPLAY_PAGE)
-            .arg(REPLAY_PAGE_BYTES)
-            .query_async(&mut redis)
-            .await
-        {
-            Ok(page) => page,
-            Err(e) => return Err(unavailable(e)),
-        };
-        let Some((info, cut, page)) = page else {
+        let Some((info, cut, page)) = read_page(state, &start).await? else {
             // No stream (yet): `since` is after the newest entry there is; the client starts live from
             // the beginning, told so.
             let newest = if first_page {
@@ -115,7 +96,6 @@ pub(crate) async fn replay(
             send(state, session, sub, Out::Text(frames::hello(newest))).await?;
             return Ok(newest);
         };
-        let info = stream_info(&info);
         if first_page {
             first_page = false;
             // A `since` after the newest entry is taken as the newest entry (contract v1.1): the client
@@ -127,17 +107,8 @@ pub(crate) async fn replay(
                 return Ok(newest);
             }
         }
-        let oldest = info.first.unwrap_or(StreamId::new(
-            info.last_generated.ms,
-            info.last_generated.seq.saturating_add(1),
-        ));
-        let trimmed_past_cursor = if position == since {
-            info.entries_added > info.length && since < oldest && since < info.last_generated
-        } else {
-            position < oldest
-        };
-        let page = entry_list(page);
-        if trimmed_past_cursor {
+        let oldest = info.oldest();
+        if info.trimmed_past(position, since) {
             // What the stream no longer holds is in Postgres: sent from there, up to the stream's
             // oldest entry. Only when Postgres cannot say is the client told of a gap.
             // A subscription's replay stops at its subscription's position: the rest is live.
@@ -162,24 +133,68 @@ pub(crate) async fn replay(
         if let Some(newest) = page.last() {
             start = format!("({}", newest.id);
         }
-        for frame in to_frames(&page) {
-            if until.is_some_and(|u| frame.stream_id > u) {
-                return Ok(position); // the subscription's live frames go on from here
-            }
-            if !subs.accepts(&frame.channel, frame.stream_id) {
-                // Not this socket's: passed over, but the replay's position moves past it.
-                position = frame.stream_id;
-                continue;
-            }
-            send(state, session, sub, Out::Text(frame.text.clone())).await?;
-            state.metrics.frames.with_label_values(&["replay"]).inc();
-            delivered(state, &frame);
-            position = frame.stream_id;
+        let past_until;
+        (position, past_until) =
+            send_page(state, session, sub, subs, &page, until, position).await?;
+        if past_until {
+            return Ok(position); // the subscription's live frames go on from here
         }
         if count < REPLAY_PAGE && cut == 0 {
             return Ok(position);
         }
     }
+}
+
+/// One page of the stream after `start` with the stream's state, from [`REPLAY_PAGE_SCRIPT`]: `None`
+/// when there is no stream; the page's `cut` is 1 when its byte bound ended it.
+async fn read_page(
+    state: &AppState,
+    start: &str,
+) -> Result<Option<(StreamInfo, u8, Vec<RawEntry>)>, End> {
+    let mut redis = state.replay_redis.clone();
+    let page: Option<(HashMap<String, Value>, u8, Value)> = redis::cmd("EVAL")
+        .arg(REPLAY_PAGE_SCRIPT)
+        .arg(1)
+        .arg(&state.settings.stream_key)
+        .arg(start)
+        .arg(REPLAY_PAGE)
+        .arg(REPLAY_PAGE_BYTES)
+        .query_async(&mut redis)
+        .await
+        .map_err(|e| {
+            log::warn!("replay for a client failed: {e}");
+            close(CloseCode::Again, "stream unavailable; reconnect with since")
+        })?;
+    Ok(page.map(|(info, cut, page)| (stream_info(&info), cut, entry_list(page))))
+}
+
+/// Sends the entries of `page` this socket subscribes to, from `position` on. Returns the position the
+/// replay has reached, and whether it stopped at an entry past `until` (the subscription's live frames
+/// go on from there).
+async fn send_page(
+    state: &AppState,
+    session: &mut Outlet,
+    sub: &Subscription,
+    subs: &Subs,
+    page: &[RawEntry],
+    until: Option<StreamId>,
+    mut position: StreamId,
+) -> Result<(StreamId, bool), End> {
+    for frame in to_frames(page) {
+        if until.is_some_and(|u| frame.stream_id > u) {
+            return Ok((position, true));
+        }
+        if !subs.accepts(&frame.channel, frame.stream_id) {
+            // Not this socket's: passed over, but the replay's position moves past it.
+            position = frame.stream_id;
+            continue;
+        }
+        send(state, session, sub, Out::Text(frame.text.clone())).await?;
+        state.metrics.frames.with_label_values(&["replay"]).inc();
+        delivered(state, &frame);
+        position = frame.stream_id;
+    }
+    Ok((position, false))
 }
 
 /// Why a replay from Postgres stopped.
@@ -339,6 +354,29 @@ struct StreamInfo {
     last_generated: StreamId,
     length: u64,
     entries_added: u64,
+}
+
+impl StreamInfo {
+    /// The oldest entry the stream holds, or just past the newest ever written when it is empty.
+    fn oldest(&self) -> StreamId {
+        self.first.unwrap_or(StreamId::new(
+            self.last_generated.ms,
+            self.last_generated.seq.saturating_add(1),
+        ))
+    }
+
+    /// Whether a trim took entries after `position` that the client has not had (see [`replay`]): on
+    /// the first page (`position` is still `since`, which need not be an entry) only if anything was
+    /// ever removed and `since` is below the oldest entry held and the newest ever written; later, if
+    /// the oldest entry is above the last one sent.
+    fn trimmed_past(&self, position: StreamId, since: StreamId) -> bool {
+        let oldest = self.oldest();
+        if position == since {
+            self.entries_added > self.length && since < oldest && since < self.last_generated
+        } else {
+            position < oldest
+        }
+    }
 }
 
 fn int_of(v: Option<&Value>) -> u64 {

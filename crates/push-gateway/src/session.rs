@@ -135,50 +135,21 @@ pub(crate) async fn serve(
                     }
                     continue;
                 };
-                // Send it and whatever else is already queued, without another turn of the select.
-                // The burst is counted once and its delay observed once, for its newest frame (the
-                // latest-accepted, so the burst's largest delay but for clock noise): per frame, at a
-                // million frames a second, the clock read and the histogram were a gateway cost of
-                // their own.
-                let mut next = Some(frame);
-                let mut burst: Option<Arc<Frame>> = None;
-                let mut sent = 0;
-                while let Some(frame) = next.take() {
-                    if frame.stream_id > last_sent && subs.accepts(&frame.channel, frame.stream_id) {
-                        let text = Out::Text(frame.text.clone());
-                        if let Err(end) = send(state, &mut session, &sub, text).await {
-                            return end;
-                        }
-                        sent += 1;
-                        last_sent = frame.stream_id;
-                        burst = Some(frame);
-                    } // else: already sent during the replay
-                    next = sub.try_recv();
-                }
-                if let Some(newest) = burst {
-                    live.inc_by(sent);
-                    delivered(state, &newest);
+                if let Err(end) = send_burst(state, &mut session, &mut sub, subs, frame, &mut last_sent, &live).await {
+                    return end;
                 }
             }
-            message = messages.next() => match message {
-                Some(Ok(Message::Ping(bytes))) => {
+            message = messages.next() => {
+                let Some(Ok(message)) = message else {
+                    return None;
+                };
+                if !matches!(message, Message::Close(_)) {
                     last_heard = Instant::now();
-                    // Bounded like a frame: a client that sends pings but never reads the pongs is closed.
-                    if let Err(end) = send(state, &mut session, &sub, Out::Pong(bytes)).await {
-                        return end;
-                    }
                 }
-                Some(Ok(Message::Text(text))) => {
-                    last_heard = Instant::now();
-                    let asked = command(state, &mut session, &sub, subs, (may, addr), &text);
-                    if let Err(end) = Box::pin(asked).await {
-                        return end;
-                    }
+                if let Err(end) = answer(state, &mut session, &sub, subs, (may, addr), message).await {
+                    return end;
                 }
-                Some(Ok(Message::Close(_))) => return close(CloseCode::Normal, "bye"),
-                Some(Ok(_)) => last_heard = Instant::now(),
-                Some(Err(_)) | None => return None,
-            },
+            }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > timeout {
                     return close(CloseCode::Policy, "no answer to pings");
@@ -188,6 +159,58 @@ pub(crate) async fn serve(
                 }
             }
         }
+    }
+}
+
+/// Sends `frame` and whatever else is already queued, without another turn of the session's select.
+/// The burst is counted once and its delay observed once, for its newest frame (the latest-accepted, so
+/// the burst's largest delay but for clock noise): per frame, at a million frames a second, the clock
+/// read and the histogram were a gateway cost of their own.
+async fn send_burst(
+    state: &AppState,
+    session: &mut Outlet,
+    sub: &mut Subscription,
+    subs: &Subs,
+    frame: Arc<Frame>,
+    last_sent: &mut StreamId,
+    live: &service::metrics::prometheus::IntCounter,
+) -> Result<(), End> {
+    let mut next = Some(frame);
+    let mut burst: Option<Arc<Frame>> = None;
+    let mut sent = 0;
+    while let Some(frame) = next.take() {
+        if frame.stream_id > *last_sent && subs.accepts(&frame.channel, frame.stream_id) {
+            send(state, session, &*sub, Out::Text(frame.text.clone())).await?;
+            sent += 1;
+            *last_sent = frame.stream_id;
+            burst = Some(frame);
+        } // else: already sent during the replay
+        next = sub.try_recv();
+    }
+    if let Some(newest) = burst {
+        live.inc_by(sent);
+        delivered(state, &newest);
+    }
+    Ok(())
+}
+
+/// Answers what the client sent: a pong for a ping (bounded like a frame: a client that sends pings but
+/// never reads the pongs is closed), a `subscribe`/`unsubscribe` command, or the end of the session.
+async fn answer(
+    state: &AppState,
+    session: &mut Outlet,
+    sub: &Subscription,
+    subs: &mut Subs,
+    (may, addr): (&service::settings::Channels, Option<IpAddr>),
+    message: Message,
+) -> Result<(), End> {
+    match message {
+        Message::Ping(bytes) => send(state, session, sub, Out::Pong(bytes)).await,
+        Message::Text(text) => {
+            Box::pin(command(state, session, sub, subs, (may, addr), &text)).await
+        }
+        Message::Close(_) => Err(close(CloseCode::Normal, "bye")),
+        _ => Ok(()),
     }
 }
 

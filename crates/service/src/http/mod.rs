@@ -125,16 +125,8 @@ where
 
     let addr = listener.local_addr()?;
     let cap = ConnectionCap::new(options.max_connections);
-    let mut builder = actix_server::Server::build()
-        .disable_signals()
-        .shutdown_timeout(options.shutdown_grace.as_secs().max(1));
+    let builder = server_builder(&options);
     let shutdown = builder.graceful_shutdown_signal();
-    if let Some(threads) = options.blocking_threads {
-        builder = builder.worker_max_blocking_threads(threads);
-    }
-    if let Some(workers) = options.workers {
-        builder = builder.workers(workers);
-    }
     let server = builder.listen(format!("relay-{addr}"), listener, move || {
         let shutdown = shutdown.clone();
         let cap = cap.clone();
@@ -184,6 +176,21 @@ where
         .and_then(http)
     })?;
     Ok(server.run())
+}
+
+/// The server as `options` configure it: no signal handling (each binary has its own), the shutdown
+/// grace, and the worker and blocking-thread counts when set.
+fn server_builder(options: &ServerOptions) -> actix_server::ServerBuilder {
+    let mut builder = actix_server::Server::build()
+        .disable_signals()
+        .shutdown_timeout(options.shutdown_grace.as_secs().max(1));
+    if let Some(threads) = options.blocking_threads {
+        builder = builder.worker_max_blocking_threads(threads);
+    }
+    if let Some(workers) = options.workers {
+        builder = builder.workers(workers);
+    }
+    builder
 }
 
 /// Tells a connection over `MAX_HTTP_CONNECTIONS` so (a 503 problem), briefly: the answer fits any
