@@ -36,6 +36,8 @@ pub struct Message {
 }
 
 /// What `POST /messages` answers for each accepted message.
+// Its four fields repeat `Message`'s with their attributes, on purpose: `#[serde(flatten)]` would make
+// serde buffer every message of a read through a map of its own, and nest the OpenAPI schema.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[schema(example = json!({
     "id": "01936f4e-8a9b-7c3d-9e2f-0a1b2c3d4e5f",

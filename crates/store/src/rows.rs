@@ -115,6 +115,9 @@ impl NewMessage {
 }
 
 /// A stored message as the API returns it.
+// The same columns as `NewMessage`, on purpose: Diesel's `Queryable` maps a `SELECT` by position and
+// `Insertable` an `INSERT` by name, and keeping the row read apart from the row written lets either
+// change (a column only one side has) without touching the other.
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = messages, check_for_backend(Pg))]
 pub struct MessageRow {

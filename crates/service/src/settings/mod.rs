@@ -35,89 +35,179 @@ pub use values::{cluster_seeds, mask, mask_url_password, CLUSTER_SCHEME};
 /// The variable that names an optional settings file (TOML).
 pub const CONFIG_FILE_VAR: &str = "RELAY_CONFIG";
 
-/// Every field is documented in [`defs::DEFS`] under its environment variable's name.
+/// Every Relay setting, each field documented under its environment variable's name (from
+/// [`defs::DEFS`], which `--help` and the README's table print).
 #[derive(Clone, Deserialize, Serialize)]
 pub struct Settings {
+    /// `REDIS_URL` (default `redis://127.0.0.1:6379`): The Redis server holding the stream;
+    /// redis+cluster://host:port,host:port,… names a Redis Cluster by some of its nodes (STREAM_KEY
+    /// then needs a hash tag, e.g. {messages}).
     #[serde(deserialize_with = "values::redis_url")]
     pub redis_url: String,
+    /// `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/relay`): The Postgres database
+    /// of persisted messages (created by the persister when missing; push-gateway reads it to
+    /// replay what the stream no longer holds).
     #[serde(deserialize_with = "values::postgres_url")]
     pub database_url: String,
+    /// `STREAM_KEY` (default `messages`): The Redis Stream of accepted messages.
     #[serde(deserialize_with = "values::non_empty")]
     pub stream_key: String,
+    /// `INGEST_ADDR` (default `127.0.0.1:8080`): Where ingest-api listens.
     #[serde(deserialize_with = "values::parsed")]
     pub ingest_addr: SocketAddr,
+    /// `GATEWAY_ADDR` (default `127.0.0.1:8081`): Where push-gateway listens.
     #[serde(deserialize_with = "values::parsed")]
     pub gateway_addr: SocketAddr,
+    /// `PERSISTER_ADDR` (default `127.0.0.1:8082`): Where the persister serves health and metrics.
     #[serde(deserialize_with = "values::parsed")]
     pub persister_addr: SocketAddr,
+    /// `INGEST_PUBLIC_URL`: The ingest API as a browser reaches it, where the live page's form
+    /// posts (empty: http:// + INGEST_ADDR).
+    ///
     /// Never empty after loading: defaults to `http://` + `INGEST_ADDR`.
     pub ingest_public_url: String,
+    /// `ALLOWED_ORIGINS`: Comma-separated browser origins allowed to call ingest-api (CORS) and
+    /// open /ws; * is any; empty: loopback origins only (http://localhost:*, http://127.0.0.1:*,
+    /// http://[::1]:*).
     #[serde(deserialize_with = "values::parsed", serialize_with = "values::debug")]
     pub allowed_origins: AllowedOrigins,
+    /// `ALLOWED_HOSTS`: Comma-separated host names a request's Host may name while Relay is open
+    /// (no API_KEYS or TOKEN_SECRET), besides localhost and loopback addresses; others get 421
+    /// (health and metrics excepted), against DNS rebinding.
     #[serde(deserialize_with = "values::parsed", serialize_with = "values::debug")]
     pub allowed_hosts: AllowedHosts,
+    /// `API_KEYS`: key:scope+scope[:pattern|pattern],… (scopes publish, read, subscribe; without
+    /// patterns a key covers every channel; keys contain no `:` or `.`), or @path to read that list
+    /// from a file; empty: no authentication (local use only: each service warns at start).
     #[serde(deserialize_with = "values::parsed", serialize_with = "values::debug")]
     pub api_keys: ApiKeys,
+    /// `TOKEN_SECRET`: The HS256 secret of signed tokens (JWT with exp, scope, channels, sub), at
+    /// least 32 bytes, or @path to read it from a file; empty: tokens are not accepted.
     #[serde(deserialize_with = "values::parsed", serialize_with = "values::debug")]
     pub token_secret: TokenSecret,
+    /// `CONSUMER_NAME`: This replica's name in the consumer group, stable across its restarts
+    /// (empty: the host name).
+    ///
     /// Never empty after loading: defaults to the host name.
     pub consumer_name: String,
+    /// `CLAIM_IDLE_MS` (default `15000`): An entry pending this long on another consumer is
+    /// claimed.
     #[serde(deserialize_with = "values::positive")]
     pub claim_idle_ms: u64,
+    /// `MAX_DELIVERIES` (default `5`): Tries after which an entry that cannot be stored goes to
+    /// <STREAM_KEY>:dead.
     #[serde(deserialize_with = "values::positive")]
     pub max_deliveries: u64,
+    /// `STREAM_RETENTION` (default `100000`): Stored entries kept in the stream for replay (fewer
+    /// when they would take more than half of MAX_STREAM_BYTES).
     #[serde(deserialize_with = "values::parsed")]
     pub stream_retention: u64,
+    /// `HISTORY_RETENTION` (default `0`): Messages older than this (90s, 30m, 12h, 30d) are deleted
+    /// from Postgres, in batches, at least every 10 s; 0: keep every message.
     #[serde(deserialize_with = "values::parsed", serialize_with = "values::debug")]
     pub history_retention: HistoryRetention,
+    /// `PERSISTER_BATCH_SIZE` (default `2000`): Entries read, and written in one transaction, at a
+    /// time.
     #[serde(deserialize_with = "values::positive")]
     pub persister_batch_size: usize,
+    /// `PERSISTER_READ_BYTES` (default `33554432`): Bytes of entries one read (or claim) from the
+    /// stream brings back at most, whatever PERSISTER_BATCH_SIZE says (an entry larger than this
+    /// comes alone).
     #[serde(deserialize_with = "values::positive")]
     pub persister_read_bytes: usize,
+    /// `PERSISTER_BLOCK_MS` (default `1000`): How long one XREADGROUP waits for new entries.
     #[serde(deserialize_with = "values::positive")]
     pub persister_block_ms: u64,
+    /// `WS_SEND_QUEUE` (default `1024`): Frames queued for one WebSocket client; a client whose
+    /// queue fills catches up from the gateway's recent frames (16 × this) or the stream.
     #[serde(deserialize_with = "values::positive")]
     pub ws_send_queue: usize,
+    /// `WS_SEND_QUEUE_BYTES` (default `8388608`): Bytes of frames queued for one WebSocket client
+    /// (one frame larger than this still goes to an idle client); the recent frames kept for
+    /// catching up are bounded by 4 × this.
     #[serde(deserialize_with = "values::positive")]
     pub ws_send_queue_bytes: usize,
+    /// `WS_CATCH_UP_MS` (default `5000`): How long a WebSocket client whose queue filled may take
+    /// to catch up before it is closed with 1013 (at most half of CLIENT_TIMEOUT_MS).
     #[serde(deserialize_with = "values::positive")]
     pub ws_catch_up_ms: u64,
+    /// `MAX_CONNECTIONS` (default `10000`): WebSocket clients one gateway serves at once; more are
+    /// refused with 503.
     #[serde(deserialize_with = "values::positive")]
     pub max_connections: usize,
+    /// `MAX_SUBSCRIPTIONS` (default `100`): Channel patterns one WebSocket may subscribe to
+    /// (?channels=); more are refused with 429.
     #[serde(deserialize_with = "values::positive")]
     pub max_subscriptions: usize,
+    /// `MAX_BODY_BYTES` (default `1048576`): The size limit of one JSON message (and of each NDJSON
+    /// line); the persister sizes its reads by it.
     #[serde(deserialize_with = "values::positive")]
     pub max_body_bytes: usize,
+    /// `MAX_BATCH_LINES` (default `10000`): The line limit of one NDJSON batch.
     #[serde(deserialize_with = "values::positive")]
     pub max_batch_lines: usize,
+    /// `MAX_BATCH_BYTES` (default `16777216`): The size limit of one NDJSON batch.
     #[serde(deserialize_with = "values::positive")]
     pub max_batch_bytes: usize,
+    /// `MAX_BACKLOG` (default `1000000`): Persister lag (entries) above which POST /messages
+    /// answers 503.
     #[serde(deserialize_with = "values::positive")]
     pub max_backlog: u64,
+    /// `MAX_STREAM_BYTES` (default `1073741824`): The stream's memory in Redis (MEMORY USAGE …
+    /// SAMPLES 0, exact, read every 250 ms) above which POST /messages answers 503; the persister
+    /// keeps fewer than STREAM_RETENTION entries when they would take more than half of it.
     #[serde(deserialize_with = "values::positive")]
     pub max_stream_bytes: u64,
+    /// `MAX_IDEMPOTENCY_BYTES` (default `67108864`): Bytes of Idempotency-Key records (each kept 24
+    /// h) one credential (or, without API_KEYS, everyone) may hold in Redis; a post with a new
+    /// Idempotency-Key over it answers 429.
     #[serde(deserialize_with = "values::positive")]
     pub max_idempotency_bytes: u64,
+    /// `PUBLISH_RATE` (default `0`): Messages per second one API key (or, without API_KEYS, one
+    /// client address) may publish, with a burst of one second's worth; over it, 429. 0: unlimited.
+    ///
     /// 0: unlimited.
     #[serde(deserialize_with = "values::parsed")]
     pub publish_rate: u32,
+    /// `CLIENT_TIMEOUT_MS` (default `15000`): A client that makes no progress sending its request
+    /// (any request head, first or later on a kept-alive connection, or body) or reading what it is
+    /// sent for this long is disconnected; once it has started, a request must also arrive at 64
+    /// KiB/s or more after its first CLIENT_TIMEOUT_MS.
     #[serde(deserialize_with = "values::positive")]
     pub client_timeout_ms: u64,
+    /// `MAX_INFLIGHT_BYTES` (default `268435456`): Request body bytes one ingest-api process holds
+    /// at once; a request that would go over answers 503.
     #[serde(deserialize_with = "values::positive")]
     pub max_inflight_bytes: usize,
+    /// `MAX_CONNECTIONS_PER_IP` (default `100`): WebSocket clients from one address (see
+    /// TRUSTED_PROXIES); more are refused with 429.
     #[serde(deserialize_with = "values::positive")]
     pub max_connections_per_ip: usize,
+    /// `MAX_HTTP_CONNECTIONS` (default `0`): TCP connections (HTTP and WebSocket) one process holds
+    /// at once; one more is answered 503 and closed. 0: what the open-files limit allows, less 256
+    /// for everything else.
+    ///
     /// 0: sized to the open-files limit.
     #[serde(deserialize_with = "values::parsed")]
     pub max_http_connections: usize,
+    /// `TRUSTED_PROXIES`: Comma-separated proxy addresses or networks (10.0.0.0/8) whose
+    /// X-Forwarded-For is believed (its first address is the client's); empty: none.
     #[serde(deserialize_with = "values::parsed", serialize_with = "values::debug")]
     pub trusted_proxies: TrustedProxies,
+    /// `REDIS_TIMEOUT_MS` (default `2000`): The longest a request waits on Redis before answering
+    /// 503.
     #[serde(deserialize_with = "values::positive")]
     pub redis_timeout_ms: u64,
+    /// `REDIS_ACK_REPLICAS` (default `0`): Replicas that must confirm an entry (Redis WAIT) before
+    /// POST /messages answers 202; fewer within REDIS_ACK_TIMEOUT_MS answer 503. 0: answer once the
+    /// primary has it.
     #[serde(deserialize_with = "values::parsed")]
     pub redis_ack_replicas: u64,
+    /// `REDIS_ACK_TIMEOUT_MS` (default `1000`): How long POST /messages waits for
+    /// REDIS_ACK_REPLICAS replicas to confirm an entry.
     #[serde(deserialize_with = "values::positive")]
     pub redis_ack_timeout_ms: u64,
+    /// `DATABASE_POOL_SIZE` (default `8`): Postgres connections of one ingest-api process.
     #[serde(deserialize_with = "values::positive")]
     pub database_pool_size: u32,
 }

@@ -159,3 +159,37 @@ fn a_broken_settings_file_names_its_line_but_never_shows_it() {
     assert!(!error.contains("supersecret"), "{error}");
     assert!(error.contains("line 2"), "{error}");
 }
+
+/// Every field of `Settings` carries its variable's `///` doc, the same text as `DEFS` (which `--help` and
+/// the README print): a field added without one, or a meaning changed in one place only, fails here.
+#[test]
+fn every_settings_field_is_documented_as_defs_describes_it() {
+    let source = include_str!("mod.rs");
+    let start = source.find("pub struct Settings {").unwrap();
+    let body = &source[start..start + source[start..].find("\n}\n").unwrap()];
+    let squash = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut docs = Vec::new();
+    let mut fields = 0;
+    for line in body.lines().map(str::trim) {
+        if let Some(doc) = line.strip_prefix("///") {
+            docs.push(doc.trim().to_owned());
+        } else if let Some(field) = line.strip_prefix("pub ").and_then(|l| l.split_once(':')) {
+            fields += 1;
+            let name = field.0.to_ascii_uppercase();
+            let def = defs::find(&name).unwrap_or_else(|| panic!("no DEFS entry for `{name}`"));
+            let doc = squash(&docs.join(" "));
+            assert!(
+                doc.starts_with(&format!("`{name}`")) && doc.contains(&squash(def.meaning)),
+                "`{}` needs a `///` doc naming `{name}` with DEFS' meaning; it has: {doc:?}",
+                field.0
+            );
+            docs.clear();
+        }
+    }
+    // RUST_LOG, LOG_FORMAT and RELAY_CONFIG are read before the settings (by the logger and the loader).
+    assert_eq!(
+        fields,
+        DEFS.len() - 3,
+        "a field for every DEFS entry but those three"
+    );
+}
