@@ -12,6 +12,7 @@
 mod history;
 mod machine;
 mod report;
+mod row;
 mod runs;
 mod scenarios;
 mod ws;

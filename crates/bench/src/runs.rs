@@ -3,7 +3,7 @@
 //! one row always reads as one real run; its spread, (max − min) / median of the ratios, says how far
 //! to trust it. With an even number of runs the lower of the two middle runs stands for the row.
 
-use crate::report::Row;
+use crate::row::Row;
 
 /// A spread above this marks the row as noisy.
 pub const NOISY: f64 = 0.15;

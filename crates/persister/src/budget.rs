@@ -2,8 +2,6 @@
 //! its reply crosses the network, so the reply must be small enough to arrive within `REDIS_TIMEOUT_MS`
 //! (see `group.rs`).
 
-use crate::group::Delivered;
-
 /// How many bytes (entry ids, field names and values) one reply of [`read`](crate::group::read) or [`autoclaim`](crate::claim::autoclaim) may carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplyBudget {
@@ -47,15 +45,6 @@ impl Default for ReplyBudget {
     fn default() -> Self {
         Self::from_settings(&service::Settings::defaults())
     }
-}
-
-/// The bytes of one entry as a reply carries it (id, field names and values).
-pub fn entry_bytes(d: &Delivered) -> usize {
-    d.raw_id.len()
-        + d.fields
-            .iter()
-            .map(|(f, v)| f.len() + v.len())
-            .sum::<usize>()
 }
 
 /// The chunking both bounded scripts share: `chunk()` is the next `COUNT` (0: stop), `add(entry)` counts

@@ -26,8 +26,8 @@ use model::{dead_letter_key, DecodeError, EntryParts, StreamId, PERSISTER_GROUP}
 use redis::{aio::ConnectionLike, Value};
 use service::redis::raw::{RawConn, RawError};
 
+pub use crate::budget::ReplyBudget;
 use crate::budget::BUDGET_LUA;
-pub use crate::budget::{entry_bytes, ReplyBudget};
 
 /// One entry as the group delivered it.
 #[derive(Debug)]
@@ -43,6 +43,15 @@ pub struct Delivered {
     /// (`XREADGROUP >`); redelivered batches read the real count with [`with_delivery_counts`](crate::claim::with_delivery_counts), which
     /// sets `0` for an entry already handled by another batch (nothing to do).
     pub deliveries: u64,
+}
+
+/// The bytes of one entry as a reply carries it (id, field names and values).
+pub fn entry_bytes(d: &Delivered) -> usize {
+    d.raw_id.len()
+        + d.fields
+            .iter()
+            .map(|(f, v)| f.len() + v.len())
+            .sum::<usize>()
 }
 
 impl From<RawEntry> for Delivered {

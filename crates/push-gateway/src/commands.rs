@@ -8,12 +8,12 @@ use bytestring::ByteString;
 use model::{ChannelPattern, StreamId};
 use serde::Deserialize;
 
+use crate::ending::{client_timeout, close, End};
 use crate::frames;
 use crate::hub::Subscription;
 use crate::outlet::{send, Out, Outlet};
 use crate::replay::replay;
 use crate::routing::{Refusal, Subs};
-use crate::session::{client_timeout, close, End};
 use crate::state::AppState;
 
 /// A client's frame: `subscribe` or `unsubscribe`.

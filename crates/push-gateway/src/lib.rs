@@ -2,6 +2,7 @@
 //! entry) and pushes each message to every connected WebSocket client; serves the live page at `/`.
 
 pub mod commands;
+pub mod ending;
 pub mod frames;
 pub mod history;
 pub mod hub;

@@ -5,8 +5,9 @@
 
 use actix_ws::{CloseCode, Session};
 
+use crate::ending::{catch_up_window, client_timeout, close, too_slow, End};
+use crate::hub::Frame;
 use crate::hub::Subscription;
-use crate::session::{catch_up_window, client_timeout, close, too_slow, End};
 use crate::state::AppState;
 
 /// actix-ws's session of one client, and how far the socket has got: actix-ws queues 32 frames
@@ -119,4 +120,13 @@ pub(crate) async fn send(
         }
     })
     .await
+}
+
+/// Observes how long after its acceptance a message frame was written.
+pub(crate) fn delivered(state: &AppState, frame: &Frame) {
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    let delay = (now_us - frame.received_at_us).max(0) as f64 / 1e6;
+    state.metrics.delivery_delay.observe(delay);
 }

@@ -10,12 +10,12 @@ use model::redis_stream::{entry_list, RawEntry};
 use model::StreamId;
 use redis::Value;
 
+use crate::ending::{close, End};
 use crate::frames;
 use crate::hub::Subscription;
-use crate::outlet::{send, Out, Outlet};
+use crate::outlet::{delivered, send, Out, Outlet};
 use crate::reader::{reply_id, to_frames};
 use crate::routing::Subs;
-use crate::session::{close, delivered, End};
 use crate::state::AppState;
 use crate::test_hooks::Seam;
 

@@ -26,14 +26,15 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_ws::{CloseCode, CloseReason, Message, MessageStream};
+use actix_ws::{CloseCode, Message, MessageStream};
 use futures_util::StreamExt;
 use model::StreamId;
 
 use crate::commands::command;
+use crate::ending::{catch_up_window, client_timeout, close, too_slow, End};
 use crate::frames;
 use crate::hub::{CatchUp, Frame, Subscription};
-use crate::outlet::{send, Out, Outlet};
+use crate::outlet::{delivered, send, Out, Outlet};
 use crate::replay::replay;
 use crate::routing::Subs;
 use crate::state::AppState;
@@ -49,16 +50,6 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Frames taken from the hub's history at once while catching up.
 const CATCH_UP_PAGE: usize = 256;
-
-/// Why a session ended: `Some(reason)` when the server should send a close frame.
-pub(crate) type End = Option<CloseReason>;
-
-pub(crate) fn close(code: CloseCode, why: &str) -> End {
-    Some(CloseReason {
-        code,
-        description: Some(why.to_owned()),
-    })
-}
 
 /// What a session starts from: where it resumes, who it is (for the replay share), what it subscribed
 /// to, and when its token expires.
@@ -254,15 +245,6 @@ async fn start(
     }
 }
 
-/// Observes how long after its acceptance a message frame was written.
-pub(crate) fn delivered(state: &AppState, frame: &Frame) {
-    let now_us = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64);
-    let delay = (now_us - frame.received_at_us).max(0) as f64 / 1e6;
-    state.metrics.delivery_delay.observe(delay);
-}
-
 /// Brings a client that fell behind back to live: the frames it missed from the hub's history (or from
 /// the stream, when the history no longer reaches back to them), then a new subscription that continues
 /// exactly after the last frame sent. A client still behind after the catch-up window is closed with 1013.
@@ -305,28 +287,4 @@ async fn catch_up(
             }
         }
     }
-}
-
-pub(crate) fn too_slow(state: &AppState) -> End {
-    state.metrics.slow_clients.inc();
-    close(
-        CloseCode::Again,
-        "too slow: still behind after WS_CATCH_UP_MS; reconnect with since",
-    )
-}
-
-/// `WS_CATCH_UP_MS`, but at most half of `CLIENT_TIMEOUT_MS`, so that a client that stopped reading is
-/// told it was too slow before its socket is given up for silent.
-pub(crate) fn catch_up_window(state: &AppState) -> Duration {
-    Duration::from_millis(state.settings.ws_catch_up_ms).min(client_timeout(state) / 2)
-}
-
-/// `CLIENT_TIMEOUT_MS`: how long a client may go without reading (or saying anything) before it is closed.
-pub(crate) fn client_timeout(state: &AppState) -> Duration {
-    Duration::from_millis(state.settings.client_timeout_ms)
-}
-
-/// How long a client gets to read a close frame before its socket is shut.
-pub(crate) fn close_linger(state: &AppState) -> Duration {
-    (client_timeout(state) / 4).min(Duration::from_secs(1))
 }

@@ -9,11 +9,12 @@ use model::{ChannelPattern, StreamId};
 use serde::Deserialize;
 use service::settings::{Access, Caller, Scope};
 
+use crate::ending::{close_linger, End};
 use crate::hub::Refused;
 use crate::outlet::Outlet;
 use crate::refused::UpgradeError;
 use crate::routing::{Filter, Refusal, Subs};
-use crate::session::{close_linger, serve, Opening};
+use crate::session::{serve, Opening};
 use crate::slots::NoSlot;
 use crate::state::AppState;
 
@@ -152,7 +153,7 @@ fn admit(req: &HttpRequest, state: &AppState) -> Result<Admitted, UpgradeError> 
 async fn let_go(
     state: &AppState,
     session: actix_ws::Session,
-    reason: crate::session::End,
+    reason: End,
     connection: Option<service::http::ConnectionHeld>,
 ) {
     let closed = match reason {
