@@ -5,7 +5,7 @@
 //!
 //! The gateway's pool is small (two connections) and its statements time out, so a replay of years
 //! holds no more than two pages at a time (the one being sent and the next); a Postgres that is away is waited for, briefly, and then the
-//! client is told so and closed (`replay::HISTORY_WAIT`), never sent a `gap` for messages that exist.
+//! client is told so and closed (`replay::stored::HISTORY_WAIT`), never sent a `gap` for messages that exist.
 
 use std::time::Duration;
 

@@ -12,6 +12,7 @@ pub mod defs;
 pub mod origins;
 pub mod proxies;
 pub mod retention;
+mod sources;
 #[cfg(test)]
 mod tests;
 pub mod tokens;
@@ -21,14 +22,16 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 
-use config::{Config, ConfigError, File, FileFormat};
+use config::Config;
 use serde::{Deserialize, Serialize};
 
 pub use access::{Access, ApiKeys, Caller, Channels, Scope};
-use defs::{Secret, UsedBy, DEFS};
+use defs::{UsedBy, DEFS};
 pub use origins::{AllowedHosts, AllowedOrigins};
 pub use proxies::TrustedProxies;
 pub use retention::HistoryRetention;
+pub use sources::SettingsError;
+use sources::{file_table, invalid};
 pub use tokens::TokenSecret;
 pub use values::{cluster_seeds, mask, mask_url_password, CLUSTER_SCHEME};
 
@@ -212,19 +215,6 @@ pub struct Settings {
     pub database_pool_size: u32,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum SettingsError {
-    /// `value` is already masked when the setting holds a secret.
-    #[error("invalid setting {name}={value:?}: {reason}")]
-    Invalid {
-        name: String,
-        value: String,
-        reason: String,
-    },
-    #[error("cannot read settings: {0}")]
-    Source(String),
-}
-
 impl Settings {
     /// Whether neither `API_KEYS` nor `TOKEN_SECRET` is set: every request may do everything (local use).
     pub fn is_open(&self) -> bool {
@@ -366,58 +356,5 @@ impl Settings {
 impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.describe(defs::ALL))
-    }
-}
-
-/// A settings file's keys (lower-cased) and values (as text; deserializing parses them).
-fn file_table(path: &str) -> Result<HashMap<String, String>, SettingsError> {
-    // The TOML parser's message quotes the offending line, which may hold a key or a password: only its
-    // first line (where the error is) is shown.
-    let err = |e: ConfigError| {
-        let text = match &e {
-            ConfigError::FileParse { cause, .. } => cause.to_string(),
-            other => other.to_string(),
-        };
-        let first = text.lines().next().unwrap_or_default();
-        SettingsError::Source(format!(
-            "{CONFIG_FILE_VAR}={path}: {first} (the line itself is not shown: it may hold a secret)"
-        ))
-    };
-    let map: HashMap<String, config::Value> = Config::builder()
-        .add_source(
-            File::with_name(path)
-                .format(FileFormat::Toml)
-                .required(true),
-        )
-        .build()
-        .map_err(err)?
-        .try_deserialize()
-        .map_err(err)?;
-    map.into_iter()
-        .map(|(k, v)| Ok((k.to_ascii_lowercase(), v.into_string().map_err(err)?)))
-        .collect()
-}
-
-/// A deserialization error as one line naming the variable, its value masked when secret.
-fn invalid(e: ConfigError, values: &HashMap<String, String>) -> SettingsError {
-    let (key, reason) = match e {
-        ConfigError::At {
-            error,
-            key: Some(key),
-            ..
-        } => (key, error.to_string()),
-        ConfigError::Type {
-            key: Some(key),
-            expected,
-            ..
-        } => (key, format!("expected {expected}")),
-        other => return SettingsError::Source(other.to_string()),
-    };
-    let def = defs::find(&key);
-    let value = values.get(&key).map(String::as_str).unwrap_or_default();
-    SettingsError::Invalid {
-        name: key.to_ascii_uppercase(),
-        value: mask(def.map_or(Secret::No, |d| d.secret), value),
-        reason,
     }
 }
