@@ -44,12 +44,56 @@ pub fn run_to_exit(name: &str, args: &[&str], env: &[(&str, &str)]) -> std::proc
         .unwrap()
 }
 
+/// Lines of a child's log kept from its start, and from its end.
+const LOG_HEAD: usize = 200;
+const LOG_TAIL: usize = 10_000;
+
+/// A child's log as a test uses it: its first [`LOG_HEAD`] lines (the start-up) and its last
+/// [`LOG_TAIL`], bounded however much it writes. Run as shipped (`RUST_LOG=info`), ingest-api logs a line
+/// per request: a million lines in one bench scenario, which the bench held in memory until the end.
+#[derive(Default)]
+struct Log {
+    head: Vec<String>,
+    tail: std::collections::VecDeque<String>,
+    left_out: u64,
+}
+
+impl Log {
+    fn push(&mut self, line: String) {
+        if self.head.len() < LOG_HEAD {
+            self.head.push(line);
+            return;
+        }
+        if self.tail.len() == LOG_TAIL {
+            self.tail.pop_front();
+            self.left_out += 1;
+        }
+        self.tail.push_back(line);
+    }
+
+    fn lines(&self) -> impl Iterator<Item = &String> {
+        self.head.iter().chain(&self.tail)
+    }
+
+    fn text(&self) -> String {
+        let mut text = self.head.join("\n");
+        if self.left_out > 0 {
+            text.push_str(&format!("\n… {} lines left out …", self.left_out));
+        }
+        for line in &self.tail {
+            text.push('\n');
+            text.push_str(line);
+        }
+        text
+    }
+}
+
 /// One service binary running as a child process, its log kept for the test's failure message.
 pub struct Service {
     pub name: &'static str,
     pub port: u16,
     child: Child,
-    log: Arc<Mutex<Vec<String>>>,
+    log: Arc<Mutex<Log>>,
 }
 
 impl Service {
@@ -73,7 +117,7 @@ impl Service {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::new(Mutex::new(Log::default()));
         let (tx, rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         let sink = Arc::clone(&log);
@@ -92,7 +136,7 @@ impl Service {
             .unwrap_or_else(|_| {
                 panic!(
                     "{name} did not start; its log:\n{}",
-                    log.lock().unwrap().join("\n")
+                    log.lock().unwrap().text()
                 )
             });
         let service = Self {
@@ -146,7 +190,7 @@ impl Service {
                 return status.code();
             }
             if Instant::now() > deadline {
-                let log = self.log.lock().unwrap().join("\n");
+                let log = self.log.lock().unwrap().text();
                 let _ = self.child.kill();
                 panic!(
                     "{} did not exit within {limit:?} of SIGTERM; its log:\n{log}",
@@ -157,15 +201,16 @@ impl Service {
         }
     }
 
+    /// The log: its first lines and its most recent ones (see [`Log`]).
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.log.lock().unwrap().text()
     }
 
     /// Waits up to `limit` for a log line containing `needle` (a test seam's marker, say).
     pub fn wait_for_log(&self, needle: &str, limit: Duration) {
         let what = format!("{} to log {needle:?}", self.name);
         wait_until(&what, limit, || {
-            self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+            self.log.lock().unwrap().lines().any(|l| l.contains(needle))
         });
     }
 }
@@ -174,5 +219,25 @@ impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_keeps_its_start_and_its_end_within_its_bound() {
+        let mut log = Log::default();
+        let total = LOG_HEAD + LOG_TAIL + 500;
+        for n in 0..total {
+            log.push(format!("line {n}"));
+        }
+        assert_eq!(log.lines().count(), LOG_HEAD + LOG_TAIL);
+        let text = log.text();
+        assert!(text.starts_with("line 0\n"));
+        assert!(text.contains("\n… 500 lines left out …\n"));
+        assert!(text.ends_with(&format!("line {}", total - 1)));
+        assert!(!text.contains(&format!("line {LOG_HEAD}\n")));
     }
 }
