@@ -132,10 +132,12 @@ fn cors(origins: &AllowedOrigins) -> Cors {
         .allowed_methods([http::Method::GET, http::Method::POST])
         .allowed_headers([http::header::CONTENT_TYPE, http::header::AUTHORIZATION])
         .allowed_header("idempotency-key")
+        .allowed_header(service::http::REQUEST_ID_HEADER)
         .expose_headers([
             http::header::LOCATION,
             http::header::LINK,
             http::header::RETRY_AFTER,
+            http::header::HeaderName::from_static(service::http::REQUEST_ID_HEADER),
         ])
         .max_age(3600);
     match origins {

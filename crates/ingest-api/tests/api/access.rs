@@ -82,7 +82,8 @@ async fn the_auth_matrix_holds_for_every_endpoint_with_keys_read_from_a_file() {
 }
 
 /// With the default `ALLOWED_ORIGINS` (loopback only), a page on any other site gets no CORS grant: it
-/// cannot read from or post to a Relay on the visitor's machine. A page on localhost can.
+/// cannot read from or post to a Relay on the visitor's machine. A page on localhost can, and may send
+/// its own `X-Request-Id` and read the one Relay answers with.
 #[tokio::test]
 async fn by_default_only_loopback_origins_get_cors() {
     let app = Relay::ingest_only(test_settings()).await;
@@ -108,6 +109,44 @@ async fn by_default_only_loopback_origins_get_cors() {
         let res = preflight(origin).await.unwrap();
         assert_eq!(res.headers()["access-control-allow-origin"], origin);
     }
+    // A page may send its own request id (a trace across its calls) and read the one Relay answers with.
+    let res = app
+        .client
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/messages", app.ingest_url()),
+        )
+        .header("origin", "http://localhost:8081")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "content-type,idempotency-key,x-request-id",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let allowed = res.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(allowed.contains("x-request-id"), "{allowed}");
+    let res = app
+        .client
+        .post(format!("{}/messages", app.ingest_url()))
+        .header("origin", "http://localhost:8081")
+        .header("content-type", "application/json")
+        .header("x-request-id", "page-trace-1")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-request-id"], "page-trace-1");
+    let exposed = res.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(exposed.contains("x-request-id"), "{exposed}");
 }
 
 /// DNS rebinding: a page on rebind.example whose name now points at 127.0.0.1 makes the browser send
