@@ -126,7 +126,8 @@ pub(crate) async fn serve(
                     }
                     continue;
                 };
-                if let Err(end) = send_burst(state, &mut session, &mut sub, subs, frame, &mut last_sent, &live).await {
+                let burst = send_burst(state, &mut session, &mut sub, subs, frame, &mut last_sent, &live);
+                if let Err(end) = burst.await {
                     return end;
                 }
             }

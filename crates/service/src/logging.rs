@@ -12,8 +12,8 @@
 //! slept between lines: a futex wake-up and two context switches per request, 8 µs of a POST's 29 µs of
 //! CPU on this machine (perf: `finish_task_switch` and `_raw_spin_unlock_irqrestore` on top).
 //!
-//! Lines of one thread keep their order; lines of different threads within one [`WRITE_EVERY`] may be
-//! written in another order than they were logged (each carries its time).
+//! Each line takes a number from one counter as it is buffered, and the writer merges the buffers it
+//! takes by those numbers: lines come out in the order they were logged, across threads too.
 //!
 //! [`throttled`] keeps a repeated error (Redis down: one per request) to one line per cause per
 //! interval, with a count of the ones it held back.
@@ -30,6 +30,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub const WRITE_EVERY: Duration = Duration::from_millis(10);
 /// Bytes of lines one thread holds at most between two writes; past it, lines are dropped (and counted).
 pub const THREAD_BUFFER: usize = 1 << 20;
+/// A buffer larger than this is not kept for reuse once written: a burst does not pin its peak per thread.
+const KEEP_BUFFER: usize = 64 * 1024;
 /// Throttled causes log at most once per this interval.
 pub const THROTTLE: Duration = Duration::from_secs(10);
 
@@ -38,6 +40,9 @@ type Lines = Arc<Mutex<Vec<u8>>>;
 
 /// Every thread's buffer, for the writer. A buffer whose thread has ended is written and dropped.
 static THREADS: Mutex<Vec<Lines>> = Mutex::new(Vec::new());
+/// The order of lines across threads: each line takes the next number, and the writer merges the
+/// threads' buffers by it.
+static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 /// Lines dropped because a thread's buffer was full.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 /// Whether the writer thread runs; until it does (or if it cannot start), lines go straight to stderr.
@@ -51,6 +56,8 @@ thread_local! {
         THREADS.lock().unwrap_or_else(PoisonError::into_inner).push(Arc::clone(&lines));
         lines
     };
+    /// Where this thread formats a line before appending it to [`LINES`].
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The second the text timestamp was last formatted for, and its text (`2026-12-04T08:16:31Z`).
     static SECOND: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
 }
@@ -81,24 +88,76 @@ impl log::Log for Relay {
         if !self.filter.matches(record) {
             return;
         }
-        if !WRITING.load(Ordering::Relaxed) {
-            let mut line = Vec::new();
-            self.format(&mut line, record);
-            let _ = std::io::stderr().write_all(&line);
-            return;
-        }
-        // During a thread's teardown its buffer may be gone: such a line is dropped.
-        let _ = LINES.try_with(|lines| {
-            let mut lines = lines.lock().unwrap_or_else(PoisonError::into_inner);
-            if lines.len() >= THREAD_BUFFER {
-                DROPPED.fetch_add(1, Ordering::Relaxed);
-            } else {
-                self.format(&mut lines, record);
+        // Formatted before any lock is taken: a value whose `Display` logs (re-entering here) must not
+        // find its own thread's buffer locked. The scratch buffer is reused; a re-entered call gets one
+        // of its own.
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut line) => {
+                line.clear();
+                self.format(&mut line, record);
+                append(&line);
+                if line.capacity() > KEEP_BUFFER {
+                    *line = Vec::new();
+                }
+            }
+            Err(_) => {
+                let mut line = Vec::new();
+                self.format(&mut line, record);
+                append(&line);
             }
         });
     }
 
-    fn flush(&self) {}
+    fn flush(&self) {
+        flush();
+    }
+}
+
+/// Adds a formatted line to this thread's buffer, or writes it to stderr at once when there is no writer
+/// thread (yet), or this thread's buffer is gone (its teardown). In the buffer each line is a record:
+/// its place in the process' order of lines ([`SEQUENCE`], 8 bytes), its length (4 bytes), its bytes.
+fn append(line: &[u8]) {
+    if WRITING.load(Ordering::Relaxed) {
+        let buffered = LINES.try_with(|lines| {
+            let mut lines = lines.lock().unwrap_or_else(PoisonError::into_inner);
+            if lines.len() + RECORD_HEAD + line.len() > THREAD_BUFFER {
+                DROPPED.fetch_add(1, Ordering::Relaxed);
+            } else {
+                let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+                lines.extend_from_slice(&seq.to_le_bytes());
+                lines.extend_from_slice(&(line.len() as u32).to_le_bytes());
+                lines.extend_from_slice(line);
+            }
+        });
+        if buffered.is_ok() {
+            return;
+        }
+    }
+    let _ = std::io::stderr().write_all(line);
+}
+
+/// A record's head in a thread's buffer: its sequence number and its length.
+const RECORD_HEAD: usize = 8 + 4;
+
+/// The records of `buffer` from `at`: the next one's sequence number and its line.
+fn record(buffer: &[u8], at: usize) -> Option<(u64, &[u8])> {
+    let head = buffer.get(at..at + RECORD_HEAD)?;
+    let seq = u64::from_le_bytes(head[..8].try_into().ok()?);
+    let len = u32::from_le_bytes(head[8..].try_into().ok()?) as usize;
+    Some((seq, buffer.get(at + RECORD_HEAD..at + RECORD_HEAD + len)?))
+}
+
+/// The lines of every buffer in `taken`, merged into the order they were logged in.
+fn merge(taken: &[Vec<u8>], out: &mut Vec<u8>) {
+    let mut at = vec![0usize; taken.len()];
+    loop {
+        let next = (0..taken.len())
+            .filter_map(|i| record(&taken[i], at[i]).map(|(seq, line)| (seq, i, line)))
+            .min_by_key(|(seq, _, _)| *seq);
+        let Some((_, i, line)) = next else { return };
+        out.extend_from_slice(line);
+        at[i] += RECORD_HEAD + line.len();
+    }
 }
 
 impl Relay {
@@ -156,7 +215,10 @@ fn json_line(out: &mut Vec<u8>, record: &log::Record<'_>, now: SystemTime) {
 /// buffered.
 fn write_batches(flushes: Receiver<SyncSender<()>>) {
     let mut stderr = std::io::stderr();
-    let mut taken = Vec::new();
+    // Emptied buffers, handed back to the threads at the next swap.
+    let mut spare: Vec<Vec<u8>> = Vec::new();
+    let mut taken: Vec<Vec<u8>> = Vec::new();
+    let mut out = Vec::new();
     loop {
         let flushed = match flushes.recv_timeout(WRITE_EVERY) {
             Ok(done) => Some(done),
@@ -168,18 +230,29 @@ fn write_batches(flushes: Receiver<SyncSender<()>>) {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         for lines in &threads {
-            {
-                let mut lines = lines.lock().unwrap_or_else(PoisonError::into_inner);
-                if lines.is_empty() {
-                    continue;
-                }
-                // The thread gets an empty buffer with the capacity of the one written last.
-                std::mem::swap(&mut *lines, &mut taken);
+            let mut lines = lines.lock().unwrap_or_else(PoisonError::into_inner);
+            if !lines.is_empty() {
+                taken.push(std::mem::replace(
+                    &mut *lines,
+                    spare.pop().unwrap_or_default(),
+                ));
             }
-            let _ = stderr.write_all(&taken);
-            taken.clear();
         }
         drop(threads);
+        if !taken.is_empty() {
+            merge(&taken, &mut out);
+            let _ = stderr.write_all(&out);
+            out.clear();
+            for mut buffer in taken.drain(..) {
+                buffer.clear();
+                if buffer.capacity() <= KEEP_BUFFER {
+                    spare.push(buffer);
+                }
+            }
+            if out.capacity() > KEEP_BUFFER {
+                out = Vec::new();
+            }
+        }
         // A thread that has ended left its buffer here alone: written above, now dropped.
         THREADS
             .lock()
@@ -222,6 +295,12 @@ pub fn init() {
         Ok(_) => {
             let _ = WRITER.set(door);
             WRITING.store(true, Ordering::Relaxed);
+            // A panic writes what was logged before it first: the lines that explain it.
+            let report = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                flush();
+                report(info);
+            }));
         }
         Err(e) => eprintln!("cannot start the log writer thread (writing lines directly): {e}"),
     }
@@ -268,61 +347,4 @@ macro_rules! error_throttled {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The line env_logger wrote before (`[2026-12-04T08:16:31Z INFO  access] …`) and the JSON line,
-    /// to the byte.
-    #[test]
-    fn lines_are_written_as_env_logger_wrote_them() {
-        let at = UNIX_EPOCH + Duration::from_micros(1_796_372_191_123_456);
-        let mut out = Vec::new();
-        text_line(
-            &mut out,
-            &log::Record::builder()
-                .args(format_args!("POST /messages 202 0.477ms request_id=abc"))
-                .level(log::Level::Info)
-                .target("access")
-                .build(),
-            at,
-        );
-        text_line(
-            &mut out,
-            &log::Record::builder()
-                .args(format_args!("oops"))
-                .level(log::Level::Error)
-                .target("service::run")
-                .build(),
-            at + Duration::from_secs(1),
-        );
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "[2026-12-04T08:16:31Z INFO  access] POST /messages 202 0.477ms request_id=abc\n\
-             [2026-12-04T08:16:32Z ERROR service::run] oops\n"
-        );
-        let mut out = Vec::new();
-        json_line(
-            &mut out,
-            &log::Record::builder()
-                .args(format_args!("a \"quoted\" line"))
-                .level(log::Level::Warn)
-                .target("access")
-                .build(),
-            at,
-        );
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            r#"{"level":"WARN","msg":"a \"quoted\" line","target":"access","ts":"2026-12-04T08:16:31.123456Z"}"#
-                .to_owned()
-                + "\n"
-        );
-    }
-
-    #[test]
-    fn a_repeated_cause_logs_once_per_interval() {
-        assert_eq!(throttled("test-cause"), Some(0));
-        assert_eq!(throttled("test-cause"), None);
-        assert_eq!(throttled("test-cause"), None);
-        assert_eq!(throttled("other-cause"), Some(0));
-    }
-}
+mod tests;

@@ -3,7 +3,7 @@
 //!   test it names exists where it says (crate, module, name), so a renamed, moved or deleted test cannot
 //!   leave a claim standing without its proof;
 //! - the protocol page names every route of the OpenAPI document and every frame type the gateway sends;
-//! - the architecture page names only files that exist;
+//! - the architecture, security and guarantees pages name only files that exist;
 //! - the changelog's newest release is the version the binaries print.
 #![allow(clippy::unwrap_used)]
 
@@ -222,6 +222,48 @@ fn every_file_the_architecture_page_names_exists() {
         "only {} paths found on the page",
         named.len()
     );
+}
+
+/// The security and guarantees pages name the file that holds each defence: a path (`crates/…`,
+/// `push-gateway/src/outlet.rs`, or `publish/body.rs` inside a crate) must exist, and a bare file name
+/// (`backlog.rs`) must be some source file's name.
+#[test]
+fn every_file_the_security_and_guarantees_pages_name_exists() {
+    let mut files = Vec::new();
+    sources(&root().join("crates"), &mut files);
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let mut named = 0;
+    let mut missing = Vec::new();
+    for page in ["docs/security.md", "docs/guarantees.md"] {
+        let text = read(page);
+        for span in text.split('`').skip(1).step_by(2) {
+            if !span.ends_with(".rs") || span.contains(' ') {
+                continue;
+            }
+            named += 1;
+            let found = if span.contains('/') {
+                // `crates/x/src/y.rs`, `x/src/y.rs`, or `publish/body.rs` inside some crate's `src/`.
+                let path = span.strip_prefix("crates/").unwrap_or(span);
+                root().join("crates").join(path).exists()
+                    || files
+                        .iter()
+                        .any(|f| f.to_string_lossy().ends_with(&format!("/{path}")))
+            } else {
+                names.iter().any(|n| n == span)
+            };
+            if !found {
+                missing.push(format!("{page}: {span}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "files named that do not exist (moved? say where): {missing:?}"
+    );
+    assert!(named >= 20, "only {named} files named on the two pages");
 }
 
 /// `--version` prints the newest release of the changelog (the first `## [x.y.z]` after `[Unreleased]`),
