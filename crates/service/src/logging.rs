@@ -91,21 +91,24 @@ impl log::Log for Relay {
         // Formatted before any lock is taken: a value whose `Display` logs (re-entering here) must not
         // find its own thread's buffer locked. The scratch buffer is reused; a re-entered call gets one
         // of its own.
-        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-            Ok(mut line) => {
-                line.clear();
-                self.format(&mut line, record);
-                append(&line);
-                if line.capacity() > KEEP_BUFFER {
-                    *line = Vec::new();
-                }
+        let reused = SCRATCH.try_with(|scratch| {
+            let Ok(mut line) = scratch.try_borrow_mut() else {
+                return false;
+            };
+            line.clear();
+            self.format(&mut line, record);
+            append(&line);
+            if line.capacity() > KEEP_BUFFER {
+                *line = Vec::new();
             }
-            Err(_) => {
-                let mut line = Vec::new();
-                self.format(&mut line, record);
-                append(&line);
-            }
+            true
         });
+        // Re-entered, or during the thread's teardown: a buffer of its own.
+        if reused != Ok(true) {
+            let mut line = Vec::new();
+            self.format(&mut line, record);
+            append(&line);
+        }
     }
 
     fn flush(&self) {
