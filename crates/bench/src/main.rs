@@ -93,6 +93,12 @@ pub fn progress(msg: impl std::fmt::Display) {
     eprintln!("bench: {msg}");
 }
 
+const USAGE: &str = "usage: relay-bench [--quick] [--runs N] [--only SCENARIO]
+  --quick          tiny sizes, one run of each scenario (< 1 min); also QUICK=1
+  --runs N         runs of each scenario (default 3, or 1 with --quick); the table shows the median
+  --only SCENARIO  one scenario, e.g. --only drain (writes bench/results/latest.md all the same)
+The table is printed and written to bench/results/latest.md; a full run adds bench/results/history/.";
+
 /// What the command line asks for.
 struct Args {
     quick: bool,
@@ -105,6 +111,20 @@ struct Args {
 impl Args {
     fn parse() -> Result<Self, String> {
         let args: Vec<String> = std::env::args().collect();
+        if args.iter().any(|a| a == "--help" || a == "-h") {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        let mut rest = args.iter().skip(1);
+        while let Some(arg) = rest.next() {
+            match arg.as_str() {
+                "--quick" => {}
+                "--runs" | "--only" => {
+                    rest.next();
+                }
+                other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+            }
+        }
         let value = |flag: &str| {
             args.iter()
                 .position(|a| a == flag)
@@ -122,6 +142,15 @@ impl Args {
         let only = value("--only")
             .map(|o| o.ok_or("--only wants a scenario's name"))
             .transpose()?;
+        if let Some(only) = &only {
+            if !ALL.iter().any(|(name, _)| name == only) {
+                let names: Vec<&str> = ALL.iter().map(|(name, _)| *name).collect();
+                return Err(format!(
+                    "no scenario `{only}`; the scenarios: {}",
+                    names.join(", ")
+                ));
+            }
+        }
         Ok(Self { quick, runs, only })
     }
 }
