@@ -26,6 +26,18 @@ pub(crate) fn too_slow(state: &AppState) -> End {
     )
 }
 
+/// Whether a client past its catch-up window may be closed now: a few at a time (see `shedding`).
+pub(crate) fn may_shed(state: &AppState) -> bool {
+    state.shedding.may_close(state.slots.len())
+}
+
+/// Resolves once a client past its catch-up window may be closed (see `shedding`).
+pub(crate) async fn shed_turn(state: &AppState) {
+    while !may_shed(state) {
+        tokio::time::sleep(crate::shedding::STEP).await;
+    }
+}
+
 /// `WS_CATCH_UP_MS`, but at most half of `CLIENT_TIMEOUT_MS`, so that a client that stopped reading is
 /// told it was too slow before its socket is given up for silent.
 pub(crate) fn catch_up_window(state: &AppState) -> Duration {

@@ -15,6 +15,7 @@ pub mod replay;
 pub mod replay_turns;
 pub mod routing;
 pub mod session;
+pub mod shedding;
 pub mod slots;
 pub mod startup;
 pub mod state;

@@ -5,7 +5,7 @@
 
 use actix_ws::{CloseCode, Session};
 
-use crate::ending::{catch_up_window, client_timeout, close, too_slow, End};
+use crate::ending::{catch_up_window, client_timeout, close, shed_turn, too_slow, End};
 use crate::hub::Frame;
 use crate::hub::Subscription;
 use crate::state::AppState;
@@ -113,7 +113,10 @@ pub(crate) async fn send(
     Box::pin(async {
         tokio::select! {
             biased;
-            () = sub.behind.longer_than(catch_up_window(state)) => Err(too_slow(state)),
+            () = async {
+                sub.behind.longer_than(catch_up_window(state)).await;
+                shed_turn(state).await;
+            } => Err(too_slow(state)),
             () = state.stop.cancelled() => Err(close(CloseCode::Away, "server shutting down")),
             () = tokio::time::sleep(client_timeout(state)) => Err(None),
             sent = &mut sent => sent.map_err(|_| None),

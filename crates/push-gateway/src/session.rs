@@ -31,7 +31,7 @@ use futures_util::StreamExt;
 use model::StreamId;
 
 use crate::commands::command;
-use crate::ending::{catch_up_window, client_timeout, close, too_slow, End};
+use crate::ending::{catch_up_window, client_timeout, close, may_shed, too_slow, End};
 use crate::frames;
 use crate::hub::{CatchUp, Frame, Subscription};
 use crate::outlet::{delivered, send, Out, Outlet};
@@ -260,7 +260,8 @@ async fn catch_up(
     let window = catch_up_window(state);
     let live = state.metrics.frames.with_label_values(&["live"]);
     loop {
-        if behind.behind.elapsed() > window {
+        // Past the window it is closed when overload allows (a few at a time), else it keeps catching up.
+        if behind.behind.elapsed() > window && may_shed(state) {
             return Err(too_slow(state));
         }
         match state.hub.catch_up(behind.id, *last_sent, CATCH_UP_PAGE) {
@@ -280,8 +281,9 @@ async fn catch_up(
             }
             CatchUp::Evicted => {
                 let left = window.saturating_sub(behind.behind.elapsed());
-                let Some(_permit) = state.replays.take(addr, left).await else {
-                    return Err(too_slow(state));
+                let wait = left.max(crate::shedding::STEP);
+                let Some(_permit) = state.replays.take(addr, wait).await else {
+                    continue; // past the window: closed above when its turn comes
                 };
                 *last_sent =
                     Box::pin(replay(state, session, behind, *last_sent, subs, None)).await?;

@@ -75,6 +75,7 @@ impl Application {
                 crate::history::POOL_WAIT,
             ),
             replays: Arc::default(),
+            shedding: Default::default(),
             slots: Slots::new(
                 settings.max_connections,
                 settings.max_connections_per_ip,

@@ -33,6 +33,8 @@ pub struct AppState {
     pub replays: Arc<crate::replay_turns::ReplayTurns>,
     /// `MAX_CONNECTIONS` and `MAX_CONNECTIONS_PER_IP`, held by the sockets themselves.
     pub slots: Arc<Slots>,
+    /// How many clients that stayed behind may be closed at a time.
+    pub shedding: crate::shedding::Shedding,
     pub metrics: Arc<Metrics>,
     /// The rendered live page.
     pub page: String,

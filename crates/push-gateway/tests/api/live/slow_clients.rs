@@ -167,3 +167,48 @@ async fn a_client_behind_more_than_the_recent_frames_catches_up_from_the_stream(
     assert!(replayed > 0.0, "part of it came from the stream");
     assert_live_again(&relay, &mut far).await;
 }
+
+#[tokio::test]
+async fn clients_that_all_fall_behind_at_once_are_closed_a_few_at_a_time() {
+    let mut settings = test_settings();
+    settings.ws_send_queue = 20;
+    settings.ws_catch_up_ms = 500;
+    let relay = Relay::live(settings).await;
+    // Eight clients that read nothing: all fall behind with the same posts (10 MB, more than socket
+    // buffers hold), all run out of window together.
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        stalled.push(testkit::ws::connect_slow(&relay.gateway_addr(), "").await);
+    }
+    for chunk in 0..10 {
+        relay
+            .publish_batch(&kilobyte_lines(chunk * 1_000..(chunk + 1) * 1_000))
+            .await;
+    }
+    // Eight sockets: one close per 100 ms step, so the eighth comes at least 700 ms after the first
+    // (all at once, without the ration).
+    let count = || async {
+        testkit::metrics::scrape(&relay.gateway_url())
+            .await
+            .value("relay_gateway_slow_clients_total", &[])
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while count().await < 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "nobody was closed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let first = tokio::time::Instant::now();
+    while count().await < 8.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not all were closed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let spread = first.elapsed();
+    assert!(
+        spread >= Duration::from_millis(500),
+        "eight closes came within {spread:?} of each other"
+    );
+    drop(stalled);
+}
