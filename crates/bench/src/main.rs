@@ -96,8 +96,9 @@ pub fn progress(msg: impl std::fmt::Display) {
 const USAGE: &str = "usage: relay-bench [--quick] [--runs N] [--only SCENARIO]
   --quick          tiny sizes, one run of each scenario (< 1 min); also QUICK=1
   --runs N         runs of each scenario (default 3, or 1 with --quick); the table shows the median
-  --only SCENARIO  one scenario, e.g. --only drain (writes bench/results/latest.md all the same)
-The table is printed and written to bench/results/latest.md; a full run adds bench/results/history/.";
+  --only SCENARIO  one scenario, e.g. --only drain; its table goes to bench/results/only.md
+The table is printed and written to bench/results/latest.md (quick.md for --quick, only.md for --only);
+a full run adds bench/results/history/.";
 
 /// What the command line asks for.
 struct Args {
@@ -239,7 +240,13 @@ async fn main() -> std::process::ExitCode {
     };
     let table = report.render(started.elapsed(), &history);
     println!("{table}");
-    write_table(&table, args.quick);
+    // A quick or partial run never replaces the committed table of the last full run.
+    let file = match (args.quick, &args.only) {
+        (true, _) => "quick.md",
+        (false, Some(_)) => "only.md",
+        (false, None) => "latest.md",
+    };
+    write_table(&table, file);
     if report.any_failed() {
         progress("a scenario failed its correctness check: see the table");
         return std::process::ExitCode::FAILURE;
@@ -247,9 +254,9 @@ async fn main() -> std::process::ExitCode {
     std::process::ExitCode::SUCCESS
 }
 
-/// `bench/results/latest.md`, or `quick.md` for a quick run.
-fn write_table(table: &str, quick: bool) {
-    let path = results_dir().join(if quick { "quick.md" } else { "latest.md" });
+/// `bench/results/<file>`.
+fn write_table(table: &str, file: &str) {
+    let path = results_dir().join(file);
     if let Err(e) =
         std::fs::create_dir_all(path.parent().unwrap()).and_then(|()| std::fs::write(&path, table))
     {
