@@ -260,8 +260,10 @@ async fn catch_up(
     let window = catch_up_window(state);
     let live = state.metrics.frames.with_label_values(&["live"]);
     loop {
-        // Past the window it is closed when overload allows (a few at a time), else it keeps catching up.
-        if behind.behind.elapsed() > window && may_shed(state) {
+        // Past the window it is closed when overload allows (a few at a time), else it keeps catching up;
+        // past CLIENT_TIMEOUT_MS it is closed whatever the ration, so a wait here always ends.
+        let behind_for = behind.behind.elapsed();
+        if behind_for > window && (may_shed(state) || behind_for > client_timeout(state)) {
             return Err(too_slow(state));
         }
         match state.hub.catch_up(behind.id, *last_sent, CATCH_UP_PAGE) {
