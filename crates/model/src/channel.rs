@@ -109,7 +109,9 @@ impl ChannelPattern {
     pub fn matches(&self, channel: &str) -> bool {
         match self {
             Self::Exact(name) => name.as_str() == channel,
-            Self::Prefix(prefix) => channel.starts_with(prefix.as_str()),
+            // `*` first: a replay asks this of every message, and `starts_with("")` is still a memcmp
+            // call (perf: 9% of a 1M-message resume's gateway samples).
+            Self::Prefix(prefix) => prefix.is_empty() || channel.starts_with(prefix.as_str()),
         }
     }
 

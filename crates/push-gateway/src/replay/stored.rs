@@ -116,15 +116,18 @@ async fn stored_pages(
         .map(|h| (read.cursor, h));
     // The next page is read while this one is sent: read, then send, one after the other, left the
     // machine idle 40% of a 1M-message resume (perf: Postgres and the gateway taking turns).
-    let fetch = |after: StreamId| {
+    let fetch = |after: StreamId, rows: i64| {
         let (db, filter) = (state.db.clone(), subs.filter.clone());
         // Aborted with the replay (a session that ends mid-page leaves no read behind it).
         tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
-            crate::history::page(&db, &filter, after, until).await
+            crate::history::page(&db, &filter, after, until, rows).await
         }))
     };
     let replayed = state.metrics.frames.with_label_values(&["replay"]);
-    let mut pending = fetch(gap.map_or(read.cursor, |(_, h)| h));
+    let mut pending = fetch(
+        gap.map_or(read.cursor, |(_, h)| h),
+        crate::history::FIRST_PAGE_ROWS,
+    );
     loop {
         let page = pending
             .await
@@ -141,7 +144,9 @@ async fn stored_pages(
             read.cursor = horizon;
             read.last = Some(horizon);
         }
-        let next = page.more.then(|| fetch(page.last.unwrap_or(read.cursor)));
+        let next = page
+            .more
+            .then(|| fetch(page.last.unwrap_or(read.cursor), page.next_rows));
         for frame in page.frames {
             if !subs.accepts(&frame.channel, frame.stream_id) {
                 continue;

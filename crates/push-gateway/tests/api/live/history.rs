@@ -177,3 +177,30 @@ async fn with_postgres_away_an_older_since_gets_an_error_frame_and_1013_never_a_
     );
     assert_eq!(stream_ids(&ws.messages(4).await), ids[16..]);
 }
+
+/// History pages end at 1 MiB of frames and size the next page by the rows just read: small messages,
+/// then 400 kB ones (pages cut by bytes after a few rows), then small ones again, all from Postgres,
+/// arrive complete and in order.
+#[tokio::test]
+async fn history_pages_cut_at_their_byte_bound_lose_nothing_when_message_sizes_change() {
+    let relay = testkit::spawn_relay(test_settings()).await;
+    let big = "x".repeat(400 * 1000);
+    let mut accepted = relay.publish_numbers(30).await;
+    for i in 0..8 {
+        accepted.push(
+            relay
+                .publish(format!(r#"{{"big":{i},"fill":"{big}"}}"#))
+                .await,
+        );
+    }
+    accepted.extend(relay.publish_numbers(30).await);
+    let ids = stream_ids(&accepted);
+    assert_eq!(testkit::wait_for_rows(&relay.settings, 68).await, 68);
+    testkit::trim(&relay.settings, "MAXLEN", 0);
+
+    let mut ws = relay.ws_connect("?since=0-0").await;
+    let replayed = ws.messages(68).await;
+    assert_eq!(stream_ids(&replayed), ids, "every message, in order");
+    assert_eq!(replayed[33]["payload"]["big"], 3);
+    ws.assert_quiet(Duration::from_millis(300)).await;
+}
