@@ -15,6 +15,11 @@
 //! - **Writing.** A write the socket cannot take (the client's window is full) must make progress within
 //!   `CLIENT_TIMEOUT_MS`: a client that stops reading is disconnected, whatever the server still wanted
 //!   to send it.
+//! - **Spinning.** A connection whose writes wait while actix polls it over and over is disconnected at
+//!   once (after [`SPIN_POLLS`] polls, and [`SPIN_AFTER`]): actix-http's h1 dispatcher wakes itself
+//!   while its read buffer holds 32 KiB of requests it cannot answer yet, so a client that pipelines
+//!   requests and never reads the answers kept a core busy until `CLIENT_TIMEOUT_MS` (perf: 16 such
+//!   connections held both cores of an otherwise idle ingest-api).
 //!
 //! A deadline that passes fails the read or write with `TimedOut`, and actix drops the connection and
 //! everything it held for it.
@@ -33,6 +38,13 @@ use tokio::time::{Instant, Sleep};
 /// The slowest rate, in bytes per second, at which a client may send a request once it has started:
 /// a 1 MiB body may take `CLIENT_TIMEOUT_MS` + 16 s, a 16 MiB batch `CLIENT_TIMEOUT_MS` + 256 s.
 pub const MIN_CLIENT_RATE: u64 = 64 * 1024;
+
+/// Polls of a connection whose writes wait, with no write between them, past which it is spinning: a
+/// socket that waits for the client's window is polled again when the window opens, or for a timer, a
+/// response chunk or a close, never thousands of times.
+pub const SPIN_POLLS: u32 = 1000;
+/// How long a connection's writes must have waited before it counts as spinning.
+pub const SPIN_AFTER: Duration = Duration::from_millis(100);
 
 /// File descriptors kept free of connections for everything else a service opens (Redis, Postgres,
 /// logs, blocking threads).
@@ -170,8 +182,10 @@ pub struct Guarded {
     unanswered_since: Option<Instant>,
     last_read: Instant,
     unanswered_bytes: u64,
-    /// When a write last found the socket full with nothing written since.
+    /// When a write last found the socket full with nothing written since, and how many times it has
+    /// been polled in that wait.
     write_stalled_since: Option<Instant>,
+    stalled_polls: u32,
     timer: Pin<Box<Sleep>>,
     written: Written,
     closer: Closer,
@@ -187,6 +201,7 @@ impl Guarded {
             last_read: Instant::now(),
             unanswered_bytes: 0,
             write_stalled_since: None,
+            stalled_polls: 0,
             timer: Box::pin(tokio::time::sleep(timeout)),
             written: Written::default(),
             closer: Closer::default(),
@@ -307,6 +322,7 @@ impl AsyncWrite for Guarded {
                 if n > 0 {
                     this.written.add(n as u64);
                     this.write_stalled_since = None;
+                    this.stalled_polls = 0;
                     this.unanswered_since = None;
                     this.unanswered_bytes = 0;
                 }
@@ -315,7 +331,14 @@ impl AsyncWrite for Guarded {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
                 this.closer.wait(cx)?;
-                this.write_stalled_since.get_or_insert_with(Instant::now);
+                let since = *this.write_stalled_since.get_or_insert_with(Instant::now);
+                this.stalled_polls = this.stalled_polls.saturating_add(1);
+                if this.stalled_polls >= SPIN_POLLS && since.elapsed() >= SPIN_AFTER {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client reads none of the answers to the requests it sent",
+                    )));
+                }
                 let deadline = this.write_deadline();
                 match this.check(deadline, cx, "reading its response") {
                     Ok(()) => Poll::Pending,

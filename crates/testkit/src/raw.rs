@@ -91,6 +91,28 @@ impl Raw {
             .expect("send the head");
         Self { stream }
     }
+
+    /// A client with a 4 KiB receive buffer that pipelines `GET {path}` requests to `addr` until the
+    /// server stops taking them (its answers fill the buffers between them) or 4 MiB are sent, and
+    /// never reads an answer.
+    pub async fn pipelining_get(addr: &str, path: &str) -> Self {
+        let Self { stream } = Self::stalled_get(addr, path).await;
+        let requests = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").repeat(64);
+        let mut sent = 0;
+        while sent < 4 << 20 {
+            match stream.try_write(requests.as_bytes()) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let wait = Duration::from_millis(200);
+                    if tokio::time::timeout(wait, stream.writable()).await.is_err() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        Self { stream }
+    }
 }
 
 /// The head of a `POST /messages` with `content_type` that declares `content_length` bytes.

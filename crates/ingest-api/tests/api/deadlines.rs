@@ -129,6 +129,31 @@ async fn readers_that_never_read_their_response_are_disconnected_after_client_ti
     }
 }
 
+/// 8 clients pipeline requests for the OpenAPI document and never read an answer. actix-http's
+/// dispatcher spins on such a connection (its read buffer holds requests it cannot answer yet) until
+/// CLIENT_TIMEOUT_MS, 30 s here: each is disconnected within a few seconds instead, and others are served.
+#[tokio::test]
+async fn clients_that_pipeline_requests_and_never_read_are_disconnected_long_before_client_timeout() {
+    let mut settings = test_settings();
+    settings.client_timeout_ms = 30_000;
+    let app = Relay::ingest_only(settings).await;
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(Raw::pipelining_get(&addr(&app), "/openapi.json").await);
+    }
+    assert_eq!(app.post_json("1").await.status(), 202);
+    // Unread until now: a connection the server still holds would start flowing again when read.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (i, raw) in clients.iter_mut().enumerate() {
+        let answer = raw.answer(Duration::from_secs(5)).await;
+        assert!(
+            answer.closed_at.is_some(),
+            "client {i} is still connected ({} bytes read)",
+            answer.text.len()
+        );
+    }
+}
+
 #[tokio::test]
 async fn connections_over_max_http_connections_get_503_and_room_comes_back() {
     let mut settings = test_settings();
