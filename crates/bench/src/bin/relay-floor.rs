@@ -6,6 +6,11 @@
 //!   reference count) and queues it to every WebSocket client. No Redis: the fan-out ceiling.
 //! - `FLOOR_MODE=pipeline`: `POST /messages` → `XADD` → 202; one reader `XREAD BLOCK`s the stream and
 //!   broadcasts each entry as a frame: the floor of POST → WebSocket frame through Redis.
+//! - `FLOOR_MODE=append`: `POST /messages` checks the JSON, `XADD`s it and answers 202 with its id, and
+//!   nothing reads the stream: the floor of ingest-api's whole job, HTTP and Redis both.
+//!
+//! Every mode answers `GET /openapi.json` with a document of the size of ingest-api's, for the hostile
+//! clients of the ingest rows.
 //! - `FLOOR_MODE=read`: `GET /messages` streams every row of `DATABASE_URL`'s `messages` table as one
 //!   JSON array, in Relay's envelope: one connection, one query read row by row (libpq's single-row
 //!   mode, as Relay's pages are), 64 KiB chunks through a channel of two to the socket. No pool, no
@@ -87,6 +92,23 @@ async fn publish(body: web::Bytes, hub: web::Data<Hub>, mode: web::Data<Mode>) -
             }
         }
     }
+}
+
+/// `GET /openapi.json`: a JSON document of the size of ingest-api's (28 KiB), so that the bench's
+/// hostile clients, which pipeline requests for it and never read, fill this server's pipes as they
+/// fill Relay's.
+async fn document() -> HttpResponse {
+    static DOCUMENT: std::sync::OnceLock<web::Bytes> = std::sync::OnceLock::new();
+    let body = DOCUMENT.get_or_init(|| {
+        format!(
+            r#"{{"openapi":"3.1.0","padding":"{}"}}"#,
+            "x".repeat(28 * 1024)
+        )
+        .into()
+    });
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body.clone())
 }
 
 /// Bytes per chunk of a streamed read, as Relay's.
@@ -217,7 +239,7 @@ async fn main() -> std::io::Result<()> {
         queue,
     });
     let mode = match var("FLOOR_MODE", "broadcast").as_str() {
-        "pipeline" => {
+        mode @ ("pipeline" | "append") => {
             let client =
                 redis::Client::open(var("REDIS_URL", "redis://127.0.0.1:6379")).expect("REDIS_URL");
             let key = var("STREAM_KEY", "floor");
@@ -225,7 +247,9 @@ async fn main() -> std::io::Result<()> {
                 .get_multiplexed_async_connection()
                 .await
                 .expect("the floor connects to Redis");
-            actix_web::rt::spawn(read_stream(client, key.clone(), hub.clone()));
+            if mode == "pipeline" {
+                actix_web::rt::spawn(read_stream(client, key.clone(), hub.clone()));
+            }
             Mode::Pipeline { redis, key }
         }
         "read" => Mode::Read {
@@ -244,6 +268,7 @@ async fn main() -> std::io::Result<()> {
             .route("/messages", web::get().to(read_all))
             .route("/ws", web::get().to(ws))
             .route("/readyz", web::get().to(HttpResponse::Ok))
+            .route("/openapi.json", web::get().to(document))
     })
     .listen(listener)?
     .run()

@@ -1,7 +1,9 @@
 //! ingest: accepted POST/s and latency from wrk, against raw XADD from redis-benchmark (its rate and its
-//! own p99, same run); then the same wrk run again while hostile clients hold connections (16 that never
-//! read what they asked for, 16 that send a body a byte a second), against the plain figure; and once more
-//! on an ingest-api with its access log off, against the plain run, which has it on as shipped.
+//! own p99, same run) and against `relay-floor`'s `append` mode, a bare actix-web program doing ingest's
+//! job (the JSON check, an `XADD`, 202); then the same wrk run again, on each, while hostile clients hold
+//! connections (16 that pipeline requests and never read the answers, 16 that send a body a byte a
+//! second), against its plain figure; and once more on an ingest-api with its access log off, against the
+//! plain run, which has it on as shipped.
 
 use std::process::Command;
 use std::time::Duration;
@@ -9,6 +11,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context};
 use service::Settings;
 
+use super::hostile::hostile_clients;
 use super::wrk::{body_200, run_wrk, wrk, Script, Wrk};
 use super::{cpu_time, require, Env};
 use crate::report::{us, Row};
@@ -23,8 +26,9 @@ pub async fn ingest(env: &Env, sizes: Sizes) -> anyhow::Result<Vec<Row>> {
     let xadd = xadd_ceiling(&s, &body, sizes, &mut redis)?;
     let script = Script::write("ingest", &body, "")?;
     let bare = bare_http(env, &s, &script, sizes)?;
+    let floor = append_floor(env, &s, &script, sizes, &mut redis).await?;
     let relay = relay_runs(env, &s, &script, sizes, &mut redis).await?;
-    Ok(rows(&xadd, &bare, relay))
+    Ok(rows(&xadd, &bare, &floor, relay))
 }
 
 /// redis-benchmark's XADD: the ceiling of the rate and the p99.
@@ -161,7 +165,7 @@ fn per_request(cpu: Duration, accepted: u64) -> f64 {
     cpu.as_secs_f64() * 1e6 / accepted.max(1) as f64
 }
 
-fn rows(xadd: &Xadd, bare: &Measured, relay: Relay) -> Vec<Row> {
+fn rows(xadd: &Xadd, bare: &Measured, floor: &Floor, relay: Relay) -> Vec<Row> {
     let plain = &relay.plain.run;
     let ratio = plain.rate / xadd.rate;
     let p99_ratio = plain.p99 as f64 / xadd.p99_us as f64;
@@ -170,7 +174,7 @@ fn rows(xadd: &Xadd, bare: &Measured, relay: Relay) -> Vec<Row> {
     let redis_us = relay.redis_cpu.map_or("— (not local)".into(), |cpu| {
         format!("{:.1} µs", per_request(cpu, plain.accepted))
     });
-    vec![
+    let mut table = vec![
         Row::new(
             "ingest",
             "accepted POST/s (200 B JSON, 64 conns)",
@@ -208,9 +212,95 @@ fn rows(xadd: &Xadd, bare: &Measured, relay: Relay) -> Vec<Row> {
             relay_us / bare_us.max(0.001),
         )
         .goal("≤ 1.25×", relay_us / bare_us.max(0.001) <= 1.25),
-        hostile_row(plain, relay.hostile),
-        access_log_row(plain, relay.log_off),
-    ]
+    ];
+    table.extend(floor_rows(floor, &relay.plain, relay.hostile.as_ref().ok()));
+    table.push(hostile_row(plain, relay.hostile));
+    table.push(access_log_row(plain, relay.log_off));
+    table
+}
+
+/// ingest-api's own floor: `relay-floor`'s `append` mode (the JSON check, `XADD`, 202 with the id),
+/// driven by the same wrk run, then again under the same hostile clients.
+struct Floor {
+    plain: Measured,
+    hostile: anyhow::Result<Wrk>,
+}
+
+async fn append_floor(
+    env: &Env,
+    s: &Settings,
+    script: &Script,
+    sizes: Sizes,
+    redis: &mut redis::Connection,
+) -> anyhow::Result<Floor> {
+    let floor = env.start_floor("append", s);
+    progress("bare POST → XADD → 202 (relay-floor append):");
+    let url = format!("{}/messages", floor.url());
+    let run = |redis: &mut redis::Connection| {
+        tokio::task::block_in_place(|| {
+            wrk(&url, script.path(), sizes.ingest_secs, redis, &s.stream_key)
+        })
+    };
+    let cpu = cpu_time(floor.pid());
+    let plain = run(redis)?;
+    let plain = Measured {
+        run: plain,
+        cpu: cpu_time(floor.pid()).saturating_sub(cpu),
+    };
+    let held = hostile_clients(&format!("127.0.0.1:{}", floor.port)).await?;
+    progress("   … again with the same hostile clients");
+    let hostile = run(redis);
+    held.iter().for_each(tokio::task::JoinHandle::abort);
+    // Its entries count toward ingest-api's backlog limit, which the runs after it must not meet.
+    let _: () = redis::cmd("DEL").arg(&s.stream_key).query(redis)?;
+    Ok(Floor { plain, hostile })
+}
+
+/// ingest-api against a bare program doing the same job (HTTP, the JSON check and an `XADD` per
+/// request) on the same two cores: rate, CPU, and what the hostile clients cost each.
+fn floor_rows(floor: &Floor, relay: &Measured, relay_hostile: Option<&Wrk>) -> Vec<Row> {
+    let (rate, cpu) = (floor.plain.run.rate, &floor.plain);
+    let rate_ratio = relay.run.rate / rate;
+    let relay_us = per_request(relay.cpu, relay.run.accepted);
+    let floor_us = per_request(cpu.cpu, cpu.run.accepted);
+    let mut rows = vec![
+        Row::new(
+            "ingest",
+            "accepted POST/s against a bare POST → XADD → 202",
+            format!("{:.0}/s", relay.run.rate),
+        )
+        .baseline(format!("relay-floor append {rate:.0}/s"), rate_ratio)
+        .goal("≥ 0.95×", rate_ratio >= 0.95),
+        Row::new(
+            "ingest",
+            "CPU per accepted POST against a bare POST → XADD → 202",
+            format!("ingest-api {relay_us:.1} µs"),
+        )
+        .baseline(
+            format!("relay-floor append {floor_us:.1} µs"),
+            relay_us / floor_us.max(0.001),
+        )
+        .goal("≤ 1.25×", relay_us / floor_us.max(0.001) <= 1.25),
+    ];
+    let figure = "hostile ÷ plain POST/s, the same hostile clients on the bare POST → XADD";
+    rows.push(match (&floor.hostile, relay_hostile) {
+        (Ok(h), Some(relay_h)) => {
+            let (floor_kept, relay_kept) = (h.rate / rate, relay_h.rate / relay.run.rate);
+            Row::new(
+                "ingest, hostile",
+                figure,
+                format!("ingest-api kept {relay_kept:.2}× of its plain rate"),
+            )
+            .baseline(
+                format!("relay-floor append kept {floor_kept:.2}× ({:.0}/s)", h.rate),
+                relay_kept / floor_kept,
+            )
+            .goal("≥ 0.9×", relay_kept / floor_kept >= 0.9)
+        }
+        (Err(e), _) => Row::failed("ingest, hostile", figure, format!("{e:#}")),
+        (Ok(_), None) => Row::failed("ingest, hostile", figure, "ingest-api's run failed".into()),
+    });
+    rows
 }
 
 /// The access log's cost: the plain run (access log on, as shipped) against the same run with it off.
@@ -270,61 +360,6 @@ fn local_redis_pid(redis: &mut redis::Connection) -> Option<u32> {
         .ok()?;
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
     comm.starts_with("redis-server").then_some(pid)
-}
-
-/// Opens the hostile connections and keeps them busy until the returned tasks are aborted: 16 that
-/// pipeline requests for `/openapi.json` and never read an answer (the server's writes back up), and 16
-/// that declare a 200-byte body and send it a byte a second (within `CLIENT_TIMEOUT_MS`, so the server
-/// must hold them).
-async fn hostile_clients(addr: &str) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    use tokio::io::AsyncWriteExt;
-    let mut tasks = Vec::new();
-    for _ in 0..16 {
-        let stream = tokio::net::TcpStream::connect(addr).await?;
-        tasks.push(tokio::spawn(async move {
-            let request = b"GET /openapi.json HTTP/1.1\r\nHost: localhost\r\n\r\n";
-            // Write until the kernel's buffers are full (the server stopped reading because we never
-            // read its answers), then sit on the connection.
-            let mut written = 0usize;
-            while written < 64 << 20 {
-                match stream.try_write(request) {
-                    Ok(n) => written += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        if tokio::time::timeout(
-                            std::time::Duration::from_millis(200),
-                            stream.writable(),
-                        )
-                        .await
-                        .is_err()
-                        {
-                            break;
-                        }
-                    }
-                    Err(_) => return,
-                }
-            }
-            std::future::pending::<()>().await;
-        }));
-    }
-    for _ in 0..16 {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        tasks.push(tokio::spawn(async move {
-            let head = "POST /messages HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{";
-            if stream.write_all(head.as_bytes()).await.is_err() {
-                return;
-            }
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                if stream.write_all(b" ").await.is_err() {
-                    return;
-                }
-            }
-        }));
-    }
-    // Let them take hold before the measurement starts.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    Ok(tasks)
 }
 
 fn redis_host_port(url: &str) -> (String, String) {

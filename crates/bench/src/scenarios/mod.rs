@@ -6,6 +6,7 @@ mod cold_start;
 mod drain;
 mod end_to_end;
 mod fan_out;
+mod hostile;
 mod idle_sockets;
 mod ingest;
 mod read_all;
