@@ -15,18 +15,19 @@
 //! - **Writing.** A write the socket cannot take (the client's window is full) must make progress within
 //!   `CLIENT_TIMEOUT_MS`: a client that stops reading is disconnected, whatever the server still wanted
 //!   to send it.
-//! - **Spinning.** A connection whose writes wait while actix polls it over and over is disconnected at
-//!   once (after [`SPIN_POLLS`] polls, and [`SPIN_AFTER`]): actix-http's h1 dispatcher wakes itself
-//!   while its read buffer holds 32 KiB of requests it cannot answer yet, so a client that pipelines
-//!   requests and never reads the answers kept a core busy until `CLIENT_TIMEOUT_MS` (perf: 16 such
-//!   connections held both cores of an otherwise idle ingest-api).
+//! - **Spinning.** A connection that actix polls [`SPIN_POLLS`] times within [`SPIN_WINDOW`] without
+//!   once trying to read is closed: actix-http 3.20's h1 dispatcher wakes itself, and reads nothing,
+//!   while its read buffer holds 128 KiB of requests it cannot answer yet (`read_available`), so a client
+//!   that pipelines requests and does not read the answers kept a core busy until `CLIENT_TIMEOUT_MS`
+//!   (perf: 16 such connections held both cores of an otherwise idle ingest-api), or for as long as it
+//!   read a little now and then. Every poll that does not spin tries a read first.
 //!
 //! A deadline that passes fails the read or write with `TimedOut`, and actix drops the connection and
 //! everything it held for it.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -35,75 +36,20 @@ use actix_web::rt::net::TcpStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+mod cap;
+pub use cap::{default_cap, ConnectionCap, Slot, FULL_RESPONSE};
+
 /// The slowest rate, in bytes per second, at which a client may send a request once it has started:
 /// a 1 MiB body may take `CLIENT_TIMEOUT_MS` + 16 s, a 16 MiB batch `CLIENT_TIMEOUT_MS` + 256 s.
 pub const MIN_CLIENT_RATE: u64 = 64 * 1024;
 
-/// Polls of a connection whose writes wait, with no write between them, past which it is spinning: a
-/// socket that waits for the client's window is polled again when the window opens, or for a timer, a
-/// response chunk or a close, never thousands of times.
+/// Writes that waited, and flushes, with no read tried between them, within [`SPIN_WINDOW`], past which a
+/// connection is spinning: a connection that does not spin tries a read at every poll, or (when its client
+/// has closed its sending half) is polled for a response chunk or a writable socket, a few thousand times a
+/// second at most; a spinning one, tens of thousands.
 pub const SPIN_POLLS: u32 = 1000;
-/// How long a connection's writes must have waited before it counts as spinning.
-pub const SPIN_AFTER: Duration = Duration::from_millis(100);
-
-/// File descriptors kept free of connections for everything else a service opens (Redis, Postgres,
-/// logs, blocking threads).
-const RESERVED_FILES: usize = 256;
-
-/// The connection cap when `MAX_HTTP_CONNECTIONS` is 0: what the open-files limit allows at
-/// `files_per_connection` descriptors each, less a reserve (and never below 64).
-pub fn default_cap(files_per_connection: usize) -> usize {
-    let files = rlimit::getrlimit(rlimit::Resource::NOFILE)
-        .map(|(soft, _)| usize::try_from(soft).unwrap_or(usize::MAX))
-        .unwrap_or(1024);
-    (files.saturating_sub(RESERVED_FILES) / files_per_connection.max(1)).max(64)
-}
-
-/// How many connections a server holds, shared by its workers.
-#[derive(Debug, Clone)]
-pub struct ConnectionCap {
-    open: Arc<AtomicUsize>,
-    max: usize,
-}
-
-impl ConnectionCap {
-    pub fn new(max: usize) -> Self {
-        Self {
-            open: Arc::default(),
-            max,
-        }
-    }
-
-    /// A slot for one more connection, or `None` at the cap.
-    pub fn take(&self) -> Option<Slot> {
-        self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Slot(Arc::clone(&self.open)))
-    }
-
-    /// Connections held now.
-    pub fn open(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
-}
-
-/// One connection's place under the cap, given back when the connection is dropped.
-#[derive(Debug)]
-pub struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// What a connection over the cap is told before it is closed (it is not read: the answer is all it gets).
-pub const FULL_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
-content-type: application/problem+json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 115\r\n\r\n\
-{\"type\":\"about:blank\",\"title\":\"Service Unavailable\",\"status\":503,\"detail\":\"over MAX_HTTP_CONNECTIONS; retry later\"}";
+/// See [`SPIN_POLLS`].
+pub const SPIN_WINDOW: Duration = Duration::from_millis(100);
 
 /// Bytes a connection has written to its socket, shared with whoever watches its progress (the
 /// gateway, to bound what it has handed to actix but the client has not taken yet), and a waker for one
@@ -182,10 +128,12 @@ pub struct Guarded {
     unanswered_since: Option<Instant>,
     last_read: Instant,
     unanswered_bytes: u64,
-    /// When a write last found the socket full with nothing written since, and how many times it has
-    /// been polled in that wait.
+    /// When a write last found the socket full with nothing written since.
     write_stalled_since: Option<Instant>,
-    stalled_polls: u32,
+    /// Writes that waited, and flushes, since the last read tried; and when the count reached a tenth
+    /// of [`SPIN_POLLS`] (the clock is read only then).
+    unread_polls: u32,
+    unread_since: Option<Instant>,
     timer: Pin<Box<Sleep>>,
     written: Written,
     closer: Closer,
@@ -201,7 +149,8 @@ impl Guarded {
             last_read: Instant::now(),
             unanswered_bytes: 0,
             write_stalled_since: None,
-            stalled_polls: 0,
+            unread_polls: 0,
+            unread_since: None,
             timer: Box::pin(tokio::time::sleep(timeout)),
             written: Written::default(),
             closer: Closer::default(),
@@ -230,6 +179,30 @@ impl Guarded {
             since + self.timeout + Duration::from_secs(self.unanswered_bytes / MIN_CLIENT_RATE);
         let grace = (self.timeout / 4).min(Duration::from_secs(1));
         Some(whole.min(self.last_read + self.timeout) + grace)
+    }
+
+    /// Counts a write that waited, or a flush, with no read tried since the last; `Err` once there have
+    /// been [`SPIN_POLLS`] of them within [`SPIN_WINDOW`].
+    fn unread_poll(&mut self) -> io::Result<()> {
+        self.unread_polls += 1;
+        if self.unread_polls == SPIN_POLLS / 10 {
+            self.unread_since = Some(Instant::now());
+        } else if self.unread_polls >= SPIN_POLLS {
+            if self
+                .unread_since
+                .is_some_and(|t| t.elapsed() <= SPIN_WINDOW)
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the connection spins: polled without a read, its requests unanswered (a client \
+                     that pipelines requests and does not read the answers)",
+                ));
+            }
+            // Slower than a spin: count again from here.
+            self.unread_polls = SPIN_POLLS / 10;
+            self.unread_since = Some(Instant::now());
+        }
+        Ok(())
     }
 
     fn write_deadline(&self) -> Option<Instant> {
@@ -279,6 +252,7 @@ impl AsyncRead for Guarded {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         this.closer.closed()?;
+        this.unread_polls = 0;
         let before = buf.filled().len();
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -322,7 +296,6 @@ impl AsyncWrite for Guarded {
                 if n > 0 {
                     this.written.add(n as u64);
                     this.write_stalled_since = None;
-                    this.stalled_polls = 0;
                     this.unanswered_since = None;
                     this.unanswered_bytes = 0;
                 }
@@ -331,14 +304,8 @@ impl AsyncWrite for Guarded {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
                 this.closer.wait(cx)?;
-                let since = *this.write_stalled_since.get_or_insert_with(Instant::now);
-                this.stalled_polls = this.stalled_polls.saturating_add(1);
-                if this.stalled_polls >= SPIN_POLLS && since.elapsed() >= SPIN_AFTER {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "the client reads none of the answers to the requests it sent",
-                    )));
-                }
+                this.write_stalled_since.get_or_insert_with(Instant::now);
+                this.unread_poll()?;
                 let deadline = this.write_deadline();
                 match this.check(deadline, cx, "reading its response") {
                     Ok(()) => Poll::Pending,
@@ -349,6 +316,7 @@ impl AsyncWrite for Guarded {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.unread_poll()?;
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
@@ -371,24 +339,5 @@ impl AsyncWrite for Guarded {
 
     fn is_write_vectored(&self) -> bool {
         false
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_full_answer_declares_its_own_length() {
-        let text = std::str::from_utf8(FULL_RESPONSE).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        let declared: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length: "))
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert_eq!(declared, body.len());
-        assert!(serde_json::from_str::<serde_json::Value>(body).is_ok());
     }
 }

@@ -130,10 +130,11 @@ async fn readers_that_never_read_their_response_are_disconnected_after_client_ti
 }
 
 /// 8 clients pipeline requests for the OpenAPI document and never read an answer. actix-http's
-/// dispatcher spins on such a connection (its read buffer holds requests it cannot answer yet) until
-/// CLIENT_TIMEOUT_MS, 30 s here: each is disconnected within a few seconds instead, and others are served.
+/// dispatcher spins on such a connection (its read buffer holds 128 KiB of requests it cannot answer
+/// yet) until CLIENT_TIMEOUT_MS, 30 s here: each is disconnected within a few seconds instead.
 #[tokio::test]
-async fn clients_that_pipeline_requests_and_never_read_are_disconnected_long_before_client_timeout() {
+async fn clients_that_pipeline_requests_and_never_read_are_disconnected_long_before_client_timeout()
+{
     let mut settings = test_settings();
     settings.client_timeout_ms = 30_000;
     let app = Relay::ingest_only(settings).await;
@@ -151,6 +152,44 @@ async fn clients_that_pipeline_requests_and_never_read_are_disconnected_long_bef
             "client {i} is still connected ({} bytes read)",
             answer.text.len()
         );
+    }
+}
+
+/// Clients that pipeline 1,000 requests every 20 ms and each time read all the answers that arrived: the
+/// server's writes make progress every 20 ms, so none waits for long, but between the reads the
+/// dispatcher spins on requests it cannot answer yet. Each is disconnected too.
+#[tokio::test]
+async fn clients_that_pipeline_requests_faster_than_they_read_the_answers_are_disconnected() {
+    let mut settings = test_settings();
+    settings.client_timeout_ms = 30_000;
+    let app = Relay::ingest_only(settings).await;
+    let requests = "GET /openapi.json HTTP/1.1\r\nhost: localhost\r\n\r\n".repeat(1000);
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let stream = tokio::net::TcpStream::connect(addr(&app)).await.unwrap();
+        clients.push((stream, Some(0usize)));
+    }
+    let mut chunk = [0u8; 16 * 1024];
+    for _ in 0..150 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        for (stream, read) in clients.iter_mut() {
+            let Some(total) = read else { continue };
+            let _ = stream.try_write(requests.as_bytes());
+            let mut this_tick = 0;
+            *read = loop {
+                match stream.try_read(&mut chunk) {
+                    Ok(0) => break None,
+                    Ok(n) => this_tick += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        break Some(*total + this_tick)
+                    }
+                    Err(_) => break None,
+                }
+            };
+        }
+    }
+    for (i, (_, read)) in clients.iter().enumerate() {
+        assert_eq!(*read, None, "client {i} is still connected after 3 s");
     }
 }
 
