@@ -8,13 +8,13 @@
 //!   broadcasts each entry as a frame: the floor of POST → WebSocket frame through Redis.
 //! - `FLOOR_MODE=append`: `POST /messages` checks the JSON, `XADD`s it and answers 202 with its id, and
 //!   nothing reads the stream: the floor of ingest-api's whole job, HTTP and Redis both.
-//!
-//! Every mode answers `GET /openapi.json` with a document of the size of ingest-api's, for the hostile
-//! clients of the ingest rows.
 //! - `FLOOR_MODE=read`: `GET /messages` streams every row of `DATABASE_URL`'s `messages` table as one
 //!   JSON array, in Relay's envelope: one connection, one query read row by row (libpq's single-row
 //!   mode, as Relay's pages are), 64 KiB chunks through a channel of two to the socket. No pool, no
 //!   pages, no limits: the floor of a streamed full read on actix-web and Diesel, in time and in memory.
+//!
+//! Every mode answers `GET /openapi.json` with a document of the size of ingest-api's, for the hostile
+//! clients of the ingest rows.
 //!
 //! Both shed as the gateway does: a client whose queue of `WS_SEND_QUEUE` frames is full is dropped and
 //! closed with 1013. Frames have the gateway's layout (`{"type":"message","data":{"id":…,"stream_id":…,

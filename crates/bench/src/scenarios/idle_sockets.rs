@@ -118,6 +118,9 @@ struct Held {
     warm: tokio::task::JoinHandle<()>,
 }
 
+/// The third octet of the next [`hold_idle`]'s source addresses (127.0.<block>.x).
+static SOURCE_BLOCK: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
+
 /// Opens up to `n` idle WebSockets to `server` (after one warm-up connection, so allocator and runtime
 /// start-up costs are not counted per socket), and measures its RSS growth per socket.
 async fn hold_idle(server: &Service, n: usize) -> anyhow::Result<Held> {
@@ -133,9 +136,13 @@ async fn hold_idle(server: &Service, n: usize) -> anyhow::Result<Held> {
     // tab's would be.
     let mut keepers = Vec::with_capacity(n);
     let mut refused = None;
+    // Each source address of 127.0.0.0/8 has ~28,000 ephemeral ports: spread over several, and a block
+    // of its own for each call. The ports the last call closed wait a minute in TIME_WAIT, and an
+    // explicit bind cannot take them: from the same addresses, the bare server's 16,660 sockets had left
+    // Relay's run only ~10,000 (`Address already in use`).
+    let block = SOURCE_BLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     'open: for chunk in 0..n.div_ceil(500) {
-        // Each source address of 127.0.0.0/8 has ~28,000 ephemeral ports: spread over several.
-        let from = std::net::Ipv4Addr::new(127, 0, 0, 1 + (chunk / 40) as u8);
+        let from = std::net::Ipv4Addr::new(127, 0, block, 1 + (chunk / 40) as u8);
         let batch = (chunk * 500..((chunk + 1) * 500).min(n)).map(|_| async {
             // A server out of descriptors leaves the connection in its accept queue: without a
             // deadline the refusal would be a hang.
