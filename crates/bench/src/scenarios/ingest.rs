@@ -256,6 +256,26 @@ async fn append_floor(
     Ok(Floor { plain, hostile })
 }
 
+/// ingest-api's POST latency beside the bare POST → XADD program's, under the same wrk run: p99 against
+/// p99 (the goal against XADD's own p99 counts Redis' latency only, not the HTTP a POST needs too).
+fn latency_against_floor(relay: &Wrk, floor: &Wrk) -> Row {
+    let ratio = relay.p99 as f64 / floor.p99.max(1) as f64;
+    Row::new(
+        "ingest",
+        "POST latency against a bare POST → XADD → 202",
+        format!("p99 {}", us(relay.p99)),
+    )
+    .baseline(
+        format!(
+            "relay-floor append p50 {} · p99 {}",
+            us(floor.p50),
+            us(floor.p99)
+        ),
+        ratio,
+    )
+    .goal("p99 ≤ 1.5×", ratio <= 1.5)
+}
+
 /// ingest-api against a bare program doing the same job (HTTP, the JSON check and an `XADD` per
 /// request) on the same two cores: rate, CPU, and what the hostile clients cost each.
 fn floor_rows(floor: &Floor, relay: &Measured, relay_hostile: Option<&Wrk>) -> Vec<Row> {
@@ -281,6 +301,7 @@ fn floor_rows(floor: &Floor, relay: &Measured, relay_hostile: Option<&Wrk>) -> V
             relay_us / floor_us.max(0.001),
         )
         .goal("≤ 1.25×", relay_us / floor_us.max(0.001) <= 1.25),
+        latency_against_floor(&relay.run, &floor.plain.run),
     ];
     let figure = "hostile ÷ plain POST/s, the same hostile clients on the bare POST → XADD";
     rows.push(match (&floor.hostile, relay_hostile) {
