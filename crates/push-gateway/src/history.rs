@@ -48,12 +48,6 @@ pub struct Page {
     pub next_rows: i64,
 }
 
-/// Rows that fit [`PAGE_BYTES`] when `read` rows took `read_bytes`, one more, within `1..=PAGE_ROWS`.
-fn rows_that_fit(read: i64, read_bytes: usize) -> i64 {
-    let per_row = (read_bytes as i64 / read.max(1)).max(1);
-    (PAGE_BYTES as i64 / per_row + 1).clamp(1, PAGE_ROWS)
-}
-
 pub async fn page(
     db: &PgPool,
     filter: &Filter,
@@ -111,7 +105,7 @@ pub async fn page(
             frames,
             last,
             more: read >= rows || bytes >= PAGE_BYTES,
-            next_rows: rows_that_fit(read, read_bytes),
+            next_rows: store::read::rows_that_fit(read, read_bytes, PAGE_BYTES, PAGE_ROWS),
         })
     })
     .await?
@@ -125,34 +119,4 @@ pub async fn horizon(db: &PgPool) -> anyhow::Result<Option<StreamId>> {
         Ok(store::retention::horizon(&mut conn)?)
     })
     .await?
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_page_asks_for_the_rows_that_fit_its_bytes() {
-        assert_eq!(
-            rows_that_fit(0, 0),
-            PAGE_ROWS,
-            "an empty page asks for a full one"
-        );
-        assert_eq!(
-            rows_that_fit(100, 100 * 300),
-            PAGE_ROWS,
-            "small rows: as many as a page holds"
-        );
-        assert_eq!(
-            rows_that_fit(10, 10 * 10_000),
-            105,
-            "10 kB rows: 1 MiB of them, and one more"
-        );
-        assert_eq!(
-            rows_that_fit(3, 3 * 1024 * 1024),
-            2,
-            "1 MiB rows: one, and one more"
-        );
-        assert_eq!(rows_that_fit(1, 8 * 1024 * 1024), 1, "never fewer than one");
-    }
 }

@@ -122,6 +122,14 @@ pub fn page_json(
     Ok((body, cursor, more))
 }
 
+/// How many rows the next page of a read asks for: as many as fit `page_bytes` at the size per row of
+/// the `read` rows that took `read_bytes`, and one more (a query stopped early still drains its rows from
+/// libpq, so asking for far more than a page holds reads them for nothing), within `1..=max_rows`.
+pub fn rows_that_fit(read: i64, read_bytes: usize, page_bytes: usize, max_rows: i64) -> i64 {
+    let per_row = (read_bytes as i64 / read.max(1)).max(1);
+    (page_bytes as i64 / per_row + 1).clamp(1, max_rows)
+}
+
 /// Calls `each` for up to `limit` messages of `window`, in stream order, one row in memory at a time
 /// (libpq's single-row mode). `each` returns `false` to stop early, e.g. when the HTTP client has gone.
 pub fn for_each(
@@ -170,4 +178,39 @@ pub fn channels(conn: &mut PgConnection, prefix: Option<&str>) -> QueryResult<Ve
         );
     }
     query.load(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rows_that_fit;
+
+    #[test]
+    fn a_page_asks_for_the_rows_that_fit_its_bytes() {
+        const MIB: usize = 1024 * 1024;
+        assert_eq!(
+            rows_that_fit(0, 0, MIB, 2000),
+            2000,
+            "nothing read: a full page"
+        );
+        assert_eq!(
+            rows_that_fit(100, 100 * 300, MIB, 2000),
+            2000,
+            "small rows: all a page holds"
+        );
+        assert_eq!(
+            rows_that_fit(10, 10 * 10_000, MIB, 2000),
+            105,
+            "10 kB rows: 1 MiB, and one more"
+        );
+        assert_eq!(
+            rows_that_fit(3, 3 * MIB, MIB, 2000),
+            2,
+            "1 MiB rows: one, and one more"
+        );
+        assert_eq!(
+            rows_that_fit(1, 8 * MIB, MIB, 2000),
+            1,
+            "never fewer than one"
+        );
+    }
 }

@@ -154,8 +154,8 @@ async fn read_page(
         // Fewer rows than asked and under the byte bound: the table has no more.
         page.done = rows < limit && page.json.len() < PAGE_BYTES;
         if rows > 0 {
-            let per_row = (page.json.len() as i64 / rows).max(1);
-            page.next_limit = (PAGE_BYTES as i64 / per_row + 1).clamp(1, PAGE_ROWS);
+            page.next_limit =
+                store::read::rows_that_fit(rows, page.json.len(), PAGE_BYTES, PAGE_ROWS);
         }
         Ok(page)
     })
